@@ -1,0 +1,104 @@
+"""The Journal contract: a durable list of opaque items with a small state machine.
+
+    ready --claim--> inflight --ack--> (deleted, counted as delivered)
+                        |  \\--retry(not_before)--> ready
+                        \\----dead(error)--------> dead --requeue--> ready
+
+Items are ``(id, kind, data, attempts)``; the journal never parses ``data``. One
+dispatcher at a time holds the lease of a journal (across processes). When a new
+holder takes a lease whose previous holder let it expire, the in-flight items of that
+holder return to ready; rows held by a live lease holder are never reset.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = ["Journal", "JournalItem", "JournalError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
+
+READY, INFLIGHT, DEAD = 0, 1, 2
+STATE_NAMES = {READY: "ready", INFLIGHT: "inflight", DEAD: "dead"}
+STATE_BY_NAME = {v: k for k, v in STATE_NAMES.items()} | {"queued": READY, "failed": DEAD}
+
+
+class JournalItem(NamedTuple):
+    id: str
+    kind: str
+    data: bytes
+    attempts: int
+
+
+class JournalError(Exception):
+    """The journal could not do what was asked (disk full, read-only, corrupt...)."""
+
+
+def state_code(state: str | int) -> int:
+    if isinstance(state, int) and state in STATE_NAMES:
+        return state
+    try:
+        return STATE_BY_NAME[state]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(
+            f"state must be one of {sorted(STATE_BY_NAME)}, got {state!r}"
+        ) from None
+
+
+class Journal:
+    """Base contract. Every method is safe to call from any thread of one process;
+    the SQLite journal is also safe across processes."""
+
+    #: where the journal lives, for messages (a path or a description)
+    location: str = "memory"
+
+    def append(self, items: list[tuple[str, str, bytes]], *, sync: bool = False) -> None:
+        """Store ``(id, kind, data)`` items as ready, in one transaction.
+        ``sync`` asks for a commit that survives power loss (fsync)."""
+        raise NotImplementedError
+
+    def claim(self, n: int, owner: str) -> list[JournalItem]:
+        """Mark up to ``n`` ready items whose ``not_before`` has passed as in flight for
+        ``owner`` and return them, oldest first. ``attempts`` counts this claim."""
+        raise NotImplementedError
+
+    def ack(self, ids: list[str]) -> None:
+        """Delivered: remove the claimed items and count them."""
+        raise NotImplementedError
+
+    def retry(self, ids: list[str], error: str, not_before: float) -> None:
+        """Back to ready, not to be claimed before ``not_before`` (epoch seconds)."""
+        raise NotImplementedError
+
+    def dead(self, ids: list[str], error: str) -> None:
+        """Rejected for good: keep with the error for inspection and requeue."""
+        raise NotImplementedError
+
+    def requeue(self, ids: list[str] | None = None) -> int:
+        """Dead items (all, or those ``ids``) back to ready with attempts reset."""
+        raise NotImplementedError
+
+    def purge(self, state: str | int, older_than: float | None = None) -> int:
+        """Delete the items in ``state`` (optionally only those created before
+        ``older_than``, epoch seconds); returns how many."""
+        raise NotImplementedError
+
+    def items(self, state: str | int, limit: int = 100) -> list[dict[str, Any]]:
+        """Inspect items in one state: id, kind, data, attempts, created, not_before,
+        last_error, oldest first."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """ready, inflight, dead, delivered, retried, oldest_ready_created,
+        next_not_before, lease_holder, lease_expires."""
+        raise NotImplementedError
+
+    def acquire(self, holder: str, lease_s: float) -> bool:
+        """Take or renew the dispatcher lease. On taking over an expired lease of
+        another holder, that holder's in-flight items return to ready."""
+        raise NotImplementedError
+
+    def release(self, holder: str) -> None:
+        """Give the lease up; this holder's in-flight items return to ready."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources held by this process."""

@@ -1,0 +1,274 @@
+"""SQLite journal: WAL, one connection per thread and process, claims by UPDATE...RETURNING.
+
+Any number of processes may append to one file; the lease decides which one claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem, state_code
+
+log = logging.getLogger("usageledger.journal")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    last_error TEXT,
+    owner TEXT
+);
+CREATE INDEX IF NOT EXISTS items_state ON items(state, not_before);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lease (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('retried', 0);
+"""
+
+_LEASE = "dispatcher"
+
+
+class SqliteJournal(Journal):
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False, busy_timeout_ms: int = 10_000):
+        self.path = Path(path).expanduser()
+        self.location = str(self.path)
+        self.fsync = fsync
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._pid = os.getpid()
+        # rowids of what this process claimed: ack/retry/dead address rows by rowid, so the
+        # table needs no index on id (one btree less on the append path)
+        self._claims: dict[str, list[int]] = {}
+        self._claims_lock = threading.Lock()
+        self._open_checked()
+
+    # -- connections -------------------------------------------------------------------
+    def _open_checked(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+                raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error(
+                "journal %s is not a usable database (%s); moved it aside to %s and started a fresh journal",
+                self.path, exc, aside,
+            )
+            self._local = threading.local()
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+            self._conn()
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # a forked child must not touch the parent's handles: abandon them, never close
+            self._local = threading.local()
+            self._pid = os.getpid()
+            self._claims = {}
+            self._claims_lock = threading.Lock()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            new = not self.path.exists()
+            if new:
+                # 0600: usage data can name customers; create it private before sqlite opens it
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+                os.close(fd)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
+                conn.executescript(_SCHEMA)
+            except sqlite3.Error:
+                with contextlib.suppress(Exception):
+                    conn.close()  # type: ignore[union-attr]
+                raise
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _tx(self, immediate: bool = True):
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    # -- contract ---------------------------------------------------------------------
+    def append(self, items: list[tuple[str, str, bytes]], *, sync: bool = False) -> None:
+        if not items:
+            return
+        now = time.time()
+        conn = self._conn()
+        if sync and not self.fsync:
+            conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._tx() as c:
+                c.executemany(
+                    "INSERT INTO items(id, kind, data, created) VALUES (?, ?, ?, ?)",
+                    [(i, k, d, now) for i, k, d in items],
+                )
+        finally:
+            if sync and not self.fsync:
+                conn.execute("PRAGMA synchronous=NORMAL")
+
+    def claim(self, n: int, owner: str) -> list[JournalItem]:
+        with self._tx() as c:
+            rows = c.execute(
+                "UPDATE items SET state=?, owner=?, attempts=attempts+1 WHERE rowid IN ("
+                " SELECT rowid FROM items WHERE state=? AND not_before<=?"
+                " ORDER BY state, not_before LIMIT ?)"
+                " RETURNING rowid, id, kind, data, attempts",
+                (INFLIGHT, owner, READY, time.time(), n),
+            ).fetchall()
+        rows.sort()  # RETURNING order is unspecified; keep oldest first
+        with self._claims_lock:
+            for rowid, id_, *_ in rows:
+                self._claims.setdefault(id_, []).append(rowid)
+        return [JournalItem(r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+
+    def _take_rowids(self, ids: list[str]) -> list[tuple[int]]:
+        out: list[tuple[int]] = []
+        with self._claims_lock:
+            for id_ in ids:
+                for rowid in self._claims.pop(id_, ()):
+                    out.append((rowid,))
+        return out
+
+    def ack(self, ids: list[str]) -> None:
+        rowids = self._take_rowids(ids)
+        if not rowids:
+            return
+        with self._tx() as c:
+            c.executemany("DELETE FROM items WHERE rowid=? AND state=1", rowids)
+            c.execute("UPDATE counters SET value=value+? WHERE name='delivered'", (len(rowids),))
+
+    def retry(self, ids: list[str], error: str, not_before: float) -> None:
+        rowids = self._take_rowids(ids)
+        if not rowids:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "UPDATE items SET state=0, owner=NULL, not_before=?, last_error=? WHERE rowid=? AND state=1",
+                [(not_before, error, r) for (r,) in rowids],
+            )
+            c.execute("UPDATE counters SET value=value+? WHERE name='retried'", (len(rowids),))
+
+    def dead(self, ids: list[str], error: str) -> None:
+        rowids = self._take_rowids(ids)
+        if not rowids:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "UPDATE items SET state=2, owner=NULL, last_error=? WHERE rowid=? AND state=1",
+                [(error, r) for (r,) in rowids],
+            )
+
+    def requeue(self, ids: list[str] | None = None) -> int:
+        sql = "UPDATE items SET state=0, attempts=0, not_before=0, last_error=NULL WHERE state=2"
+        with self._tx() as c:
+            if ids is None:
+                return c.execute(sql).rowcount
+            return sum(c.execute(sql + " AND id=?", (i,)).rowcount for i in ids)
+
+    def purge(self, state: str | int, older_than: float | None = None) -> int:
+        code = state_code(state)
+        with self._tx() as c:
+            if older_than is None:
+                return c.execute("DELETE FROM items WHERE state=?", (code,)).rowcount
+            return c.execute(
+                "DELETE FROM items WHERE state=? AND created<?", (code, older_than)
+            ).rowcount
+
+    def items(self, state: str | int, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._read(
+            "SELECT id, kind, data, attempts, created, not_before, last_error, owner FROM items"
+            " WHERE state=? ORDER BY state, not_before, rowid LIMIT ?",
+            (state_code(state), limit),
+        )
+        keys = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        counts = dict(self._read("SELECT state, count(*) FROM items GROUP BY state"))
+        counters = dict(self._read("SELECT name, value FROM counters"))
+        oldest = self._read("SELECT min(created) FROM items WHERE state=0")[0][0]
+        nxt = self._read("SELECT min(not_before) FROM items WHERE state=0 AND not_before>0")[0][0]
+        lease = self._read("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,))
+        return {
+            "ready": counts.get(READY, 0),
+            "inflight": counts.get(INFLIGHT, 0),
+            "dead": counts.get(DEAD, 0),
+            "delivered": counters.get("delivered", 0),
+            "retried": counters.get("retried", 0),
+            "oldest_ready_created": oldest,
+            "next_not_before": nxt,
+            "lease_holder": lease[0][0] if lease else None,
+            "lease_expires": lease[0][1] if lease else None,
+        }
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def acquire(self, holder: str, lease_s: float) -> bool:
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            if row is not None and row[0] != holder:
+                n = c.execute(
+                    "UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner=?", (row[0],)
+                ).rowcount
+                if n:
+                    log.warning("lease of %s expired: %d in-flight items returned to ready", row[0], n)
+            if row is None:
+                # no lease row: whoever held claims before is gone (e.g. lease released)
+                c.execute("UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner!=?", (holder,))
+            c.execute(
+                "INSERT OR REPLACE INTO lease(name, holder, expires) VALUES (?, ?, ?)",
+                (_LEASE, holder, now + lease_s),
+            )
+            return True
+
+    def release(self, holder: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner=?", (holder,))
+            c.execute("DELETE FROM lease WHERE name=? AND holder=?", (_LEASE, holder))
+        with self._claims_lock:
+            self._claims.clear()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    msg = str(exc).lower()
+    return "not a database" in msg or "malformed" in msg or "corrupt" in msg

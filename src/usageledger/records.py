@@ -1,0 +1,240 @@
+"""Records: the one schema shared by client, journal, wire and storage.
+
+Every record is a msgspec Struct with a client-made UUIDv7 ``id``; the collector and
+every storage backend ignore a second copy of an ``id`` (exactly once in effect).
+
+Validation here runs in the caller's thread, so it is strict but cheap: type checks and
+range checks only. Invalid input raises ``ValueError``/``TypeError`` naming the field
+and the bad value, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+import uuid_utils
+
+__all__ = [
+    "UsageRecord",
+    "new_id",
+    "make_usage_record",
+    "encode",
+    "decode_usage",
+    "to_utc",
+    "TOKEN_FIELDS",
+    "KIND_USAGE",
+    "KIND_RAW",
+]
+
+#: journal item kinds; the journal never parses payloads, sinks route on the kind.
+KIND_USAGE = "usage"
+KIND_RAW = "raw"  # a caller's own dict (PersistentDelivery.enqueue)
+
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+_uuid7 = uuid_utils.uuid7
+
+
+def new_id() -> str:
+    """A new UUIDv7 as a string: time-ordered, so journal and storage indexes stay local."""
+    return str(_uuid7())
+
+
+class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One LLM call's usage. ``cost`` is exact (Decimal) or None when unknown."""
+
+    id: str
+    timestamp: datetime
+    provider: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal | None = None
+    currency: str = "USD"
+    user_id: str | None = None
+    session_id: str | None = None
+    customer_key: str | None = None
+    run_id: str | None = None
+    response_id: str | None = None
+    tags: dict[str, str] = {}
+    payload: dict[str, Any] | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_usage_decoder = msgspec.json.Decoder(UsageRecord)
+
+encode = _encoder.encode
+
+
+def decode_usage(data: bytes | str) -> UsageRecord:
+    """Decode one JSON usage record (as produced by :func:`encode`)."""
+    return _usage_decoder.decode(data)
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware datetimes are converted to UTC; naive ones are taken as UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _bad(field: str, value: Any, expected: str, exc: type[Exception] = ValueError) -> Exception:
+    return exc(f"{field} must be {expected}, got {value!r}")
+
+
+def _check_tokens(field: str, value: Any) -> int:
+    if type(value) is int:
+        if value < 0:
+            raise _bad(field, value, "a non-negative integer")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(field, value, "a non-negative integer", TypeError)
+    if value < 0:
+        raise _bad(field, value, "a non-negative integer")
+    return int(value)
+
+
+def _check_str(field: str, value: Any, *, required: bool = False) -> str | None:
+    if value is None and not required:
+        return None
+    if type(value) is not str:
+        raise _bad(field, value, "a string", TypeError)
+    if required and not value:
+        raise _bad(field, value, "a non-empty string")
+    return value
+
+
+def check_cost(value: Any) -> Decimal | None:
+    """Cost as an exact Decimal; floats are converted through their shortest repr."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _bad("cost", value, "a finite non-negative number", TypeError)
+    if isinstance(value, Decimal):
+        d = value
+    elif isinstance(value, int):
+        d = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _bad("cost", value, "a finite non-negative number")
+        d = Decimal(repr(value))
+    elif isinstance(value, str):
+        try:
+            d = Decimal(value)
+        except InvalidOperation:
+            raise _bad("cost", value, "a finite non-negative number") from None
+    else:
+        raise _bad("cost", value, "a finite non-negative number", TypeError)
+    if not d.is_finite() or d < 0:
+        raise _bad("cost", value, "a finite non-negative number")
+    return d
+
+
+def check_tags(tags: Any) -> dict[str, str]:
+    """A copy of ``tags`` (the caller may mutate theirs later) with str keys and values."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise _bad("tags", tags, "a dict of str to str", TypeError)
+    for k, v in tags.items():
+        if type(k) is not str:
+            raise TypeError(f"tags keys must be strings, got {k!r}")
+        if type(v) is not str:
+            raise TypeError(f"tags[{k!r}] must be a string, got {v!r}")
+    return dict(tags)
+
+
+def check_json_object(field: str, value: Any) -> dict[str, Any] | None:
+    """A JSON object (dict with str keys, finite numbers), copied by a JSON round trip."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(field, value, "a JSON object (dict)", TypeError)
+    try:
+        data = _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"{field} is not JSON-serialisable: {exc}") from None
+    if b"NaN" in data or b"Infinity" in data:
+        # msgspec writes non-finite floats as null; refuse them instead of altering data
+        _reject_non_finite(field, value)
+    return msgspec.json.decode(data)
+
+
+def _reject_non_finite(field: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(field, value, "finite (NaN/inf are not JSON)")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(f"{field}.{k}", v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _reject_non_finite(f"{field}[{i}]", v)
+
+
+def make_usage_record(
+    provider: str,
+    model: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    *,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    cost: Any = None,
+    currency: str = "USD",
+    user_id: str | None = None,
+    session_id: str | None = None,
+    customer_key: str | None = None,
+    run_id: str | None = None,
+    response_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    payload: dict[str, Any] | None = None,
+    timestamp: datetime | None = None,
+    id: str | None = None,
+) -> UsageRecord:
+    """Validate arguments and build a :class:`UsageRecord` (the hot path of ``record()``)."""
+    _check_str("provider", provider, required=True)
+    _check_str("model", model, required=True)
+    if timestamp is None:
+        ts = datetime.now(UTC)
+    elif isinstance(timestamp, datetime):
+        ts = to_utc(timestamp)
+    else:
+        raise _bad("timestamp", timestamp, "a datetime", TypeError)
+    return UsageRecord(
+        id=new_id() if id is None else _check_str("id", id, required=True),  # type: ignore[arg-type]
+        timestamp=ts,
+        provider=provider,
+        model=model,
+        input_tokens=_check_tokens("input_tokens", input_tokens),
+        output_tokens=_check_tokens("output_tokens", output_tokens),
+        cache_read_tokens=_check_tokens("cache_read_tokens", cache_read_tokens),
+        cache_write_tokens=_check_tokens("cache_write_tokens", cache_write_tokens),
+        reasoning_tokens=_check_tokens("reasoning_tokens", reasoning_tokens),
+        cost=check_cost(cost),
+        currency=_check_str("currency", currency, required=True),  # type: ignore[arg-type]
+        user_id=_check_str("user_id", user_id),
+        session_id=_check_str("session_id", session_id),
+        customer_key=_check_str("customer_key", customer_key),
+        run_id=_check_str("run_id", run_id),
+        response_id=_check_str("response_id", response_id),
+        tags=check_tags(tags),
+        payload=check_json_object("payload", payload),
+    )

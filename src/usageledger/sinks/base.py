@@ -1,0 +1,69 @@
+"""The Sink contract: speak one wire, report a result per record. No loops, no sleeps.
+
+The Dispatcher owns batching, backoff, attempts and dead-lettering; a sink only turns a
+batch into one request (or one write) and says, for every item id, one of:
+
+- ``OK``: stored (a duplicate counts as stored: exactly once in effect);
+- ``Retry(after, reason)``: a transient failure; ``after`` is a server's Retry-After in
+  seconds, or None to let the dispatcher choose the backoff;
+- ``Reject(reason, whole_batch=False)``: refused for good. ``whole_batch=True`` means the
+  destination refused the batch without saying which record was at fault, so the
+  dispatcher splits the batch to isolate it.
+
+A sink may raise for an unexpected failure; the dispatcher treats that as a Retry of
+the whole batch and logs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..journal.base import JournalItem
+
+__all__ = ["Sink", "Ok", "OK", "Retry", "Reject", "Result"]
+
+
+class Ok:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "OK"
+
+
+OK = Ok()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    after: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+    whole_batch: bool = False
+
+
+Result = Ok | Retry | Reject
+
+
+class Sink:
+    """Base contract for destinations."""
+
+    #: a short name for logs and stats
+    name: str = "sink"
+
+    def send(self, batch: list[JournalItem]) -> dict[str, Result]:
+        """Deliver ``batch``; return a result for every item id."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (called from the dispatcher thread at stop)."""
+
+
+def all_results(batch: list[JournalItem], result: Result) -> dict[str, Result]:
+    """The same result for every item of a batch."""
+    return {item.id: result for item in batch}
