@@ -171,10 +171,24 @@ def check_json_object(field: str, value: Any) -> dict[str, Any] | None:
         data = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"{field} is not JSON-serialisable: {exc}") from None
-    if b"NaN" in data or b"Infinity" in data:
+    if b"null" in data:
         # msgspec writes non-finite floats as null; refuse them instead of altering data
         _reject_non_finite(field, value)
     return msgspec.json.decode(data)
+
+
+def encode_json_object(field: str, value: Any) -> bytes:
+    """Encode a caller's dict as JSON bytes, raising TypeError/ValueError naming ``field``
+    for what JSON cannot hold (so the caller learns now, not the dispatcher later)."""
+    if type(value) is not dict:
+        raise _bad(field, value, "a dict", TypeError)
+    try:
+        data = _encoder.encode(value)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"{field} is not JSON-serialisable: {exc}") from None
+    if b"null" in data:
+        _reject_non_finite(field, value)
+    return data
 
 
 def _reject_non_finite(field: str, value: Any) -> None:

@@ -1,0 +1,178 @@
+"""PersistentDelivery (seed 000): a durable queue that delivers dicts to the collector's
+``/track`` endpoint, on the usageledger pipeline; and PersistentQueueManager for
+maintenance of a journal file."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import DeliveryConfig, IniManager
+from .journal import SqliteJournal
+from .logs import configure_logging, log_body
+from .pipeline import Pipeline
+from .records import KIND_RAW, encode_json_object, new_id
+from .sinks.http import HttpSink
+
+__all__ = ["PersistentDelivery", "PersistentQueueManager", "DeliveryConfig", "IniManager"]
+
+log = logging.getLogger("usageledger.delivery")
+
+
+def _with_id(data: bytes, id_: str) -> bytes:
+    """Splice ``"id"`` into an encoded JSON object without re-encoding it."""
+    head = b'{"id":"' + id_.encode() + b'"'
+    return head + b"}" if data == b"{}" else head + b"," + data[1:]
+
+
+class PersistentDelivery:
+    """Durable, non-blocking delivery of usage payloads to ``{api_base}{api_url}/track``.
+
+    ``enqueue`` does no I/O (``durability="buffered"``, the default): the payload is
+    checked, encoded and appended to an in-memory buffer; a writer thread commits it to
+    the SQLite journal (WAL) within ``flush_interval``, and a dispatcher thread delivers
+    batches with retries, backoff and dead-lettering.
+    """
+
+    def __init__(
+        self,
+        config: DeliveryConfig | None = None,
+        db_path: str | Path | None = None,
+        *,
+        sink: Any = None,
+        lease_s: float = 15.0,
+        fallback_dir: str | Path | None = None,
+        exit_timeout: float = 2.0,
+        **overrides: Any,
+    ):
+        if db_path is not None:
+            overrides["db_path"] = db_path
+        if config is None:
+            config = DeliveryConfig.resolve(**overrides)
+        elif overrides:
+            config = DeliveryConfig.resolve(base=config, **overrides)
+        self.config = config
+        configure_logging(config.log_file, config.log_level)
+        self.sink = sink if sink is not None else HttpSink(
+            config.api_base,
+            config.api_url,
+            api_key=config.api_key,
+            timeout=config.timeout,
+            compress=config.compress,
+            body_logger=log_body if config.log_bodies else None,
+        )
+        self._pipeline = Pipeline(
+            self.sink,
+            journal_path=config.db_path,
+            durability=config.durability,
+            flush_interval=config.flush_interval,
+            max_buffer=config.max_buffer,
+            max_batch_size=config.max_batch_size,
+            max_batch_bytes=config.max_batch_bytes,
+            batch_interval=config.batch_interval,
+            max_attempts=config.max_attempts,
+            base_delay=config.immediate_pause_seconds,
+            max_backoff=config.max_backoff,
+            poll_interval=config.poll_interval,
+            lease_s=lease_s,
+            fallback_dir=fallback_dir,
+            exit_timeout=exit_timeout,
+            name="usageledger-delivery",
+        )
+        self._submit = self._pipeline.submit
+        self._warn_dead()
+
+    def _warn_dead(self) -> None:
+        try:
+            dead = self._pipeline.journal.stats()["dead"]
+        except Exception:
+            return
+        if dead:
+            where = self._pipeline.journal.location
+            log.warning(
+                "%d failed deliveries wait in %s: see them with `usageledger failed %s` "
+                "and requeue them with `usageledger requeue %s --all`",
+                dead, where, where, where,
+            )
+
+    def enqueue(self, payload: dict[str, Any]) -> str:
+        """Queue ``payload`` for delivery; returns its ``id`` (added when missing, a
+        payload's own ``id`` is kept). Raises TypeError/ValueError for a payload that is
+        not a JSON object; never raises for I/O."""
+        data = encode_json_object("payload", payload)
+        id_ = payload.get("id")
+        if id_ is None:
+            id_ = new_id()
+            data = _with_id(data, id_)
+        elif type(id_) is not str or not id_:
+            raise TypeError(f"payload['id'] must be a non-empty string, got {id_!r}")
+        self._submit(id_, KIND_RAW, data)
+        return id_
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything queued so far; True when done before ``timeout``."""
+        return self._pipeline.flush(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return self._pipeline.stats()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Flush (deliver until ``timeout``) and close. Undelivered items stay queued."""
+        return self._pipeline.stop(timeout)
+
+    close = stop
+
+    def __enter__(self) -> PersistentDelivery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(self._pipeline.exit_timeout)
+
+
+class PersistentQueueManager:
+    """Inspect and repair a journal file: stats, failures, requeue, purge."""
+
+    def __init__(self, db_path: str | Path):
+        path = Path(db_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"no journal at {path}")
+        self.journal = SqliteJournal(path)
+
+    def stats(self) -> dict[str, Any]:
+        s = self.journal.stats()
+        oldest = s.pop("oldest_ready_created")
+        s["queued"] = s["ready"]
+        s["failed"] = s["dead"]
+        s["oldest_queued_age_s"] = None if oldest is None else round(time.time() - oldest, 3)
+        return s
+
+    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Dead-lettered items, oldest first, with their error and decoded payload."""
+        return [_describe(row) for row in self.journal.items("dead", limit)]
+
+    def requeue(self, ids: list[str] | None = None) -> int:
+        """Dead items (all when ``ids`` is None) back to the queue; returns how many."""
+        return self.journal.requeue(ids)
+
+    def purge(self, state: str = "dead", older_than: float | None = None) -> int:
+        """Delete items in ``state`` (optionally created more than ``older_than`` seconds
+        ago); returns how many."""
+        cutoff = None if older_than is None else time.time() - older_than
+        return self.journal.purge(state, cutoff)
+
+    def close(self) -> None:
+        self.journal.close()
+
+
+def _describe(row: dict[str, Any]) -> dict[str, Any]:
+    import msgspec
+
+    out = dict(row)
+    try:
+        out["payload"] = msgspec.json.decode(out.pop("data"))
+    except msgspec.DecodeError:
+        out["payload"] = None
+    return out
+

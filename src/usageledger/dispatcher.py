@@ -1,0 +1,309 @@
+"""Dispatcher: journal -> sink. Owns batching, backoff, attempts, dead-lettering, lease.
+
+The sink only speaks its wire and reports a result per record; every policy lives here:
+- batches of up to ``max_batch_size`` items and ``max_batch_bytes`` bytes, sent when a
+  full batch waits or every ``batch_interval``;
+- transient failures: exponential backoff with full jitter capped at ``max_backoff``, or
+  exactly the server's ``Retry-After``; ``max_attempts`` then dead-letter;
+- a batch refused whole without per-record results is split in halves until the bad
+  records are isolated, so one poison record never sinks the rest;
+- claims are released (ack/retry/dead) as soon as a send returns: the dispatcher never
+  sleeps while it holds claims it could release.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .journal import Journal, JournalError, JournalItem
+from .sinks.base import Ok, Reject, Result, Retry, Sink, all_results
+
+log = logging.getLogger("usageledger.dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        journals: Callable[[], list[Journal]],
+        sink: Sink,
+        *,
+        max_batch_size: int = 100,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        batch_interval: float = 0.5,
+        max_attempts: int = 10,
+        base_delay: float = 0.5,
+        max_backoff: float = 60.0,
+        lease_s: float = 15.0,
+        poll_interval: float = 1.0,
+        name: str = "usageledger",
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        self._journals = journals
+        self.sink = sink
+        self.max_batch_size = max_batch_size
+        self.max_batch_bytes = max_batch_bytes
+        self.batch_interval = batch_interval
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_backoff = max_backoff
+        self.lease_s = lease_s
+        self.poll_interval = poll_interval
+        self.name = name
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self._pid = os.getpid()
+        self.holder = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._leases: dict[int, float] = {}  # id(journal) -> when we last renewed
+        self._pause_until = 0.0
+        self._final_deadline: float | None = None
+        self._waiting = 0  # items committed since the last drain, to wake on a full batch
+        self._busy = False
+        self.sent = 0
+        self.delivered = 0
+        self.retried = 0
+        self.dead = 0
+        self.requests = 0
+        self.last_error: str | None = None
+        self._rate_mark = (time.monotonic(), 0)
+        self.delivery_rate = 0.0
+
+    def after_fork_child(self) -> None:
+        # a new holder name: the child never acks what the parent claimed
+        self._reset_state()
+
+    # -- control -----------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-dispatcher", daemon=True)
+            self._thread.start()
+
+    def notify(self, n: int) -> None:
+        """Called by the writer after a commit of ``n`` items."""
+        self._waiting += n
+        if self._waiting >= self.max_batch_size:
+            self._wake.set()
+
+    def kick(self) -> None:
+        """Send what is ready now instead of at the next interval."""
+        self._pause_until = 0.0
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Deliver what is ready until ``timeout`` (None: until done), then end the
+        thread, release the lease and close the sink. True when the thread ended."""
+        self._final_deadline = None if timeout is None else time.monotonic() + timeout
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is None:
+            return True
+        if thread is not threading.current_thread():
+            thread.join(timeout)
+        return not thread.is_alive()
+
+    def _release_all(self) -> None:
+        for journal in self._journals():
+            if id(journal) in self._leases:
+                try:
+                    journal.release(self.holder)
+                except JournalError as exc:
+                    log.warning("releasing the lease of %s failed: %s", journal.location, exc)
+        self._leases.clear()
+
+    # -- loop ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                wait = self.batch_interval
+                pause = self._pause_until - time.time()
+                if pause > 0:
+                    wait = min(pause, self.batch_interval)
+                if not self._stop.is_set():
+                    self._wake.wait(wait)
+                    self._wake.clear()
+                if self._stop.is_set():
+                    self._final_drain()
+                    return
+                if time.time() >= self._pause_until:
+                    self._drain_logged()
+        finally:
+            self._release_all()
+            try:
+                self.sink.close()
+            except Exception:
+                log.exception("closing sink %s failed", self.sink.name)
+
+    def _final_drain(self) -> None:
+        deadline = self._final_deadline
+        if deadline is None:
+            deadline = float("inf")
+        # one more try even when paused, if the pause ends before the deadline
+        if time.time() < self._pause_until and self._pause_until - time.time() < deadline - time.monotonic():
+            time.sleep(self._pause_until - time.time())
+        if time.monotonic() < deadline:
+            self._drain_logged(deadline)
+
+    def _drain_logged(self, deadline: float | None = None) -> None:
+        try:
+            self.drain(deadline)
+        except Exception as exc:  # the dispatcher must outlive any failure
+            self.last_error = repr(exc)
+            log.exception("dispatcher failed; will try again")
+
+    def drain(self, deadline: float | None = None) -> int:
+        """Send batches until nothing is ready (or the deadline / a pause); returns how
+        many items were settled."""
+        settled = 0
+        self._waiting = 0
+        self._busy = True
+        try:
+            for journal in list(self._journals()):
+                while not self._stop.is_set() or deadline is not None:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return settled
+                    if time.time() < self._pause_until or not self._hold_lease(journal):
+                        break
+                    batch = journal.claim(self.max_batch_size, self.holder)
+                    if not batch:
+                        break
+                    self._send(journal, batch)
+                    settled += len(batch)
+        finally:
+            self._busy = False
+        return settled
+
+    def _hold_lease(self, journal: Journal) -> bool:
+        now = time.monotonic()
+        last = self._leases.get(id(journal))
+        if last is not None and now - last < self.lease_s / 3:
+            return True
+        try:
+            held = journal.acquire(self.holder, self.lease_s)
+        except JournalError as exc:
+            self.last_error = str(exc)
+            log.warning("lease on %s not renewed: %s", journal.location, exc)
+            held = False
+        if held:
+            self._leases[id(journal)] = now
+        else:
+            self._leases.pop(id(journal), None)
+        return held
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _send(self, journal: Journal, batch: list[JournalItem]) -> None:
+        for part in self._split_by_bytes(batch):
+            self._send_part(journal, part)
+
+    def _split_by_bytes(self, batch: list[JournalItem]) -> list[list[JournalItem]]:
+        parts: list[list[JournalItem]] = [[]]
+        size = 0
+        for item in batch:
+            if parts[-1] and size + len(item.data) > self.max_batch_bytes:
+                parts.append([])
+                size = 0
+            parts[-1].append(item)
+            size += len(item.data)
+        return parts
+
+    def _send_part(self, journal: Journal, part: list[JournalItem]) -> None:
+        self.requests += 1
+        try:
+            results = self.sink.send(part)
+        except Exception as exc:
+            log.warning("sink %s raised while sending %d items: %r", self.sink.name, len(part), exc)
+            results = all_results(part, Retry(None, f"{type(exc).__name__}: {exc}"))
+        first = results.get(part[0].id)
+        if len(part) > 1 and isinstance(first, Reject) and first.whole_batch:
+            # refused whole with no per-record verdict: halve until the poison is alone
+            mid = len(part) // 2
+            self._send_part(journal, part[:mid])
+            self._send_part(journal, part[mid:])
+            return
+        self._settle(journal, part, results)
+
+    def _settle(self, journal: Journal, part: list[JournalItem], results: dict[str, Result]) -> None:
+        ok: list[str] = []
+        dead: dict[str, list[str]] = {}
+        retry: dict[tuple[str, float], list[str]] = {}
+        now = time.time()
+        retry_after: float | None = None
+        all_retry = True
+        for item in part:
+            result = results.get(item.id) or Retry(None, "no result for this id")
+            if isinstance(result, Ok):
+                ok.append(item.id)
+                all_retry = False
+            elif isinstance(result, Reject):
+                dead.setdefault(result.reason, []).append(item.id)
+                all_retry = False
+            else:
+                if item.attempts >= self.max_attempts:
+                    reason = f"gave up after {item.attempts} attempts: {result.reason}"
+                    dead.setdefault(reason, []).append(item.id)
+                    continue
+                delay = self._delay(item.attempts, result.after)
+                if result.after is not None:
+                    retry_after = max(retry_after or 0.0, result.after)
+                retry.setdefault((result.reason, round(now + delay, 3)), []).append(item.id)
+        if ok:
+            journal.ack(ok)
+            self.delivered += len(ok)
+        for (reason, not_before), ids in retry.items():
+            journal.retry(ids, reason, not_before)
+            self.retried += len(ids)
+            self.last_error = reason
+        for reason, ids in dead.items():
+            journal.dead(ids, reason)
+            self.dead += len(ids)
+            self.last_error = reason
+            log.error("dead-lettered %d records: %s", len(ids), reason)
+        self.sent += len(part)
+        self._update_rate()
+        if retry and all_retry:
+            # the destination is failing as a whole: pause all sends, not just these ids
+            self._pause_until = min(t for _, t in retry) if retry_after is None else now + retry_after
+
+    def _delay(self, attempts: int, after: float | None) -> float:
+        if after is not None:
+            return max(after, 0.0)
+        cap = min(self.max_backoff, self.base_delay * (2 ** max(attempts - 1, 0)))
+        return random.uniform(0, cap)  # full jitter
+
+    def _update_rate(self) -> None:
+        t0, n0 = self._rate_mark
+        now = time.monotonic()
+        if now - t0 >= 1.0:
+            self.delivery_rate = (self.delivered - n0) / (now - t0)
+            self._rate_mark = (now, self.delivered)
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "holder": self.holder,
+            "sent": self.sent,
+            "delivered_here": self.delivered,
+            "retried_here": self.retried,
+            "dead_here": self.dead,
+            "requests": self.requests,
+            "delivery_rate": round(self.delivery_rate, 1),
+            "paused_for_s": round(max(self._pause_until - time.time(), 0.0), 3),
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,270 @@
+"""Pipeline: Recorder (hot path -> journal) + Dispatcher (journal -> sink), with the
+process-level duties: flush at interpreter exit and on SIGTERM, restart after fork.
+
+Every client surface (PersistentDelivery, Meter, TelemetryClient, UsageTracker) is a
+thin layer over one Pipeline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from .dispatcher import Dispatcher
+from .recorder import Recorder
+from .sinks.base import Sink
+
+log = logging.getLogger("usageledger")
+
+__all__ = ["Pipeline"]
+
+#: how long interpreter exit and SIGTERM wait for delivery after writing the buffer
+EXIT_DELIVERY_TIMEOUT = 2.0
+
+_live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+class Pipeline:
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        journal_path: str | os.PathLike[str] | None = None,
+        durability: str = "buffered",
+        flush_interval: float = 0.05,
+        max_buffer: int = 100_000,
+        max_batch_size: int = 100,
+        max_batch_bytes: int = 4 * 1024 * 1024,
+        batch_interval: float = 0.5,
+        max_attempts: int = 10,
+        base_delay: float = 0.5,
+        max_backoff: float = 60.0,
+        lease_s: float = 15.0,
+        poll_interval: float = 1.0,
+        fallback_dir: str | os.PathLike[str] | None = None,
+        exit_timeout: float = EXIT_DELIVERY_TIMEOUT,
+        dispatch: bool = True,
+        name: str = "usageledger",
+    ):
+        if durability == "memory":
+            journal_path = None
+        self.exit_timeout = exit_timeout
+        self.dispatcher = Dispatcher(
+            lambda: self.recorder.journals,
+            sink,
+            max_batch_size=max_batch_size,
+            max_batch_bytes=max_batch_bytes,
+            batch_interval=batch_interval,
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_backoff=max_backoff,
+            lease_s=lease_s,
+            poll_interval=poll_interval,
+            name=name,
+        )
+        self.recorder = Recorder(
+            journal_path,
+            durability=durability,
+            flush_interval=flush_interval,
+            max_buffer=max_buffer,
+            fallback_dir=fallback_dir,
+            on_commit=self.dispatcher.notify,
+            on_fork=self._after_fork_child,
+            name=name,
+        )
+        #: the hot path: the recorder's own method, no extra call layer
+        self.submit = self.recorder.submit
+        self.journal = self.recorder.journals[0]
+        self._dispatch = dispatch
+        self._stopped = False
+        self._started_at = time.monotonic()
+        _install_process_hooks()
+        _live.add(self)
+        self.recorder.start()
+        if dispatch:
+            self.dispatcher.start()
+        self._pid = os.getpid()
+
+    @property
+    def durability(self) -> str:
+        return self.recorder.durability
+
+    # -- waits with deadlines -----------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write the buffer to the journal and deliver everything ready. True when nothing
+        is left ready or in flight (dead items count as settled) before ``timeout``."""
+        self._check_fork()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.recorder.write_pending(_remaining(deadline)):
+            return False
+        if not self._dispatch:
+            return not self.recorder.pending
+        if self._stopped:
+            return self._settled()
+        self.dispatcher.start()
+        self.dispatcher.kick()
+        while True:
+            if self._settled():
+                return True
+            left = _remaining(deadline)
+            if left is not None and left <= 0:
+                return False
+            time.sleep(0.005 if left is None else min(0.005, left))
+            if self.dispatcher.idle:
+                self.dispatcher.kick()
+
+    def _settled(self) -> bool:
+        if self.recorder.pending:
+            return False
+        for journal in self.recorder.journals:
+            s = journal.stats()
+            if s["ready"] or s["inflight"]:
+                return False
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Write the buffer to the journal, deliver until ``timeout``, end the threads.
+        What is not delivered stays in the journal. True when everything was settled."""
+        self._check_fork()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.recorder.stop(_remaining(deadline))
+        if self._dispatch:
+            self.dispatcher.stop(_remaining(deadline))
+        self._stopped = True
+        _live.discard(self)
+        try:
+            return self._settled()
+        except Exception:
+            return False
+
+    close = stop
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(self.exit_timeout)
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork_child()
+
+    def _after_fork_child(self) -> None:
+        self._pid = os.getpid()
+        self.recorder.after_fork_child()
+        self.dispatcher.after_fork_child()
+        self._stopped = False
+        self.recorder.start()
+        if self._dispatch:
+            self.dispatcher.start()
+
+    # -- introspection -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        self._check_fork()
+        journal = self.recorder.journals[0]
+        out: dict[str, Any] = {}
+        try:
+            js = journal.stats()
+        except Exception as exc:
+            js = {"ready": None, "inflight": None, "dead": None, "error": str(exc)}
+        for extra in self.recorder.journals[1:]:
+            try:
+                es = extra.stats()
+            except Exception:
+                continue
+            for k in ("ready", "inflight", "dead", "delivered", "retried"):
+                if isinstance(js.get(k), int):
+                    js[k] += es.get(k, 0)
+        rs = self.recorder.stats()
+        ds = self.dispatcher.stats()
+        oldest = js.get("oldest_ready_created")
+        elapsed = max(time.monotonic() - self._started_at, 1e-9)
+        out.update(
+            queued=(js.get("ready") or 0) + rs["buffered"] + rs["held_in_memory"],
+            inflight=js.get("inflight"),
+            dead=js.get("dead"),
+            delivered=js.get("delivered"),
+            retried=js.get("retried"),
+            dropped=rs["dropped"],
+            last_error=ds["last_error"] or rs["last_write_error"],
+            oldest_queued_age_s=None if oldest is None else round(max(time.time() - oldest, 0.0), 3),
+            enqueue_rate=round(rs["written"] / elapsed, 1),
+            delivery_rate=ds["delivery_rate"] or round(ds["delivered_here"] / elapsed, 1),
+            durability=self.durability,
+            journal=journal.location,
+            lease_holder=js.get("lease_holder"),
+            is_dispatcher=js.get("lease_holder") == self.dispatcher.holder,
+            recorder=rs,
+            dispatcher=ds,
+        )
+        return out
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+# -- process hooks ---------------------------------------------------------------------------
+def _at_exit() -> None:
+    for p in list(_live):
+        try:
+            p.stop(p.exit_timeout)
+        except Exception:
+            log.exception("flushing at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for p in list(_live):
+        try:
+            p._after_fork_child()
+        except Exception:
+            log.exception("restarting after fork failed")
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    for p in list(_live):
+        try:
+            p.recorder.write_pending(p.exit_timeout)
+        except Exception:
+            log.exception("writing the buffer on SIGTERM failed")
+    prev = _previous_sigterm
+    if callable(prev):
+        prev(signum, frame)
+    elif prev == signal.SIG_DFL or prev is None:
+        _at_exit()  # deliver what can be delivered quickly, as a normal exit would
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_previous_sigterm: Any = None
+
+
+def _install_process_hooks() -> None:
+    global _hooks_installed, _previous_sigterm
+    with _hooks_lock:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+        atexit.register(_at_exit)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        if threading.current_thread() is threading.main_thread():
+            try:
+                _previous_sigterm = signal.getsignal(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, _on_sigterm)
+            except (ValueError, OSError):  # not allowed here (embedded interpreter)
+                log.debug("SIGTERM handler not installed")
+
+
+def default_journal_path(name: str = "queue.db") -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("usageledger")) / name

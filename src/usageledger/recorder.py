@@ -1,0 +1,293 @@
+"""Recorder: the hot path. A bounded in-memory buffer and one writer thread that
+group-commits it to the journal.
+
+Durability levels:
+- ``buffered``: ``submit`` appends to a deque and returns; the writer commits every
+  ``flush_interval``. SIGKILL can lose at most that window; ``stop()``, normal exit,
+  SIGTERM and exceptions lose nothing.
+- ``committed`` / ``fsync``: ``submit`` returns after the writer committed it (group
+  commit: one transaction for every caller waiting), with fsync for ``fsync``.
+- ``memory``: the journal is in memory (tests and scripts).
+
+When the buffer holds ``max_buffer`` items the caller writes the batch to the journal
+itself (caller-runs), so nothing is dropped and memory stays flat. When the journal
+refuses writes: a fallback journal in another directory, then memory up to
+``max_buffer``, then drops that are counted and logged at ERROR.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .journal import Journal, JournalError, MemoryJournal, SqliteJournal
+from .records import encode
+
+log = logging.getLogger("usageledger.recorder")
+
+DURABILITIES = ("buffered", "committed", "fsync", "memory")
+_CHUNK = 5000  # items per journal transaction: bounds a commit's latency and memory
+_PRIMARY_RETRY_S = 5.0
+
+
+class Recorder:
+    def __init__(
+        self,
+        journal_path: str | os.PathLike[str] | None,
+        *,
+        durability: str = "buffered",
+        flush_interval: float = 0.05,
+        max_buffer: int = 100_000,
+        fallback_dir: str | os.PathLike[str] | None = None,
+        on_commit: Callable[[int], None] | None = None,
+        on_fork: Callable[[], None] | None = None,
+        name: str = "usageledger",
+    ):
+        if durability not in DURABILITIES:
+            raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
+        if durability != "memory" and journal_path is None:
+            raise ValueError(f"durability={durability!r} needs a journal path (db_path)")
+        self.durability = durability
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self.name = name
+        self._sync = durability in ("committed", "fsync")
+        self._journal_path = None if journal_path is None else Path(journal_path).expanduser()
+        self._fallback_dir = fallback_dir
+        self._on_commit = on_commit
+        # a fork made without os.register_at_fork hooks is seen here, on the hot path
+        self._on_fork = on_fork or self.after_fork_child
+        self.journals: list[Journal] = [self._open_primary()]
+        self._reset_state()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _open_primary(self) -> Journal:
+        if self._journal_path is None:
+            return MemoryJournal()
+        try:
+            return SqliteJournal(self._journal_path, fsync=self.durability == "fsync")
+        except (JournalError, OSError) as exc:
+            log.error("journal %s cannot be opened (%s); using the fallback location", self._journal_path, exc)
+            fallback = self._open_fallback()
+            if fallback is None:
+                log.error("no fallback journal could be opened either; keeping records in memory")
+                return MemoryJournal()
+            return fallback
+
+    def _open_fallback(self) -> Journal | None:
+        if self._journal_path is None:
+            return None
+        if self._fallback_dir is not None:
+            base = Path(self._fallback_dir)
+        else:
+            import platformdirs
+
+            base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
+        if base.resolve() == self._journal_path.parent.resolve():
+            base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
+        path = base / self._journal_path.name
+        try:
+            journal = SqliteJournal(path, fsync=self.durability == "fsync")
+        except (JournalError, OSError) as exc:
+            log.error("fallback journal %s cannot be opened either: %s", path, exc)
+            return None
+        log.error("writing to fallback journal %s while %s refuses writes", path, self._journal_path)
+        return journal
+
+    def _reset_state(self) -> None:
+        """Fresh buffer, locks and thread: at start and in a forked child."""
+        self._pid = os.getpid()
+        self._buf: collections.deque = collections.deque()
+        self._held: collections.deque = collections.deque()  # encoded, refused by every journal
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._committed = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._active = 0  # index in self.journals taking writes
+        self._primary_failed_at = 0.0
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self.caller_runs = 0
+        self.last_error: str | None = None
+
+    def after_fork_child(self) -> None:
+        # the parent still holds (and will deliver) what was buffered before the fork
+        for j in self.journals:
+            if isinstance(j, MemoryJournal):
+                j.__init__()  # type: ignore[misc]
+        self._reset_state()
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name=f"{self.name}-writer", daemon=True)
+            self._thread.start()
+
+    # -- hot path ---------------------------------------------------------------------------
+    def submit(self, id_: str, kind: str, obj: Any) -> None:
+        """Accept one item; no I/O in ``buffered`` mode."""
+        if self._pid != os.getpid():
+            self._on_fork()
+        if self._thread is None or self._stopping:
+            self.start()
+        if self._sync:
+            self._submit_and_wait((id_, kind, obj))
+            return
+        buf = self._buf
+        buf.append((id_, kind, obj))
+        if len(buf) >= self.max_buffer:
+            self.caller_runs += 1
+            self.write_pending()
+
+    def _submit_and_wait(self, item: tuple) -> None:
+        with self._cond:
+            self._buf.append(item)
+            self._seq += 1
+            mine = self._seq
+        self._wake.set()
+        with self._cond:
+            while self._committed < mine and not self._stopping_done():
+                self._cond.wait(1.0)
+
+    def _stopping_done(self) -> bool:
+        return self._thread is None or not self._thread.is_alive()
+
+    # -- writer -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            stopping = self._stopping
+            try:
+                self.write_pending()
+            except Exception:  # never let the writer die: log and go on
+                log.exception("writer failed; will try again")
+            if stopping:
+                return
+
+    def write_pending(self, timeout: float | None = None) -> bool:
+        """Write everything buffered so far to the journal (from any thread).
+        False when the write lock could not be had within ``timeout``."""
+        if not self._write_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            return False
+        try:
+            while True:
+                with self._cond:
+                    total = len(self._buf)
+                    n = min(total, _CHUNK)
+                    # every item numbered up to `upto` is in the part we take now
+                    upto = self._seq if n == total else None
+                if n:
+                    self._write([self._buf.popleft() for _ in range(n)])
+                elif self._held:
+                    self._write([])
+                if upto is not None and self._sync:
+                    with self._cond:
+                        self._committed = max(self._committed, upto)
+                        self._cond.notify_all()
+                if upto is not None:
+                    break
+        finally:
+            self._write_lock.release()
+        return True
+
+    def _write(self, items: list[tuple]) -> None:
+        rows = [r for r in (self._encode(i) for i in items) if r is not None]
+        if self._held:
+            rows = [*self._held, *rows]
+            self._held.clear()
+        if not rows:
+            return
+        if self._write_rows(rows):
+            self.written += len(rows)
+            if self._on_commit is not None:
+                self._on_commit(len(rows))
+            return
+        room = self.max_buffer - len(self._held)
+        self._held.extend(rows[:room])
+        lost = len(rows) - max(room, 0)
+        if lost > 0:
+            self.dropped += lost
+            log.error(
+                "DROPPED %d records: every journal refuses writes and %d are held in memory (max_buffer)",
+                lost, len(self._held),
+            )
+
+    def _encode(self, item: tuple) -> tuple[str, str, bytes] | None:
+        id_, kind, obj = item
+        if type(obj) is bytes:
+            return item
+        try:
+            return (id_, kind, encode(obj))
+        except Exception as exc:  # validated at submit; reaching here is a bug worth seeing
+            self.dropped += 1
+            log.error("record %s of kind %s cannot be encoded and is dropped: %s", id_, kind, exc)
+            return None
+
+    def _write_rows(self, rows: list[tuple[str, str, bytes]]) -> bool:
+        """Try the active journal, then the next ones in the chain; True once stored."""
+        sync = self.durability == "fsync"
+        if self._active and time.monotonic() - self._primary_failed_at > _PRIMARY_RETRY_S:
+            self._active = 0  # give the primary another chance
+        i = self._active
+        while True:
+            if i >= len(self.journals):
+                fallback = self._open_fallback() if len(self.journals) == 1 else None
+                if fallback is None:
+                    return False
+                self.journals.append(fallback)
+            try:
+                self.journals[i].append(rows, sync=sync)
+            except (JournalError, OSError) as exc:
+                self.write_errors += 1
+                self.last_error = str(exc)
+                log.error("journal %s refused %d records: %s", self.journals[i].location, len(rows), exc)
+                if i == 0:
+                    self._primary_failed_at = time.monotonic()
+                i += 1
+                continue
+            if i != self._active:
+                self._active = i
+            return True
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._buf) + len(self._held)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Write what is buffered, then end the writer thread."""
+        if self._pid != os.getpid():
+            self.after_fork_child()
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        done = self.write_pending(timeout)
+        with self._cond:
+            self._cond.notify_all()
+        return done and not self._buf
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "buffered": len(self._buf),
+            "held_in_memory": len(self._held),
+            "written": self.written,
+            "dropped": self.dropped,
+            "write_errors": self.write_errors,
+            "caller_runs": self.caller_runs,
+            "journal": self.journals[self._active].location if self.journals else None,
+            "fallback_active": self._active != 0,
+            "last_write_error": self.last_error,
+        }
