@@ -50,8 +50,11 @@ def new_id() -> str:
     return str(_uuid7())
 
 
-class UsageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One LLM call's usage. ``cost`` is exact (Decimal) or None when unknown."""
+class UsageRecord(msgspec.Struct, omit_defaults=True):
+    """One LLM call's usage. ``cost`` is exact (Decimal) or None when unknown.
+
+    Field order is part of the API: ``make_usage_record`` builds it positionally, which
+    costs a sixth of keyword construction on the hot path."""
 
     id: str
     timestamp: datetime
@@ -223,32 +226,52 @@ def make_usage_record(
     timestamp: datetime | None = None,
     id: str | None = None,
 ) -> UsageRecord:
-    """Validate arguments and build a :class:`UsageRecord` (the hot path of ``record()``)."""
-    _check_str("provider", provider, required=True)
-    _check_str("model", model, required=True)
+    """Validate arguments and build a :class:`UsageRecord` (the hot path of ``record()``).
+
+    Written as inline type tests on the common case (exact ints and strs) because this
+    runs in the caller's thread on every call; the helpers only run to raise or convert.
+    """
+    if type(provider) is not str or not provider:
+        _check_str("provider", provider, required=True)
+    if type(model) is not str or not model:
+        _check_str("model", model, required=True)
+    if type(input_tokens) is not int or input_tokens < 0:
+        input_tokens = _check_tokens("input_tokens", input_tokens)
+    if type(output_tokens) is not int or output_tokens < 0:
+        output_tokens = _check_tokens("output_tokens", output_tokens)
+    if type(cache_read_tokens) is not int or cache_read_tokens < 0:
+        cache_read_tokens = _check_tokens("cache_read_tokens", cache_read_tokens)
+    if type(cache_write_tokens) is not int or cache_write_tokens < 0:
+        cache_write_tokens = _check_tokens("cache_write_tokens", cache_write_tokens)
+    if type(reasoning_tokens) is not int or reasoning_tokens < 0:
+        reasoning_tokens = _check_tokens("reasoning_tokens", reasoning_tokens)
+    if cost is not None:
+        cost = check_cost(cost)
+    if type(currency) is not str or not currency:
+        _check_str("currency", currency, required=True)
+    if user_id is not None and type(user_id) is not str:
+        _check_str("user_id", user_id)
+    if session_id is not None and type(session_id) is not str:
+        _check_str("session_id", session_id)
+    if customer_key is not None and type(customer_key) is not str:
+        _check_str("customer_key", customer_key)
+    if run_id is not None and type(run_id) is not str:
+        _check_str("run_id", run_id)
+    if response_id is not None and type(response_id) is not str:
+        _check_str("response_id", response_id)
     if timestamp is None:
         ts = datetime.now(UTC)
     elif isinstance(timestamp, datetime):
         ts = to_utc(timestamp)
     else:
         raise _bad("timestamp", timestamp, "a datetime", TypeError)
+    if id is None:
+        id = str(_uuid7())
+    elif type(id) is not str or not id:
+        _check_str("id", id, required=True)
     return UsageRecord(
-        id=new_id() if id is None else _check_str("id", id, required=True),  # type: ignore[arg-type]
-        timestamp=ts,
-        provider=provider,
-        model=model,
-        input_tokens=_check_tokens("input_tokens", input_tokens),
-        output_tokens=_check_tokens("output_tokens", output_tokens),
-        cache_read_tokens=_check_tokens("cache_read_tokens", cache_read_tokens),
-        cache_write_tokens=_check_tokens("cache_write_tokens", cache_write_tokens),
-        reasoning_tokens=_check_tokens("reasoning_tokens", reasoning_tokens),
-        cost=check_cost(cost),
-        currency=_check_str("currency", currency, required=True),  # type: ignore[arg-type]
-        user_id=_check_str("user_id", user_id),
-        session_id=_check_str("session_id", session_id),
-        customer_key=_check_str("customer_key", customer_key),
-        run_id=_check_str("run_id", run_id),
-        response_id=_check_str("response_id", response_id),
-        tags=check_tags(tags),
-        payload=check_json_object("payload", payload),
+        id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens,
+        cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id,
+        customer_key, run_id, response_id, check_tags(tags) if tags else {},
+        None if payload is None else check_json_object("payload", payload),
     )

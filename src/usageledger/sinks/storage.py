@@ -1,0 +1,63 @@
+"""StorageSink: write batches of usage records into any StorageBackend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ..records import KIND_USAGE, UsageRecord, decode_usage
+from .base import OK, Reject, Result, Retry, Sink
+
+if TYPE_CHECKING:
+    from ..journal.base import JournalItem
+    from ..storage.base import StorageBackend
+
+log = logging.getLogger("usageledger.sinks.storage")
+
+
+class StorageSink(Sink):
+    """``save_many`` is idempotent on id, so a redelivered batch is harmless; a record
+    that cannot be decoded is rejected alone, a backend failure retries the batch."""
+
+    name = "storage"
+
+    def __init__(
+        self,
+        storage: StorageBackend,
+        *,
+        price: Callable[[UsageRecord], UsageRecord] | None = None,
+    ):
+        self.storage = storage
+        self._price = price
+
+    def send(self, batch: list[JournalItem]) -> dict[str, Result]:
+        results: dict[str, Result] = {}
+        records: list[UsageRecord] = []
+        for item in batch:
+            if item.kind != KIND_USAGE:
+                results[item.id] = Reject(f"a storage sink takes usage records, not {item.kind!r}")
+                continue
+            try:
+                record = decode_usage(item.data)
+            except msgspec.DecodeError as exc:
+                results[item.id] = Reject(f"not a usage record: {exc}")
+                continue
+            if record.cost is None and self._price is not None:
+                record = self._price(record)
+            records.append(record)
+        if records:
+            try:
+                self.storage.save_many(records)
+            except Exception as exc:
+                log.warning("storage refused %d records: %r", len(records), exc)
+                retry = Retry(None, f"{type(exc).__name__}: {exc}")
+                return {**results, **{r.id: retry for r in records}}
+            for r in records:
+                results[r.id] = OK
+        return results
+
+    def close(self) -> None:
+        pass
