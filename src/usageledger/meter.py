@@ -1,0 +1,121 @@
+"""Meter (seed 002): record usage without blocking, query and summarise it from a
+StorageBackend. ``record()`` goes through the core pipeline to a StorageSink."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .pipeline import Pipeline, default_journal_path
+from .records import KIND_USAGE, UsageRecord, make_usage_record
+from .sinks.storage import StorageSink
+from .storage import create_storage
+from .storage.base import Aggregate, StorageBackend
+
+__all__ = ["Meter"]
+
+_PIPELINE_OPTIONS = (
+    "durability", "journal_path", "flush_interval", "max_buffer", "max_batch_size",
+    "batch_interval", "max_attempts", "max_backoff", "exit_timeout",
+)
+
+
+class Meter:
+    """``Meter(storage="memory"|"sqlite"|"jsonl"|"postgres"|"redis"|URL|StorageBackend, **kw)``.
+
+    Storage keywords (``db_path``, ``path``, ``url``...) go to ``create_storage``;
+    pipeline keywords (``durability``, ``journal_path``, ``flush_interval``,
+    ``batch_interval``...) to the pipeline. By default a memory store uses a memory
+    journal and a persistent store a journal file beside it (or in the user data dir),
+    so nothing accepted is lost at exit or on SIGTERM.
+    """
+
+    def __init__(
+        self,
+        storage: str | StorageBackend = "memory",
+        *,
+        prices: dict[Any, Any] | None = None,
+        **kw: Any,
+    ):
+        options = {k: kw.pop(k) for k in _PIPELINE_OPTIONS if k in kw}
+        self.storage = storage if isinstance(storage, StorageBackend) else create_storage(storage, **kw)
+        if isinstance(storage, StorageBackend) and kw:
+            raise TypeError(f"storage options {sorted(kw)} given with a StorageBackend instance")
+        self.prices = prices
+        options.setdefault("batch_interval", 0.05)
+        if "journal_path" not in options and options.get("durability") != "memory":
+            options["journal_path"] = self._journal_beside(self.storage)
+            if options["journal_path"] is None:
+                options["durability"] = "memory"
+        self._pipeline = Pipeline(
+            StorageSink(self.storage, price=self._price),
+            name="usageledger-meter",
+            **options,
+        )
+        self._submit = self._pipeline.submit
+
+    @staticmethod
+    def _journal_beside(storage: StorageBackend) -> Path | None:
+        kind = type(storage).__name__.lower()
+        if "memory" in kind:
+            return None
+        where = getattr(storage, "path", None) or getattr(storage, "db_path", None)
+        if where is not None:
+            return Path(os.fspath(where)).expanduser().with_suffix(".journal")
+        return default_journal_path(f"meter-{kind}.journal")
+
+    def _price(self, record: UsageRecord) -> UsageRecord:
+        from .pricing import price_record
+
+        return price_record(record, self.prices)
+
+    def record(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        **fields: Any,
+    ) -> str:
+        """Record one call (non-blocking); returns the record id. Fields: cache_read_tokens,
+        cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id,
+        customer_key, run_id, response_id, tags, payload, timestamp, id."""
+        rec = make_usage_record(provider, model, input_tokens, output_tokens, **fields)
+        self._submit(rec.id, KIND_USAGE, rec)
+        return rec.id
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        return self._pipeline.flush(timeout)
+
+    def query(self, **filters: Any) -> list[UsageRecord]:
+        """Flush, then the stored records matching ``filters``, newest first."""
+        self.flush()
+        return self.storage.query(**filters)
+
+    def summary(self, group_by: Sequence[str] | str = ("day", "model"), **filters: Any) -> list[Aggregate]:
+        """Flush, then totals per group (count, token sums, exact Decimal cost)."""
+        self.flush()
+        return self.storage.aggregate(group_by, **filters)
+
+    def cost(self, **filters: Any) -> Decimal:
+        """Flush, then the exact total cost of the records matching ``filters``."""
+        self.flush()
+        rows = self.storage.aggregate((), **filters)
+        return sum((r["cost"] for r in rows), Decimal(0))
+
+    def stats(self) -> dict[str, Any]:
+        return self._pipeline.stats()
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        done = self._pipeline.stop(timeout)
+        self.storage.close()
+        return done
+
+    def __enter__(self) -> Meter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
