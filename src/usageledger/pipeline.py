@@ -94,6 +94,11 @@ class Pipeline:
             self.dispatcher.start()
         self._pid = os.getpid()
 
+    def start_dispatch(self) -> None:
+        """Start delivering from a pipeline made with ``dispatch=False``."""
+        self._dispatch = True
+        self.dispatcher.start()
+
     @property
     def durability(self) -> str:
         return self.recorder.durability

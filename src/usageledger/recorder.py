@@ -236,7 +236,6 @@ class Recorder:
 
     def _write_rows(self, rows: list[tuple[str, str, bytes]]) -> bool:
         """Try the active journal, then the next ones in the chain; True once stored."""
-        sync = self.durability == "fsync"
         if self._active and time.monotonic() - self._primary_failed_at > _PRIMARY_RETRY_S:
             self._active = 0  # give the primary another chance
         i = self._active
@@ -247,8 +246,8 @@ class Recorder:
                     return False
                 self.journals.append(fallback)
             try:
-                self.journals[i].append(rows, sync=sync)
-            except (JournalError, OSError) as exc:
+                self.journals[i].append(rows)
+            except Exception as exc:  # any refusal moves on down the chain: never lose rows
                 self.write_errors += 1
                 self.last_error = str(exc)
                 log.error("journal %s refused %d records: %s", self.journals[i].location, len(rows), exc)

@@ -50,9 +50,9 @@ class Journal:
     #: where the journal lives, for messages (a path or a description)
     location: str = "memory"
 
-    def append(self, items: list[tuple[str, str, bytes]], *, sync: bool = False) -> None:
-        """Store ``(id, kind, data)`` items as ready, in one transaction.
-        ``sync`` asks for a commit that survives power loss (fsync)."""
+    def append(self, items: list[tuple[str, str, bytes]]) -> None:
+        """Store ``(id, kind, data)`` items as ready, in one transaction (durable as the
+        journal was opened: the SQLite journal fsyncs each commit when ``fsync=True``)."""
         raise NotImplementedError
 
     def claim(self, n: int, owner: str) -> list[JournalItem]:

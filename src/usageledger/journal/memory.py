@@ -30,7 +30,7 @@ class MemoryJournal(Journal):
         self._retried = 0
         self._lease: tuple[str, float] | None = None
 
-    def append(self, items: list[tuple[str, str, bytes]], *, sync: bool = False) -> None:
+    def append(self, items: list[tuple[str, str, bytes]]) -> None:
         now = time.time()
         with self._lock:
             for id_, kind, data in items:

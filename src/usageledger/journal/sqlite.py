@@ -102,8 +102,8 @@ class SqliteJournal(Journal):
 
     @contextlib.contextmanager
     def _tx(self, immediate: bool = True):
-        conn = self._conn()
         try:
+            conn = self._conn()
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
                 yield conn
@@ -115,22 +115,12 @@ class SqliteJournal(Journal):
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
     # -- contract ---------------------------------------------------------------------
-    def append(self, items: list[tuple[str, str, bytes]], *, sync: bool = False) -> None:
+    def append(self, items: list[tuple[str, str, bytes]]) -> None:
         if not items:
             return
-        now = time.time()
-        conn = self._conn()
-        if sync and not self.fsync:
-            conn.execute("PRAGMA synchronous=FULL")
-        try:
-            with self._tx() as c:
-                c.executemany(
-                    "INSERT INTO items(id, kind, data, created) VALUES (?, ?, ?, ?)",
-                    [(i, k, d, now) for i, k, d in items],
-                )
-        finally:
-            if sync and not self.fsync:
-                conn.execute("PRAGMA synchronous=NORMAL")
+        rows = [(i, k, d, now) for now in (time.time(),) for i, k, d in items]
+        with self._tx() as c:
+            c.executemany("INSERT INTO items(id, kind, data, created) VALUES (?, ?, ?, ?)", rows)
 
     def claim(self, n: int, owner: str) -> list[JournalItem]:
         with self._tx() as c:
