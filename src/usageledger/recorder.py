@@ -150,17 +150,24 @@ class Recorder:
             self.write_pending()
 
     def _submit_and_wait(self, item: tuple) -> None:
+        # group commit with a leader: whoever finds the write lock free commits everything
+        # waiting (its own item and its neighbours'); the others wait for that commit
         with self._cond:
             self._buf.append(item)
             self._seq += 1
             mine = self._seq
-        self._wake.set()
-        with self._cond:
-            while self._committed < mine and not self._stopping_done():
-                self._cond.wait(1.0)
-
-    def _stopping_done(self) -> bool:
-        return self._thread is None or not self._thread.is_alive()
+        while True:
+            if self._write_lock.acquire(blocking=False):
+                try:
+                    self._write_locked()
+                finally:
+                    self._write_lock.release()
+            with self._cond:
+                if self._committed >= mine:
+                    return
+                self._cond.wait(0.05)
+                if self._committed >= mine:
+                    return
 
     # -- writer -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -181,25 +188,28 @@ class Recorder:
         if not self._write_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             return False
         try:
-            while True:
-                with self._cond:
-                    total = len(self._buf)
-                    n = min(total, _CHUNK)
-                    # every item numbered up to `upto` is in the part we take now
-                    upto = self._seq if n == total else None
-                if n:
-                    self._write([self._buf.popleft() for _ in range(n)])
-                elif self._held:
-                    self._write([])
-                if upto is not None and self._sync:
-                    with self._cond:
-                        self._committed = max(self._committed, upto)
-                        self._cond.notify_all()
-                if upto is not None:
-                    break
+            self._write_locked()
         finally:
             self._write_lock.release()
         return True
+
+    def _write_locked(self) -> None:
+        while True:
+            with self._cond:
+                total = len(self._buf)
+                n = min(total, _CHUNK)
+                # every item numbered up to `upto` is in the part we take now
+                upto = self._seq if n == total else None
+            if n:
+                self._write([self._buf.popleft() for _ in range(n)])
+            elif self._held:
+                self._write([])
+            if upto is not None and self._sync:
+                with self._cond:
+                    self._committed = max(self._committed, upto)
+                    self._cond.notify_all()
+            if upto is not None:
+                break
 
     def _write(self, items: list[tuple]) -> None:
         rows = [r for r in (self._encode(i) for i in items) if r is not None]

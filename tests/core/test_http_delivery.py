@@ -1,0 +1,166 @@
+"""PersistentDelivery against a real fault-injecting HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import pytest
+
+from tests.support.fault_server import FaultServer
+from usageledger.delivery import PersistentDelivery, PersistentQueueManager
+
+
+@pytest.fixture
+def server():
+    with FaultServer() as srv:
+        yield srv
+
+
+def delivery(tmp_path, server, **kw) -> PersistentDelivery:
+    opts = dict(db_path=tmp_path / "q.db", api_base=server.url, batch_interval=0.02,
+                immediate_pause_seconds=0.05, max_backoff=0.3, timeout=1.0, api_key="k-123")
+    opts.update(kw)
+    return PersistentDelivery(**opts)
+
+
+def payloads(n, start=0):
+    return [{"api_id": "openai", "service_key": "gpt-4o", "payload": {"n": i}} for i in range(start, start + n)]
+
+
+def test_delivers_with_auth_gzip_and_keeps_own_ids(tmp_path, server):
+    d = delivery(tmp_path, server)
+    own = d.enqueue({"id": "my-own-id", "api_id": "a", "service_key": "b"})
+    ids = [d.enqueue(p) for p in payloads(200)]
+    assert own == "my-own-id"
+    assert d.flush(20)
+    assert server.stored_ids() == {own, *ids}
+    req = server.requests[-1]
+    assert req.headers.get("Authorization") == "Bearer k-123"
+    assert any(r.headers.get("Content-Encoding") == "gzip" for r in server.requests)
+    s = d.stats()
+    assert s["delivered"] == 201 and s["queued"] == 0 and s["dead"] == 0
+    d.stop(5)
+
+
+def test_outage_then_recovery_delivers_everything(tmp_path, server):
+    server.script(server.status(500), server.status(503), server.reset(), server.hang(3),
+                  server.slow_body(3), server.status(502))
+    d = delivery(tmp_path, server, max_attempts=100)
+    ids = [d.enqueue(p) for p in payloads(50)]
+    assert d.flush(60)
+    assert server.stored_ids() == set(ids)
+    assert d.stats()["retried"] > 0
+    d.stop(5)
+
+
+def test_retry_after_is_respected(tmp_path, server):
+    server.script(server.retry_after(1.0))
+    d = delivery(tmp_path, server)
+    d.enqueue(payloads(1)[0])
+    assert d.flush(20)
+    first, second = server.requests[0], server.requests[1]
+    assert first.status == 429
+    gap = second.time - first.time
+    assert gap >= 0.95, f"re-sent {gap:.3f}s after a Retry-After of 1s"
+    d.stop(5)
+
+
+def test_per_record_reject_dead_letters_only_the_poison(tmp_path, server):
+    d = delivery(tmp_path, server)
+    server.default = server.reject_ids(lambda rec: rec.get("payload", {}).get("n") == 7, error="bad model")
+    ids = [d.enqueue(p) for p in payloads(20)]
+    assert d.flush(20)
+    assert server.stored_ids() == set(ids) - {ids[7]}
+    mgr = PersistentQueueManager(tmp_path / "q.db")
+    failed = mgr.failed()
+    assert [f["id"] for f in failed] == [ids[7]]
+    assert "bad model" in failed[0]["last_error"]
+    assert failed[0]["payload"]["payload"]["n"] == 7
+    server.default = server.ok()
+    assert mgr.requeue() == 1
+    assert d.flush(20)
+    assert ids[7] in server.stored_ids()
+    d.stop(5)
+
+
+def test_whole_batch_400_is_halved_until_the_poison_is_alone(tmp_path, server):
+    server.default = server.poison(lambda rec: rec.get("payload", {}).get("n") == 13)
+    d = delivery(tmp_path, server, max_batch_size=32)
+    ids = [d.enqueue(p) for p in payloads(32)]
+    assert d.flush(30)
+    assert server.stored_ids() == set(ids) - {ids[13]}
+    assert d.stats()["dead"] == 1
+    d.stop(5)
+
+
+def test_unauthorized_dead_letters_without_splitting(tmp_path, server):
+    server.default = server.status(401, body=b'{"detail": "bad key"}')
+    d = delivery(tmp_path, server, max_batch_size=50)
+    for p in payloads(50):
+        d.enqueue(p)
+    assert d.flush(20)
+    assert d.stats()["dead"] == 50
+    assert len(server.requests) == 1  # one request, not 99 halvings
+    d.stop(5)
+
+
+def test_plain_200_without_results_means_all_accepted(tmp_path, server):
+    server.default = server.plain_ok()
+    d = delivery(tmp_path, server)
+    for p in payloads(5):
+        d.enqueue(p)
+    assert d.flush(20)
+    assert d.stats()["delivered"] == 5
+    d.stop(5)
+
+
+def test_stop_returns_by_deadline_when_server_hangs(tmp_path, server):
+    server.default = server.hang(20)
+    d = delivery(tmp_path, server, timeout=10)
+    d.enqueue(payloads(1)[0])
+    t0 = time.monotonic()
+    assert d.stop(1.0) is False
+    assert time.monotonic() - t0 < 3
+    # still in the journal for the next run
+    assert PersistentQueueManager(tmp_path / "q.db").stats()["delivered"] == 0
+
+
+def test_bad_payloads_raise_and_write_nothing(tmp_path, server):
+    d = delivery(tmp_path, server)
+    with pytest.raises(TypeError, match="payload"):
+        d.enqueue(["not", "a", "dict"])
+    with pytest.raises(TypeError, match="payload is not JSON-serialisable"):
+        d.enqueue({"x": object()})
+    with pytest.raises(ValueError, match=r"payload\.v"):
+        d.enqueue({"v": float("nan")})
+    with pytest.raises(TypeError, match="id"):
+        d.enqueue({"id": 5})
+    assert d.flush(5)
+    assert d.stats()["delivered"] == 0 and not server.requests
+    d.stop(5)
+
+
+def test_dead_records_warn_at_start(tmp_path, server, caplog):
+    server.default = server.status(400)
+    d = delivery(tmp_path, server)
+    d.enqueue(payloads(1)[0])
+    assert d.flush(10)
+    d.stop(5)
+    caplog.clear()
+    d2 = delivery(tmp_path, server)
+    assert "usageledger failed" in caplog.text and "requeue" in caplog.text
+    d2.stop(1)
+
+
+def test_wire_body_is_a_track_batch(tmp_path, server):
+    d = delivery(tmp_path, server, compress=None)
+    d.enqueue({"api_id": "x", "service_key": "y", "payload": {"k": 1}})
+    assert d.flush(10)
+    body = server.requests[-1].body
+    if server.requests[-1].headers.get("Content-Encoding") == "gzip":
+        body = gzip.decompress(body)
+    doc = json.loads(body)
+    assert list(doc) == ["tracked"] and doc["tracked"][0]["payload"] == {"k": 1}
+    d.stop(5)
