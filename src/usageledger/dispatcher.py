@@ -99,8 +99,8 @@ class Dispatcher:
             self._wake.set()
 
     def kick(self) -> None:
-        """Send what is ready now instead of at the next interval."""
-        self._pause_until = 0.0
+        """Send what is ready now instead of at the next interval (a pause after a
+        failing destination, e.g. its Retry-After, still holds)."""
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> bool:

@@ -117,15 +117,17 @@ class Pipeline:
             return self._settled()
         self.dispatcher.start()
         self.dispatcher.kick()
+        kicked = time.monotonic()
         while True:
             if self._settled():
                 return True
             left = _remaining(deadline)
             if left is not None and left <= 0:
                 return False
-            time.sleep(0.005 if left is None else min(0.005, left))
-            if self.dispatcher.idle:
+            time.sleep(0.01 if left is None else min(0.01, left))
+            if self.dispatcher.idle and time.monotonic() - kicked > 0.05:
                 self.dispatcher.kick()
+                kicked = time.monotonic()
 
     def _settled(self) -> bool:
         if self.recorder.pending:
