@@ -132,11 +132,7 @@ class Pipeline:
     def _settled(self) -> bool:
         if self.recorder.pending:
             return False
-        for journal in self.recorder.journals:
-            s = journal.stats()
-            if s["ready"] or s["inflight"]:
-                return False
-        return True
+        return not any(journal.has_pending() for journal in self.recorder.journals)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Write the buffer to the journal, deliver until ``timeout``, end the threads.

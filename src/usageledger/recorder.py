@@ -150,24 +150,15 @@ class Recorder:
             self.write_pending()
 
     def _submit_and_wait(self, item: tuple) -> None:
-        # group commit with a leader: whoever finds the write lock free commits everything
-        # waiting (its own item and its neighbours'); the others wait for that commit
+        # group commit: callers queue on the write lock; whoever gets it commits every item
+        # waiting (its own and its neighbours'), so the next ones find theirs done
         with self._cond:
             self._buf.append(item)
             self._seq += 1
             mine = self._seq
-        while True:
-            if self._write_lock.acquire(blocking=False):
-                try:
-                    self._write_locked()
-                finally:
-                    self._write_lock.release()
-            with self._cond:
-                if self._committed >= mine:
-                    return
-                self._cond.wait(0.05)
-                if self._committed >= mine:
-                    return
+        with self._write_lock:
+            if self._committed < mine:
+                self._write_locked()
 
     # -- writer -----------------------------------------------------------------------------
     def _run(self) -> None:

@@ -86,6 +86,10 @@ class Journal:
         last_error, oldest first."""
         raise NotImplementedError
 
+    def has_pending(self) -> bool:
+        """True while any item is ready or in flight (cheap: used to wait for a flush)."""
+        raise NotImplementedError
+
     def stats(self) -> dict[str, Any]:
         """ready, inflight, dead, delivered, retried, oldest_ready_created,
         next_not_before, lease_holder, lease_expires."""

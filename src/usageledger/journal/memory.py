@@ -104,6 +104,10 @@ class MemoryJournal(Journal):
                 for r in rows[:limit]
             ]
 
+    def has_pending(self) -> bool:
+        with self._lock:
+            return any(r.state != DEAD for r in self._rows.values())
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             counts = {READY: 0, INFLIGHT: 0, DEAD: 0}
