@@ -34,6 +34,9 @@ log = logging.getLogger("usageledger.recorder")
 DURABILITIES = ("buffered", "committed", "fsync", "memory")
 _CHUNK = 5000  # items per journal transaction: bounds a commit's latency and memory
 _PRIMARY_RETRY_S = 5.0
+#: items buffered before the caller writes them itself: at ~10k items the writer is behind
+#: by more than a flush window, and a burst this large is rare in LLM applications
+HIGH_WATER = 10_000
 
 
 class Recorder:
@@ -56,6 +59,7 @@ class Recorder:
         self.durability = durability
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
+        self._high_water = min(max_buffer, HIGH_WATER)
         self.name = name
         self._sync = durability in ("committed", "fsync")
         self._journal_path = None if journal_path is None else Path(journal_path).expanduser()
@@ -145,7 +149,9 @@ class Recorder:
             return
         buf = self._buf
         buf.append((id_, kind, obj))
-        if len(buf) >= self.max_buffer:
+        if len(buf) >= self._high_water:
+            # the writer is behind: the caller writes (caller-runs), which bounds both
+            # memory and what a SIGKILL can lose to about one flush window
             self.caller_runs += 1
             self.write_pending()
 

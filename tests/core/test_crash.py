@@ -90,9 +90,10 @@ def test_buffered_stop_exit_and_sigterm_lose_nothing(tmp_path, server):
 def test_buffered_sigkill_loses_at_most_the_flush_window(tmp_path, server):
     # bound: flush_interval (50 ms) plus one commit; 0.5 s allows for a loaded 2-core CI box
     bound = 0.5
-    journal, out = tmp_path / "q.db", tmp_path / "acked"
-    lost_total = 0
-    for _ in range(5):
+    journal = tmp_path / "q.db"
+    lost_total = acked_total = 0
+    for k in range(5):
+        out = tmp_path / f"acked{k}"
         proc = start_producer(journal, server.url, out, "--mode", "buffered")
         time.sleep(random.uniform(0.2, 0.5))
         killed_at = time.time()
@@ -102,9 +103,11 @@ def test_buffered_sigkill_loses_at_most_the_flush_window(tmp_path, server):
         stored = server.stored_ids()
         lost = {i: t for i, t in acked(out).items() if i not in stored}
         lost_total += len(lost)
+        acked_total += len(acked(out))
         too_old = [i for i, t in lost.items() if t < killed_at - bound]
         assert not too_old, f"{len(too_old)} records acknowledged more than {bound}s before the kill were lost"
-    assert len(acked(out)) > 1000
+    assert acked_total > 1000
+    print(f"buffered SIGKILL: {lost_total} of {acked_total} acknowledged records lost, all within {bound}s")
 
 
 def test_dead_dispatcher_claims_are_taken_over_after_lease(tmp_path, server):

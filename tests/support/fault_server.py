@@ -61,6 +61,7 @@ class FaultServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else delayed ACKs add 40 ms per request
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -12,19 +12,41 @@ Every backend:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from ..records import UsageRecord
 
-__all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate"]
+__all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
 
 #: group keys accepted by ``aggregate``, plus ``tag:<key>``
 GROUP_KEYS = ("day", "hour", "provider", "model", "user_id", "session_id", "customer_key")
 
 #: one row of ``aggregate``: the group values by key, plus count, token sums and cost
 Aggregate = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunWrite:
+    """One write of an agent run (seed 001). ``fields`` is a JSON object of RunRecord
+    fields; ``seq`` orders the writes of one run: a write whose ``seq`` is not greater
+    than the stored one never replaces newer state (replays and reordering are harmless).
+
+    ``create=True`` (POST): create the run if missing, else apply like an update — so an
+    update replayed as an insert is still applied when it is newer.
+    ``create=False`` (PATCH): partial update of an existing run; ``missing`` if unknown.
+    """
+
+    run_id: str
+    fields: dict[str, Any]
+    seq: int = 0
+    create: bool = True
+
+
+#: what ``write_runs`` answers per write
+RUN_RESULTS = ("created", "updated", "duplicate", "stale", "missing")
 
 
 def check_group_by(group_by: Sequence[str] | str) -> tuple[str, ...]:
@@ -80,6 +102,28 @@ class StorageBackend:
         ``reasoning_tokens``, ``cost`` (Decimal; records of unknown cost add nothing) and
         ``unknown_cost`` (how many records had no cost). Sorted by the group keys."""
         raise NotImplementedError
+
+    # -- agent runs (seed 001; served by the collector's /api/v1/runs) -----------------------
+    def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
+        """Apply run writes in order, in one transaction; one of :data:`RUN_RESULTS` per
+        write: ``created``; ``updated`` (fields merged, ``seq`` advanced); ``duplicate``
+        (a create whose ``seq`` is not newer: nothing changed); ``stale`` (an update whose
+        ``seq`` is not newer: ignored); ``missing`` (an update of an unknown run)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stored run (its fields plus ``run_id`` and ``seq``), or None."""
+        raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
+
+    def query_runs(
+        self,
+        agent_name: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Stored runs matching the filters, newest ``started_at`` first."""
+        raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
 
     def count(self) -> int:
         raise NotImplementedError
