@@ -28,11 +28,13 @@ __all__ = [
     "TOKEN_FIELDS",
     "KIND_USAGE",
     "KIND_RAW",
+    "KIND_RUN",
 ]
 
 #: journal item kinds; the journal never parses payloads, sinks route on the kind.
 KIND_USAGE = "usage"
 KIND_RAW = "raw"  # a caller's own dict (PersistentDelivery.enqueue)
+KIND_RUN = "run"  # one write of an agent run: {"id", "run_id", "seq", "create", ...fields}
 
 TOKEN_FIELDS = (
     "input_tokens",

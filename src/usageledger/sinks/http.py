@@ -14,12 +14,15 @@ import httpx
 import msgspec
 
 from ..journal.base import JournalItem
+from ..records import KIND_RUN
 from .base import OK, Reject, Result, Retry, Sink, all_results
 
 log = logging.getLogger("usageledger.http")
 
 #: statuses worth another try; every other 4xx is a refusal for good
 RETRY_STATUSES = frozenset({408, 425, 429})
+#: per-record statuses that mean stored (a run write that is not newer is settled too)
+_STORED = frozenset({"accepted", "duplicate", "ok", "stored", "created", "updated", "stale"})
 #: refusals that are about the request as a whole, not any one record
 _NOT_RECORD_SPECIFIC = frozenset({401, 403, 404, 405})
 
@@ -78,6 +81,7 @@ class HttpSink(Sink):
             raise ValueError(f"compress must be 'gzip' or None, got {compress!r}")
         self.base = api_base.rstrip("/") + "/" + api_url.strip("/")
         self.track_url = self.base.rstrip("/") + "/track"
+        self.runs_url = self.base.rstrip("/") + "/runs/batch"
         self.timeout = timeout
         self.compress = compress
         self.compress_level = compress_level
@@ -100,10 +104,18 @@ class HttpSink(Sink):
         return self._http
 
     def url_for(self, kind: str) -> str:
-        return self.track_url
+        return self.runs_url if kind == KIND_RUN else self.track_url
 
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
-        body = b'{"tracked":[' + b",".join(item.data for item in batch) + b"]}"
+        # the dispatcher may mix kinds in one claim: one request per kind, results merged
+        kinds = {item.kind for item in batch}
+        if len(kinds) > 1:
+            out: dict[str, Result] = {}
+            for kind in kinds:
+                out.update(self.send([item for item in batch if item.kind == kind]))
+            return out
+        envelope = b'{"runs":[' if batch[0].kind == KIND_RUN else b'{"tracked":['
+        body = envelope + b",".join(item.data for item in batch) + b"]}"
         headers = {}
         if self.compress and len(body) >= self.compress_min_bytes:
             payload = gzip_bytes(body, self.compress_level)
@@ -144,10 +156,13 @@ class HttpSink(Sink):
             return all_results(batch, OK)
         out: dict[str, Result] = {}
         for r in answer.results:
-            if r.status in ("accepted", "duplicate", "ok", "stored"):
+            if r.status in _STORED:
                 out[r.id] = OK
             elif r.status == "rejected":
                 out[r.id] = Reject(r.error or "rejected by the collector")
+            elif r.status == "missing":
+                # an update that arrived before its run's create: try again later
+                out[r.id] = Retry(None, r.error or "run not created yet")
             else:
                 out[r.id] = Retry(None, f"status {r.status!r}: {r.error or ''}")
         for item in batch:
