@@ -164,3 +164,22 @@ def test_wire_body_is_a_track_batch(tmp_path, server):
     doc = json.loads(body)
     assert list(doc) == ["tracked"] and doc["tracked"][0]["payload"] == {"k": 1}
     d.stop(5)
+
+
+def test_queue_manager_stats_failed_requeue_by_id_and_purge(tmp_path, server):
+    server.default = server.reject_ids(lambda rec: rec.get("payload", {}).get("n", 0) < 3, error="quota")
+    d = delivery(tmp_path, server)
+    ids = [d.enqueue(p) for p in payloads(10)]
+    assert d.flush(20)
+    d.stop(5)
+    mgr = PersistentQueueManager(tmp_path / "q.db")
+    s = mgr.stats()
+    assert (s["queued"], s["failed"], s["delivered"]) == (0, 3, 7)
+    assert len(mgr.failed(limit=2)) == 2
+    assert mgr.requeue([ids[0]]) == 1
+    assert mgr.stats()["queued"] == 1 and mgr.stats()["failed"] == 2
+    assert mgr.purge("dead", older_than=3600) == 0  # too young
+    assert mgr.purge("dead") == 2 and mgr.stats()["failed"] == 0
+    mgr.close()
+    with pytest.raises(FileNotFoundError, match="no journal"):
+        PersistentQueueManager(tmp_path / "missing.db")
