@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.receiver import run_receiver  # noqa: E402
-
 from usageledger.delivery import PersistentDelivery  # noqa: E402
 from usageledger.journal import SqliteJournal  # noqa: E402
 from usageledger.pipeline import Pipeline  # noqa: E402
