@@ -134,11 +134,11 @@ class PersistentDelivery:
 class PersistentQueueManager:
     """Inspect and repair a journal file: stats, failures, requeue, purge."""
 
-    def __init__(self, db_path: str | Path):
+    def __init__(self, db_path: str | Path, *, busy_timeout_ms: int = 10_000):
         path = Path(db_path).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"no journal at {path}")
-        self.journal = SqliteJournal(path)
+        self.journal = SqliteJournal(path, busy_timeout_ms=busy_timeout_ms)
 
     def stats(self) -> dict[str, Any]:
         s = self.journal.stats()

@@ -86,6 +86,16 @@ class Journal:
         last_error, oldest first."""
         raise NotImplementedError
 
+    def retrying(self, limit: int = 10) -> tuple[int, list[dict[str, Any]]]:
+        """Ready items that failed a delivery and wait out their backoff (``not_before``
+        set): how many, and the ``limit`` next due (keys as :meth:`items`), soonest first."""
+        raise NotImplementedError
+
+    def recent_dead(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The ``limit`` items dead-lettered last, newest first: the keys of :meth:`items`
+        plus ``died`` (epoch seconds)."""
+        raise NotImplementedError
+
     def has_pending(self) -> bool:
         """True while any item is ready or in flight (cheap: used to wait for a flush)."""
         raise NotImplementedError

@@ -10,13 +10,17 @@ from .base import DEAD, INFLIGHT, READY, Journal, JournalItem, state_code
 
 
 class _Row:
-    __slots__ = ("seq", "id", "kind", "data", "state", "attempts", "not_before", "created", "last_error", "owner")
+    __slots__ = (
+        "seq", "id", "kind", "data", "state", "attempts", "not_before", "created", "last_error",
+        "owner", "died",
+    )
 
     def __init__(self, seq: int, id_: str, kind: str, data: bytes, created: float):
         self.seq, self.id, self.kind, self.data, self.created = seq, id_, kind, data, created
         self.state, self.attempts, self.not_before = READY, 0, 0.0
         self.last_error: str | None = None
         self.owner: str | None = None
+        self.died: float | None = None
 
 
 class MemoryJournal(Journal):
@@ -67,8 +71,9 @@ class MemoryJournal(Journal):
 
     def dead(self, ids: list[str], error: str) -> None:
         with self._lock:
+            now = time.time()
             for r in self._claimed(ids):
-                r.state, r.owner, r.last_error = DEAD, None, error
+                r.state, r.owner, r.last_error, r.died = DEAD, None, error, now
 
     def requeue(self, ids: list[str] | None = None) -> int:
         wanted = None if ids is None else set(ids)
@@ -95,14 +100,24 @@ class MemoryJournal(Journal):
         code = state_code(state)
         with self._lock:
             rows = sorted((r for r in self._rows.values() if r.state == code), key=lambda r: (r.not_before, r.seq))
-            return [
-                {
-                    "id": r.id, "kind": r.kind, "data": r.data, "attempts": r.attempts,
-                    "created": r.created, "not_before": r.not_before,
-                    "last_error": r.last_error, "owner": r.owner,
-                }
-                for r in rows[:limit]
-            ]
+            return [_describe(r) for r in rows[:limit]]
+
+    def retrying(self, limit: int = 10) -> tuple[int, list[dict[str, Any]]]:
+        with self._lock:
+            rows = sorted(
+                (r for r in self._rows.values() if r.state == READY and r.not_before > 0),
+                key=lambda r: (r.not_before, r.seq),
+            )
+            return len(rows), [_describe(r) for r in rows[:limit]]
+
+    def recent_dead(self, limit: int = 10) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = sorted(
+                (r for r in self._rows.values() if r.state == DEAD),
+                key=lambda r: (r.died or 0.0, r.seq),
+                reverse=True,
+            )
+            return [_describe(r) | {"not_before": 0.0, "died": r.died} for r in rows[:limit]]
 
     def has_pending(self) -> bool:
         with self._lock:
@@ -146,3 +161,11 @@ class MemoryJournal(Journal):
                     r.state, r.owner = READY, None
             if self._lease and self._lease[0] == holder:
                 self._lease = None
+
+
+def _describe(r: _Row) -> dict[str, Any]:
+    return {
+        "id": r.id, "kind": r.kind, "data": r.data, "attempts": r.attempts,
+        "created": r.created, "not_before": r.not_before,
+        "last_error": r.last_error, "owner": r.owner,
+    }

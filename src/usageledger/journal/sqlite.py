@@ -228,6 +228,25 @@ class SqliteJournal(Journal):
             )
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    def retrying(self, limit: int = 10) -> tuple[int, list[dict[str, Any]]]:
+        keys = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner")
+        n = self._read("SELECT count(*) FROM items WHERE state=0 AND not_before>0")[0][0]
+        rows = self._read(
+            "SELECT id, kind, data, attempts, created, not_before, last_error, owner FROM items"
+            " WHERE state=0 AND not_before>0 ORDER BY not_before, rowid LIMIT ?",
+            (limit,),
+        )
+        return n, [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def recent_dead(self, limit: int = 10) -> list[dict[str, Any]]:
+        keys = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner", "died")
+        rows = self._read(
+            "SELECT id, kind, data, attempts, created, 0, last_error, NULL, died FROM dead"
+            " ORDER BY rowid DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
     def has_pending(self) -> bool:
         return bool(self._read("SELECT EXISTS(SELECT 1 FROM items)")[0][0])
 
@@ -290,6 +309,33 @@ class SqliteJournal(Journal):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def check_journal_file(path: str | os.PathLike[str]) -> None:
+    """Raise JournalError unless ``path`` is an existing journal file. Opens it read-only,
+    so nothing is created, migrated or moved aside (tools inspecting a file a user named
+    must not "repair" a file that was never a journal)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise JournalError(f"no journal at {p}: the file does not exist")
+    if p.is_dir():
+        raise JournalError(f"{p} is a directory, not a journal file")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
+            raise JournalError(f"cannot read journal {p}: {exc}") from exc
+        raise JournalError(f"{p} is not a usageledger journal (not an SQLite database)") from exc
+    missing = {"items", "dead", "counters", "lease"} - tables
+    if missing:
+        raise JournalError(
+            f"{p} is an SQLite database but not a usageledger journal"
+            f" (no table {', '.join(sorted(missing))})"
+        )
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
