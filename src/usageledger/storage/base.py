@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..records import UsageRecord
+from ..records import UsageRecord, to_utc
 
 __all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
 
@@ -147,3 +147,218 @@ def zero_totals() -> dict[str, Any]:
         "cost": Decimal(0),
         "unknown_cost": 0,
     }
+
+
+# -- shared helpers for backends (one implementation of filters, groups and run merges) ---------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US_PER_HOUR = 3_600_000_000
+_US_PER_DAY = 86_400_000_000
+#: cost is also kept as an integer number of nano-units wherever it fits exactly, so sums
+#: run in integer arithmetic inside the database; other costs are summed from their text
+NANO = Decimal("1e-9")
+_MAX_NANO = 2**63 - 1
+
+FILTER_KEYS = ("provider", "model", "user_id", "session_id", "customer_key", "since", "until", "tags")
+EQUALITY_KEYS = ("provider", "model", "user_id", "session_id", "customer_key")
+TOTAL_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+              "reasoning_tokens")
+
+
+def ts_us(value: datetime) -> int:
+    """Microseconds since the epoch, UTC (naive datetimes are taken as UTC)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {value!r}")
+    return (to_utc(value) - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def day_key(us: int) -> str:
+    """``YYYY-MM-DD`` of a UTC microsecond timestamp."""
+    return (_EPOCH + timedelta(days=us // _US_PER_DAY)).strftime("%Y-%m-%d")
+
+
+def hour_key(us: int) -> str:
+    """``YYYY-MM-DDTHH:00Z`` of a UTC microsecond timestamp."""
+    return (_EPOCH + timedelta(hours=us // _US_PER_HOUR)).strftime("%Y-%m-%dT%H:00Z")
+
+
+def cost_nano(cost: Decimal | None) -> int | None:
+    """The cost in integer nano-units when that is exact and fits 64 bits, else None (the
+    caller then keeps and sums the exact text: nothing is ever rounded)."""
+    if cost is None:
+        return None
+    scaled = cost.scaleb(9)
+    if scaled != scaled.to_integral_value():
+        return None
+    n = int(scaled)
+    return n if n <= _MAX_NANO else None
+
+
+def nano_to_decimal(n: int) -> Decimal:
+    """Exact, and written without exponent or trailing zeros (``0.0015``, ``3``)."""
+    whole, frac = divmod(n, 1_000_000_000)
+    if frac == 0:
+        return Decimal(whole)
+    return Decimal(format(Decimal(n).scaleb(-9), "f").rstrip("0"))
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Validated query filters; ``since``/``until`` in UTC microseconds."""
+
+    provider: str | None = None
+    model: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    customer_key: str | None = None
+    since: int | None = None
+    until: int | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+    def equalities(self) -> list[tuple[str, str]]:
+        return [(k, getattr(self, k)) for k in EQUALITY_KEYS if getattr(self, k) is not None]
+
+
+def make_filters(**filters: Any) -> Filters:
+    """Check filter names and types (TypeError/ValueError naming the filter)."""
+    unknown = set(filters) - set(FILTER_KEYS)
+    if unknown:
+        raise TypeError(f"unknown filter(s) {sorted(unknown)}; valid filters: {FILTER_KEYS}")
+    values: dict[str, Any] = {}
+    for k in EQUALITY_KEYS:
+        v = filters.get(k)
+        if v is not None and not isinstance(v, str):
+            raise TypeError(f"filter {k} must be a string, got {v!r}")
+        values[k] = v
+    for k in ("since", "until"):
+        v = filters.get(k)
+        if v is not None:
+            if not isinstance(v, datetime):
+                raise TypeError(f"filter {k} must be a datetime, got {v!r}")
+            values[k] = ts_us(v)
+    tags = filters.get("tags")
+    if tags:
+        if not isinstance(tags, dict):
+            raise TypeError(f"filter tags must be a dict of str to str, got {tags!r}")
+        for k, v in tags.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"filter tags must map str to str, got {k!r}: {v!r}")
+        values["tags"] = tuple(sorted(tags.items()))
+    return Filters(**values)
+
+
+def check_page(limit: int | None, offset: int) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
+
+
+def record_matches(rec: UsageRecord, f: Filters, us: int) -> bool:
+    """Whether ``rec`` (whose timestamp is ``us``) passes every filter."""
+    if f.provider is not None and rec.provider != f.provider:
+        return False
+    if f.model is not None and rec.model != f.model:
+        return False
+    if f.user_id is not None and rec.user_id != f.user_id:
+        return False
+    if f.session_id is not None and rec.session_id != f.session_id:
+        return False
+    if f.customer_key is not None and rec.customer_key != f.customer_key:
+        return False
+    if f.since is not None and us < f.since:
+        return False
+    if f.until is not None and us >= f.until:
+        return False
+    if f.tags:
+        tags = rec.tags
+        for k, v in f.tags:
+            if tags.get(k) != v:
+                return False
+    return True
+
+
+def group_value(rec: UsageRecord, key: str, us: int) -> str | None:
+    if key == "day":
+        return day_key(us)
+    if key == "hour":
+        return hour_key(us)
+    if key.startswith("tag:"):
+        return rec.tags.get(key[4:])
+    return getattr(rec, key)
+
+
+def _sort_key(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple((v is not None, v) for v in values)
+
+
+class Aggregator:
+    """Accumulates records into groups (used by the backends that aggregate in Python)."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys = keys
+        self.groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def add(self, rec: UsageRecord, us: int) -> None:
+        gk = tuple(group_value(rec, k, us) for k in self.keys)
+        t = self.groups.get(gk)
+        if t is None:
+            t = self.groups[gk] = zero_totals()
+        t["count"] += 1
+        t["input_tokens"] += rec.input_tokens
+        t["output_tokens"] += rec.output_tokens
+        t["cache_read_tokens"] += rec.cache_read_tokens
+        t["cache_write_tokens"] += rec.cache_write_tokens
+        t["reasoning_tokens"] += rec.reasoning_tokens
+        if rec.cost is None:
+            t["unknown_cost"] += 1
+        else:
+            t["cost"] += rec.cost
+
+    def rows(self) -> list[Aggregate]:
+        return finish_groups(self.keys, self.groups)
+
+
+def finish_groups(keys: tuple[str, ...], groups: dict[tuple[Any, ...], dict[str, Any]]) -> list[Aggregate]:
+    """Rows sorted by group values (None first); with no group keys, exactly one row."""
+    if not keys:
+        return [{**groups.get((), zero_totals())}]
+    return [
+        {**dict(zip(keys, gk, strict=True)), **groups[gk]}
+        for gk in sorted(groups, key=_sort_key)
+    ]
+
+
+def run_fields(write: RunWrite) -> dict[str, Any]:
+    """A write's fields without the bookkeeping keys the store owns."""
+    if not isinstance(write.fields, dict):
+        raise TypeError(f"RunWrite.fields must be a dict, got {write.fields!r}")
+    if isinstance(write.seq, bool) or not isinstance(write.seq, int):
+        raise TypeError(f"RunWrite.seq must be an integer, got {write.seq!r}")
+    if not isinstance(write.run_id, str) or not write.run_id:
+        raise ValueError(f"RunWrite.run_id must be a non-empty string, got {write.run_id!r}")
+    return {k: v for k, v in write.fields.items() if k not in ("run_id", "seq")}
+
+
+def apply_run_write(stored: dict[str, Any] | None, write: RunWrite) -> tuple[str, dict[str, Any] | None]:
+    """The outcome of ``write`` on ``stored`` (a run as ``get_run`` returns it), and the new
+    stored run, or None when nothing changes."""
+    fields = run_fields(write)
+    if stored is None:
+        if not write.create:
+            return "missing", None
+        return "created", {**fields, "run_id": write.run_id, "seq": write.seq}
+    if write.seq <= stored["seq"]:
+        return ("duplicate" if write.create else "stale"), None
+    return "updated", {**stored, **fields, "run_id": write.run_id, "seq": write.seq}
+
+
+def run_sort_key(run: dict[str, Any]) -> tuple[bool, str, str]:
+    """Sorted with ``reverse=True``: newest ``started_at`` first (ISO strings order as
+    times), runs without it last, ties by ``run_id`` descending."""
+    started = run.get("started_at")
+    return (started is not None, "" if started is None else str(started), run["run_id"])

@@ -1,0 +1,154 @@
+"""In-memory storage: for tests and short scripts (nothing survives the process)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from typing import Any
+
+from ..records import UsageRecord
+from .base import (
+    Aggregate,
+    Aggregator,
+    Filters,
+    RunWrite,
+    StorageBackend,
+    apply_run_write,
+    check_group_by,
+    check_page,
+    make_filters,
+    record_matches,
+    run_sort_key,
+    ts_us,
+)
+
+__all__ = ["MemoryStorage"]
+
+
+class MemoryStorage(StorageBackend):
+    """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
+    thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._by_id: dict[str, UsageRecord] = {}
+        # (timestamp us, id, record); sorted lazily because inserts mostly arrive in order
+        self._rows: list[tuple[int, str, UsageRecord]] = []
+        self._sorted = True
+        self._runs: dict[str, dict[str, Any]] = {}
+
+    # -- usage ------------------------------------------------------------------------------
+    def _add(self, records: Iterable[UsageRecord]) -> list[UsageRecord]:
+        """Insert the records whose id is new (lock held); returns them."""
+        new: list[UsageRecord] = []
+        by_id, rows = self._by_id, self._rows
+        last = rows[-1][:2] if rows else None
+        for rec in records:
+            if not isinstance(rec, UsageRecord):
+                raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+            if rec.id in by_id:
+                continue
+            by_id[rec.id] = rec
+            key = (ts_us(rec.timestamp), rec.id)
+            if last is not None and key < last:
+                self._sorted = False
+            last = key
+            rows.append((key[0], key[1], rec))
+            new.append(rec)
+        return new
+
+    def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
+        with self._lock:
+            return {r.id for r in self._add(records)}
+
+    def _newest_first(self) -> Iterable[tuple[int, str, UsageRecord]]:
+        if not self._sorted:
+            self._rows.sort(key=lambda row: (row[0], row[1]))
+            self._sorted = True
+        return reversed(self._rows)
+
+    def _matching(self, f: Filters) -> Iterable[tuple[int, UsageRecord]]:
+        rows = self._newest_first()
+        if f == Filters():
+            return ((us, rec) for us, _, rec in rows)
+        return ((us, rec) for us, _, rec in rows if record_matches(rec, f, us))
+
+    def query(
+        self,
+        provider: str | None = None,
+        model: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        tags: dict[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        customer_key: str | None = None,
+    ) -> list[UsageRecord]:
+        check_page(limit, offset)
+        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
+                         since=since, until=until, tags=tags, customer_key=customer_key)
+        with self._lock:
+            hits = (rec for _, rec in self._matching(f))
+            stop = None if limit is None else offset + limit
+            return list(islice(hits, offset, stop))
+
+    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
+        agg = Aggregator(check_group_by(group_by))
+        f = make_filters(**filters)
+        with self._lock:
+            for us, rec in self._matching(f):
+                agg.add(rec, us)
+        return agg.rows()
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._by_id)
+
+    # -- runs -------------------------------------------------------------------------------
+    def _apply_runs(self, writes: Sequence[RunWrite]) -> tuple[list[str], list[dict[str, Any]]]:
+        """Apply writes in order (lock held); the results and the new run states."""
+        results: list[str] = []
+        changed: list[dict[str, Any]] = []
+        for w in writes:
+            outcome, new = apply_run_write(self._runs.get(w.run_id), w)
+            results.append(outcome)
+            if new is not None:
+                self._runs[w.run_id] = new
+                changed.append(new)
+        return results, changed
+
+    def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
+        with self._lock:
+            return self._apply_runs(writes)[0]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            run = self._runs.get(run_id)
+            return None if run is None else dict(run)
+
+    def query_runs(
+        self,
+        agent_name: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        check_page(limit, offset)
+        with self._lock:
+            runs = [
+                dict(r) for r in self._runs.values()
+                if (agent_name is None or r.get("agent_name") == agent_name)
+                and (status is None or r.get("status") == status)
+            ]
+        runs.sort(key=run_sort_key, reverse=True)
+        return runs[offset:None if limit is None else offset + limit]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_id.clear()
+            self._rows.clear()
+            self._sorted = True
+            self._runs.clear()

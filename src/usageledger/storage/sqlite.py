@@ -1,0 +1,483 @@
+"""SQLite storage: the embedded default. WAL, exact money, self-migrating schema.
+
+Money: ``cost`` is kept as exact TEXT, and also as integer nano-units (``cost_nano``)
+whenever that is exact, so sums run in integer arithmetic inside SQLite; a cost with more
+than nine decimals keeps ``cost_nano`` NULL and is summed from its text in Python.
+Nothing is rounded.
+
+An hourly rollup (``usage_hourly``: hour x provider x model) is maintained in the same
+transaction as every insert, so ``aggregate`` by day/hour/provider/model with provider,
+model and hour-aligned time filters reads a few thousand rows instead of every record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..records import UsageRecord
+from .base import (
+    _US_PER_DAY,
+    _US_PER_HOUR,
+    Aggregate,
+    Filters,
+    RunWrite,
+    StorageBackend,
+    apply_run_write,
+    check_group_by,
+    check_page,
+    cost_nano,
+    day_key,
+    finish_groups,
+    from_us,
+    hour_key,
+    make_filters,
+    nano_to_decimal,
+    run_fields,
+    ts_us,
+    zero_totals,
+)
+
+__all__ = ["SQLiteStorage", "USAGE_COLUMNS"]
+
+log = logging.getLogger("usageledger.storage.sqlite")
+
+#: column -> declaration; a file missing any of these gets them added at open
+USAGE_COLUMNS: dict[str, str] = {
+    "id": "TEXT PRIMARY KEY",
+    "ts": "INTEGER NOT NULL",
+    "provider": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "input_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_read_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "reasoning_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cost": "TEXT",
+    "cost_nano": "INTEGER",
+    "currency": "TEXT NOT NULL DEFAULT 'USD'",
+    "user_id": "TEXT",
+    "session_id": "TEXT",
+    "customer_key": "TEXT",
+    "run_id": "TEXT",
+    "response_id": "TEXT",
+    "tags": "TEXT NOT NULL DEFAULT '{}'",
+    "payload": "TEXT",
+}
+_COLS = tuple(USAGE_COLUMNS)
+_INSERT = f"INSERT OR IGNORE INTO usage ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+_SELECT = (
+    "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
+    "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
+    "run_id, response_id, tags, payload FROM usage"
+)
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts, id)",
+    "CREATE INDEX IF NOT EXISTS usage_provider ON usage (provider, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_model ON usage (model, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_user ON usage (user_id, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_customer ON usage (customer_key, ts)",
+)
+_ROLLUP = """CREATE TABLE IF NOT EXISTS usage_hourly (
+    hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+    count INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, inexact INTEGER NOT NULL,
+    unknown_cost INTEGER NOT NULL, PRIMARY KEY (hour, provider, model)) WITHOUT ROWID"""
+_ROLLUP_UPSERT = """INSERT INTO usage_hourly VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+    ON CONFLICT (hour, provider, model) DO UPDATE SET
+    count = count + excluded.count, input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+    reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+    cost_nano = cost_nano + excluded.cost_nano, inexact = inexact + excluded.inexact,
+    unknown_cost = unknown_cost + excluded.unknown_cost"""
+_ROLLUP_REBUILD = f"""INSERT INTO usage_hourly SELECT ts / {_US_PER_HOUR}, provider, model, COUNT(*),
+    SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), SUM(cache_write_tokens),
+    SUM(reasoning_tokens), COALESCE(SUM(cost_nano), 0),
+    SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)
+    FROM usage GROUP BY 1, 2, 3"""
+_RUNS = """CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, agent_name TEXT, status TEXT,
+    started_at TEXT, data TEXT NOT NULL)"""
+_SUMS = (
+    "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
+    "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), "
+    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)"
+)
+_ROLLUP_SUMS = (
+    "SUM(count), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
+    "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(inexact), "
+    "SUM(unknown_cost)"
+)
+_ROLLUP_KEYS = {"day", "hour", "provider", "model"}
+_SAFE_VARS = 900  # ids per IN (...) lookup, well under SQLite's variable limit
+
+_dumps = msgspec.json.Encoder(decimal_format="string").encode
+_loads = msgspec.json.decode
+
+
+def _tag_path(key: str) -> str | None:
+    # a JSON path can quote any key except one containing a double quote
+    return None if '"' in key else f'$."{key}"'
+
+
+class SQLiteStorage(StorageBackend):
+    """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
+    pipeline's dispatcher thread while other threads query."""
+
+    def __init__(self, db_path: str | os.PathLike[str] | None = None, *, timeout: float = 30.0):
+        if db_path is None:
+            from ..pipeline import default_journal_path
+
+            db_path = default_journal_path("usage.db")
+        self.db_path = Path(os.fspath(db_path)).expanduser()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.db_path, timeout=timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        self._migrate()
+
+    # -- schema -----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        c = self._conn
+        with self._lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                cols = ", ".join(f"{k} {v}" for k, v in USAGE_COLUMNS.items())
+                c.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols})")
+                have = {row[1] for row in c.execute("PRAGMA table_info(usage)")}
+                added = [k for k in USAGE_COLUMNS if k not in have]
+                for k in added:
+                    decl = USAGE_COLUMNS[k].replace(" PRIMARY KEY", "")
+                    c.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl}")
+                if added:
+                    log.info("%s: added columns %s to an older usage table", self.db_path, added)
+                if "cost_nano" in added:
+                    self._backfill_cost_nano()
+                for ddl in _INDEXES:
+                    c.execute(ddl)
+                had_rollup = c.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'usage_hourly'"
+                ).fetchone()
+                c.execute(_ROLLUP)
+                if not had_rollup:
+                    c.execute(_ROLLUP_REBUILD)
+                c.execute(_RUNS)
+                c.execute("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
+    def _backfill_cost_nano(self) -> None:
+        rows = self._conn.execute(
+            "SELECT rowid, cost FROM usage WHERE cost IS NOT NULL AND cost_nano IS NULL"
+        ).fetchall()
+        updates = [(cost_nano(Decimal(cost)), rowid) for rowid, cost in rows]
+        self._conn.executemany("UPDATE usage SET cost_nano = ? WHERE rowid = ?", updates)
+
+    # -- writes -----------------------------------------------------------------------------
+    def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
+        batch: dict[str, UsageRecord] = {}
+        for rec in records:
+            if not isinstance(rec, UsageRecord):
+                raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+            batch.setdefault(rec.id, rec)
+        if not batch:
+            return set()
+        c = self._conn
+        with self._lock:
+            # the write lock is held from the id lookup to the commit, so the lookup and the
+            # primary key agree: what is not found here is inserted by this transaction
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                ids = list(batch)
+                for i in range(0, len(ids), _SAFE_VARS):
+                    chunk = ids[i:i + _SAFE_VARS]
+                    q = f"SELECT id FROM usage WHERE id IN ({','.join('?' * len(chunk))})"
+                    for (found,) in c.execute(q, chunk):
+                        del batch[found]
+                rows, rollup = [], {}
+                for rec in batch.values():
+                    us = ts_us(rec.timestamp)
+                    nano = cost_nano(rec.cost)
+                    rows.append((
+                        rec.id, us, rec.provider, rec.model, rec.input_tokens, rec.output_tokens,
+                        rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
+                        None if rec.cost is None else str(rec.cost), nano, rec.currency,
+                        rec.user_id, rec.session_id, rec.customer_key, rec.run_id,
+                        rec.response_id, _dumps(rec.tags).decode() if rec.tags else "{}",
+                        None if rec.payload is None else _dumps(rec.payload).decode(),
+                    ))
+                    key = (us // _US_PER_HOUR, rec.provider, rec.model)
+                    t = rollup.get(key)
+                    if t is None:
+                        t = rollup[key] = [0] * 9
+                    t[0] += 1
+                    t[1] += rec.input_tokens
+                    t[2] += rec.output_tokens
+                    t[3] += rec.cache_read_tokens
+                    t[4] += rec.cache_write_tokens
+                    t[5] += rec.reasoning_tokens
+                    if rec.cost is None:
+                        t[8] += 1
+                    elif nano is None:
+                        t[7] += 1
+                    else:
+                        t[6] += nano
+                c.executemany(_INSERT, rows)
+                c.executemany(_ROLLUP_UPSERT, [(*k, *v) for k, v in rollup.items()])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return set(batch)
+
+    # -- reads ------------------------------------------------------------------------------
+    @staticmethod
+    def _where(f: Filters) -> tuple[str, list[Any]]:
+        clauses, params = [], []
+        for k, v in f.equalities():
+            clauses.append(f"{k} = ?")
+            params.append(v)
+        if f.since is not None:
+            clauses.append("ts >= ?")
+            params.append(f.since)
+        if f.until is not None:
+            clauses.append("ts < ?")
+            params.append(f.until)
+        for k, v in f.tags:
+            path = _tag_path(k)
+            if path is None:
+                clauses.append("EXISTS (SELECT 1 FROM json_each(tags) WHERE key = ? AND value = ?)")
+                params += [k, v]
+            else:
+                clauses.append("json_extract(tags, ?) = ?")
+                params += [path, v]
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> UsageRecord:
+        (id_, us, provider, model, it, ot, cr, cw, rt, cost, currency, user, session, customer,
+         run, response, tags, payload) = row
+        return UsageRecord(
+            id_, from_us(us), provider, model, it, ot, cr, cw, rt,
+            None if cost is None else Decimal(cost), currency, user, session, customer, run,
+            response, _loads(tags) if tags and tags != "{}" else {},
+            None if payload is None else _loads(payload),
+        )
+
+    def query(
+        self,
+        provider: str | None = None,
+        model: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        tags: dict[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        customer_key: str | None = None,
+    ) -> list[UsageRecord]:
+        check_page(limit, offset)
+        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
+                         since=since, until=until, tags=tags, customer_key=customer_key)
+        where, params = self._where(f)
+        sql = f"{_SELECT}{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?"
+        params += [-1 if limit is None else limit, offset]
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [self._record(r) for r in rows]
+
+    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
+        keys = check_group_by(group_by)
+        f = make_filters(**filters)
+        with self._lock:
+            if self._rollup_fits(keys, f):
+                groups = self._aggregate_rollup(keys, f)
+                if groups is not None:
+                    return finish_groups(keys, groups)
+            return finish_groups(keys, self._aggregate_scan(keys, f))
+
+    @staticmethod
+    def _rollup_fits(keys: tuple[str, ...], f: Filters) -> bool:
+        return (
+            set(keys) <= _ROLLUP_KEYS
+            and not (f.user_id or f.session_id or f.customer_key or f.tags)
+            and (f.since is None or f.since % _US_PER_HOUR == 0)
+            and (f.until is None or f.until % _US_PER_HOUR == 0)
+        )
+
+    @staticmethod
+    def _group_sql(key: str, column: str, params: list[Any]) -> str:
+        if key == "day":
+            return f"{column} / {_US_PER_DAY // _US_PER_HOUR if column == 'hour' else _US_PER_DAY}"
+        if key == "hour":
+            return "hour" if column == "hour" else f"ts / {_US_PER_HOUR}"
+        if key.startswith("tag:"):
+            path = _tag_path(key[4:])
+            if path is None:
+                params.append(key[4:])
+                return "(SELECT value FROM json_each(tags) WHERE key = ?)"
+            params.append(path)
+            return "json_extract(tags, ?)"
+        return key
+
+    @staticmethod
+    def _group_value(key: str, value: Any) -> Any:
+        if key == "day":
+            return day_key(value * _US_PER_DAY)
+        if key == "hour":
+            return hour_key(value * _US_PER_HOUR)
+        return value
+
+    def _rows_to_groups(self, keys: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict:
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        n = len(keys)
+        for row in rows:
+            gk = tuple(self._group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
+            count, it, ot, cr, cw, rt, nano, inexact, unknown = row[n:]
+            if not count:
+                continue
+            t = groups.setdefault(gk, zero_totals())
+            t["count"] += count
+            t["input_tokens"] += it or 0
+            t["output_tokens"] += ot or 0
+            t["cache_read_tokens"] += cr or 0
+            t["cache_write_tokens"] += cw or 0
+            t["reasoning_tokens"] += rt or 0
+            t["cost"] += nano_to_decimal(nano or 0)
+            t["unknown_cost"] += unknown or 0
+            t["_inexact"] = t.get("_inexact", 0) + (inexact or 0)
+        return groups
+
+    def _aggregate_rollup(self, keys: tuple[str, ...], f: Filters) -> dict | None:
+        params: list[Any] = []
+        exprs = [self._group_sql(k, "hour", params) for k in keys]
+        clauses = []
+        for k, v in f.equalities():
+            clauses.append(f"{k} = ?")
+            params.append(v)
+        if f.since is not None:
+            clauses.append("hour >= ?")
+            params.append(f.since // _US_PER_HOUR)
+        if f.until is not None:
+            clauses.append("hour < ?")
+            params.append(f.until // _US_PER_HOUR)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        sql = f"SELECT {', '.join([*exprs, _ROLLUP_SUMS])} FROM usage_hourly{where}"
+        if keys:
+            sql += f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+        groups = self._rows_to_groups(keys, self._conn.execute(sql, params).fetchall())
+        if any(t.pop("_inexact", 0) for t in groups.values()):
+            return None  # some costs are beyond nano precision: sum them from the records
+        return groups
+
+    def _aggregate_scan(self, keys: tuple[str, ...], f: Filters) -> dict:
+        params: list[Any] = []
+        exprs = [self._group_sql(k, "ts", params) for k in keys]
+        where, wparams = self._where(f)
+        group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+        sql = f"SELECT {', '.join([*exprs, _SUMS])} FROM usage{where}{group}"
+        groups = self._rows_to_groups(keys, self._conn.execute(sql, params + wparams).fetchall())
+        if any(t.pop("_inexact", 0) for t in groups.values()):
+            extra = " AND " if where else " WHERE "
+            sql = (f"SELECT {', '.join([*exprs, 'cost'])} FROM usage{where}{extra}"
+                   "cost IS NOT NULL AND cost_nano IS NULL")
+            n = len(keys)
+            for row in self._conn.execute(sql, params + wparams):
+                gk = tuple(self._group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
+                groups[gk]["cost"] += Decimal(row[n])
+        return groups
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+
+    # -- runs -------------------------------------------------------------------------------
+    def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
+        for w in writes:
+            run_fields(w)  # validate everything before the transaction
+        results: list[str] = []
+        c = self._conn
+        with self._lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for w in writes:
+                    stored = self._get_run(w.run_id)
+                    outcome, new = apply_run_write(stored, w)
+                    results.append(outcome)
+                    if new is not None:
+                        started = new.get("started_at")
+                        c.execute(
+                            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                            (w.run_id, new["seq"], new.get("agent_name"), new.get("status"),
+                             None if started is None else str(started), _dumps(new).decode()),
+                        )
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return results
+
+    def _get_run(self, run_id: str) -> dict[str, Any] | None:
+        row = self._conn.execute("SELECT data FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else _loads(row[0])
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._get_run(run_id)
+
+    def query_runs(
+        self,
+        agent_name: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        check_page(limit, offset)
+        clauses, params = [], []
+        if agent_name is not None:
+            clauses.append("agent_name = ?")
+            params.append(agent_name)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        sql = (f"SELECT data FROM runs{where} ORDER BY started_at IS NOT NULL DESC, "
+               "started_at DESC, run_id DESC LIMIT ? OFFSET ?")
+        params += [-1 if limit is None else limit, offset]
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_loads(r[0]) for r in rows]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("usage", "usage_hourly", "runs"):
+                    self._conn.execute(f"DELETE FROM {table}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
