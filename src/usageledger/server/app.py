@@ -1,0 +1,522 @@
+"""The collector service (DESIGN section 4): a FastAPI app over any StorageBackend.
+
+- ``create_app(storage, api_keys=None, max_body_bytes=...)`` builds the ASGI app;
+- ``serve(storage, host=, port=, api_keys=)`` runs it under uvicorn
+  (``usageledger serve --storage URL --host --port --api-key``).
+
+The app keeps no state of its own besides metrics: exactly-once is the storage's primary
+key on ``id``, so any number of collector processes can share one PostgreSQL. Blocking
+storage calls run in the threadpool (``def`` routes, ``run_in_threadpool``), never on the
+event loop. Request bodies are read here, under a byte limit counted while reading (and
+again while decompressing gzip), and decoded with msgspec.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.routing import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from ..records import UsageRecord, to_utc
+from ..storage import StorageBackend, create_storage
+from ..storage.base import RunWrite, check_group_by
+from . import dashboard, schema
+from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from .wire import (
+    BodyError,
+    RunItem,
+    decode_run,
+    decode_run_batch,
+    decode_run_patch,
+    decode_track,
+    read_gzip,
+)
+
+__all__ = ["create_app", "serve", "DEFAULT_MAX_BODY_BYTES", "API_KEYS_ENV"]
+
+log = logging.getLogger("usageledger.server")
+
+#: the largest request body, compressed or not (the client's default batch cap is 4 MiB)
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: comma-separated bearer keys, read by ``serve`` when no ``api_keys`` are given
+API_KEYS_ENV = "USAGELEDGER_SERVER_API_KEYS"
+#: the largest page of /usage and /runs
+MAX_PAGE = 1000
+MAX_OFFSET = 10**9
+#: attempts of a seq-less PATCH racing other writers of the same run
+_PATCH_ATTEMPTS = 5
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+def plain(cost: Decimal) -> str:
+    """A cost as a plain decimal string ("0.00000075", never "7.5E-7"), every digit kept."""
+    return format(cost, "f")
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+class StorageUnavailable(Exception):
+    """A storage call failed for a reason that is not the request's fault (answered 503)."""
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return True  # a unix socket: only local processes can connect
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _pricer() -> Callable[[UsageRecord], UsageRecord] | None:
+    """The core's pricing (genai-prices, offline) for records sent without a cost."""
+    try:
+        from ..pricing import price_record
+    except ImportError:  # pragma: no cover - pricing ships with the package
+        log.warning("usageledger.pricing is not available: records without cost stay unpriced")
+        return None
+    return lambda record: price_record(record, None)
+
+
+def create_app(
+    storage: StorageBackend | str = "memory",
+    api_keys: Sequence[str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    *,
+    price: bool = True,
+) -> FastAPI:
+    """The collector app over ``storage`` (a backend, or a name/URL for ``create_storage``;
+    one it creates it also closes at shutdown).
+
+    ``api_keys``: accepted ``Authorization: Bearer`` keys, compared in constant time. With
+    none, only loopback clients are served (403 for others). ``max_body_bytes`` caps every
+    request body, before and after gzip decompression (413 beyond). ``price``: records
+    sent without a cost are priced with the offline price tables."""
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+    keys = [k.encode() for k in (api_keys or ())]
+    for k in keys:
+        if not k.strip():
+            raise ValueError("api_keys must not contain empty keys")
+    owned = isinstance(storage, str)
+    store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
+    if not isinstance(store, StorageBackend):
+        raise TypeError(f"storage must be a StorageBackend or a storage URL, got {storage!r}")
+    pricer = _pricer() if price else None
+    metrics = Metrics()
+    limit = max_body_bytes
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            store.close()
+
+    app = FastAPI(
+        title="usageledger collector",
+        version="1",
+        description="Receives LLM usage records and agent runs, exactly once per id; "
+                    "answers queries, summaries, a dashboard and Prometheus metrics.",
+        lifespan=lifespan,
+    )
+    app.state.storage = store
+    app.state.metrics = metrics
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    comps = schema.components()
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = default_openapi()
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(comps)
+            if keys:
+                spec["components"].setdefault("securitySchemes", {})["bearer"] = {
+                    "type": "http", "scheme": "bearer"}
+                spec["security"] = [{"bearer": []}]
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # -- errors ------------------------------------------------------------------------------
+    @app.exception_handler(BodyError)
+    async def _body_error(request: Request, exc: BodyError) -> Response:
+        return _json({"detail": exc.message}, exc.status)
+
+    @app.exception_handler(StorageUnavailable)
+    async def _unavailable(request: Request, exc: StorageUnavailable) -> Response:
+        return _json({"detail": f"storage unavailable: {exc}"}, 503, {"Retry-After": "1"})
+
+    def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """A storage call: bad arguments are the client's (422), a backend that lacks the
+        feature is 501, anything else is the storage's failure (503, retry later)."""
+        try:
+            return fn(*args, **kw)
+        except (ValueError, TypeError) as exc:
+            raise HTTPException(422, str(exc)) from None
+        except NotImplementedError as exc:
+            raise HTTPException(501, str(exc)) from None
+        except Exception as exc:
+            log.warning("storage call %s failed: %r", getattr(fn, "__name__", fn), exc)
+            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    # -- auth --------------------------------------------------------------------------------
+    def authorize(request: Request) -> None:
+        if not keys:
+            client = request.client
+            if not _is_loopback(client.host if client else None):
+                raise HTTPException(
+                    403, "no API key is configured on this collector, so it serves only "
+                         "loopback clients: start it with --api-key to accept others")
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        given = token.strip().encode() if scheme.lower() == "bearer" else b""
+        ok = False
+        for k in keys:  # every key is compared, so timing says nothing about which matched
+            ok |= hmac.compare_digest(given, k)
+        if not ok:
+            raise HTTPException(
+                401, "missing or invalid API key: send Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"})
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+
+    async def read_body(request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise BodyError(400, f"Content-Length must be an integer, got {length!r}") from None
+            if declared > limit:
+                raise BodyError(413, f"the body ({declared} bytes) is larger than the limit of {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(413, f"the body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding == "gzip":
+            return read_gzip(data, limit)
+        if encoding not in ("", "identity"):
+            raise BodyError(415, f"Content-Encoding {encoding!r} is not supported: use gzip or none")
+        return data
+
+    # -- usage records -----------------------------------------------------------------------
+    def ingest(data: bytes) -> list[dict[str, Any]]:
+        items = decode_track(data)
+        metrics.received.inc(len(items))
+        records, seen = [], set()
+        for it in items:
+            if it.record is not None and it.id not in seen:
+                seen.add(it.id)
+                rec = it.record
+                if rec.cost is None and pricer is not None:
+                    rec = pricer(rec)
+                records.append(rec)
+        new = call(store.save_many, records) if records else set()
+        results: list[dict[str, Any]] = []
+        accepted = rejected = 0
+        for it in items:
+            if it.error is not None:
+                rejected += 1
+                results.append({"id": it.id, "status": "rejected", "error": it.error})
+            elif it.id in new:
+                new.discard(it.id)  # a second copy in the same batch is a duplicate
+                accepted += 1
+                results.append({"id": it.id, "status": "accepted"})
+            else:
+                results.append({"id": it.id, "status": "duplicate"})
+        metrics.accepted.inc(accepted)
+        metrics.rejected.inc(rejected)
+        metrics.duplicates.inc(len(items) - accepted - rejected)
+        return results
+
+    @api.post(
+        "/track",
+        summary="Store a batch of usage records",
+        openapi_extra=schema.body("TrackBody"),
+        responses={200: schema.response("TrackResponse", "one result per item, in order"),
+                   400: schema.ERROR, 401: schema.ERROR, 413: schema.ERROR},
+    )
+    async def track(request: Request) -> Response:
+        """Body `{"tracked": [record, ...]}` (gzip allowed). Every item is answered:
+        `accepted` (stored now), `duplicate` (its id was stored already) or `rejected`
+        (with `error`; the other items are still stored)."""
+        data = await read_body(request)
+        results = await run_in_threadpool(ingest, data)
+        return _json({"results": results})
+
+
+    @api.get("/usage", summary="Stored usage records, newest first")
+    def usage(
+        f: Filters,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> Response:
+        rows = call(store.query, limit=limit, offset=offset, **f)
+        # (replace does not type-check: the cost is encoded as the plain string)
+        rows = [r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)) for r in rows]
+        return _json({"records": rows, "limit": limit, "offset": offset,
+                      "next_offset": offset + len(rows) if len(rows) == limit else None})
+
+    @api.get("/summary", summary="Totals grouped by day, hour, provider, model, ... (cost exact)")
+    def summary(
+        f: Filters,
+        group_by: Annotated[str, Query(description="comma-separated: day, hour, provider, model, "
+                                                   "user_id, session_id, customer_key, tag:<key>")] = "day",
+    ) -> Response:
+        try:
+            keys = check_group_by(group_by)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if len(set(keys)) != len(keys):
+            raise HTTPException(422, f"group_by repeats a key: {group_by!r}")
+        _refuse_nul({"group_by": group_by})
+        groups = call(store.aggregate, keys, **f)
+        totals: dict[str, Any] = {"count": 0, "cost": Decimal(0)}
+        for g in groups:
+            for k, v in g.items():
+                if k not in keys and isinstance(v, int | Decimal):
+                    totals[k] = totals.get(k, 0) + v
+            g["cost"] = plain(g["cost"])
+        totals["cost"] = plain(totals["cost"])
+        return _json({"group_by": list(keys), "groups": groups, "totals": totals})
+
+    # -- agent runs --------------------------------------------------------------------------
+    def write_runs(writes: list[Any]) -> list[str]:
+        out = call(store.write_runs, writes)
+        for status in out:
+            metrics.run_writes.labels(status).inc()
+        return out
+
+    def stored_seq(run_id: str) -> int | None:
+        run = call(store.get_run, run_id)
+        return None if run is None else int(run["seq"])
+
+    def patch_run(run_id: str, seq: int | None, fields: dict[str, Any]) -> str:
+        if seq is not None:
+            return write_runs([RunWrite(run_id, fields, seq, create=False)])[0]
+        for _ in range(_PATCH_ATTEMPTS):
+            current = stored_seq(run_id)
+            if current is None:
+                return "missing"
+            status = write_runs([RunWrite(run_id, fields, current + 1, create=False)])[0]
+            if status != "stale":  # stale: another writer moved the run on meanwhile
+                return status
+        return "stale"
+
+    @api.post(
+        "/runs",
+        summary="Create an agent run (idempotent on run_id)",
+        status_code=201,
+        openapi_extra=schema.body("RunIn"),
+        responses={201: schema.response("RunWriteResponse", "created"),
+                   200: schema.response("RunWriteResponse", "updated (newer seq) or duplicate"),
+                   400: schema.ERROR, 422: schema.ERROR},
+    )
+    async def create_run(request: Request) -> Response:
+        data = await read_body(request)
+        try:
+            run_id, seq, fields = decode_run(data)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        status = (await run_in_threadpool(write_runs, [RunWrite(run_id, fields, seq or 0, True)]))[0]
+        return _json({"run_id": run_id, "status": status}, 201 if status == "created" else 200)
+
+    @api.patch(
+        "/runs/{run_id}",
+        summary="Update fields of an agent run",
+        openapi_extra=schema.body("RunPatch"),
+        responses={200: schema.response("RunWriteResponse", "updated, or stale (not newer)"),
+                   404: schema.ERROR, 422: schema.ERROR},
+    )
+    async def update_run(run_id: str, request: Request) -> Response:
+        data = await read_body(request)
+        try:
+            seq, fields = decode_run_patch(data, run_id)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        _refuse_nul({"run_id": run_id})
+        status = await run_in_threadpool(patch_run, run_id, seq, fields)
+        if status == "missing":
+            raise HTTPException(404, f"no run {run_id!r}: create it with POST /api/v1/runs first")
+        return _json({"run_id": run_id, "status": status})
+
+    def apply_batch(items: list[RunItem]) -> list[dict[str, Any]]:
+        # a write without seq goes on top of what is stored (or written earlier in the batch)
+        latest: dict[str, int] = {}
+        writes, where = [], []
+        for i, it in enumerate(items):
+            if it.error is not None:
+                continue
+            seq = it.seq
+            if seq is None:
+                if it.create:
+                    seq = 0
+                else:
+                    base = latest.get(it.run_id)
+                    if base is None:
+                        base = stored_seq(it.run_id)
+                    seq = 0 if base is None else base + 1
+            latest[it.run_id] = max(seq, latest.get(it.run_id, seq))
+            writes.append(it.write(seq))
+            where.append(i)
+        statuses = write_runs(writes) if writes else []
+        done = dict(zip(where, statuses, strict=True))
+        out = []
+        for i, it in enumerate(items):
+            if it.error is not None:
+                out.append({"id": it.id, "run_id": it.run_id, "status": "rejected", "error": it.error})
+            else:
+                out.append({"id": it.id, "run_id": it.run_id, "status": done[i]})
+        return out
+
+    @api.post(
+        "/runs/batch",
+        summary="Apply many run writes in order",
+        openapi_extra=schema.body("RunBatch"),
+        responses={200: schema.response("RunBatchResponse", "one result per write, in order"),
+                   400: schema.ERROR},
+    )
+    async def runs_batch(request: Request) -> Response:
+        """Each write answers `created`, `updated`, `duplicate` (a create that is not
+        newer), `stale` (an update that is not newer), `missing` (an update of an unknown
+        run: retry after its create) or `rejected` (with `error`)."""
+        data = await read_body(request)
+        items = decode_run_batch(data)
+        return _json({"results": await run_in_threadpool(apply_batch, items)})
+
+    @api.get("/runs/{run_id}", summary="One agent run")
+    def get_run(run_id: str) -> Response:
+        _refuse_nul({"run_id": run_id})
+        run = call(store.get_run, run_id)
+        if run is None:
+            raise HTTPException(404, f"no run {run_id!r}")
+        return _json(run)
+
+    @api.get("/runs", summary="Agent runs, newest started_at first")
+    def list_runs(
+        agent_name: str | None = None,
+        status: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    ) -> Response:
+        _refuse_nul({"agent_name": agent_name, "status": status})
+        runs = call(store.query_runs, agent_name=agent_name, status=status, limit=limit, offset=offset)
+        return _json({"runs": runs, "limit": limit, "offset": offset})
+
+    app.include_router(api)
+
+    # -- service -----------------------------------------------------------------------------
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/metrics", summary="Prometheus text exposition", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)],
+             summary="Dashboard: cost per day and model")
+    def home(days: Annotated[int, Query(ge=1, le=366)] = 30) -> HTMLResponse:
+        since = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=days)
+        rows = call(store.aggregate, ("day", "model"), since=since)
+        return HTMLResponse(dashboard.render(rows, days))
+
+    return app
+
+
+def _filters(
+    provider: str | None = None,
+    model: str | None = None,
+    user_id: str | None = None,
+    session_id: str | None = None,
+    customer_key: str | None = None,
+    since: Annotated[datetime | None, Query(description="ISO 8601, inclusive; naive means UTC")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601, exclusive")] = None,
+    tag: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
+) -> dict[str, Any]:
+    """The usage filters as query parameters, checked."""
+    out: dict[str, Any] = {"provider": provider, "model": model, "user_id": user_id,
+                           "session_id": session_id, "customer_key": customer_key}
+    for name, when in (("since", since), ("until", until)):
+        if when is not None:
+            try:
+                out[name] = to_utc(when)
+            except OverflowError:
+                raise HTTPException(422, f"{name} is out of range: {when!r}") from None
+    if tag:
+        tags = {}
+        for t in tag:
+            key, sep, value = t.partition(":")
+            if not sep or not key:
+                raise HTTPException(422, f"tag must look like key:value, got {t!r}")
+            tags[key] = value
+        out["tags"] = tags
+    _refuse_nul(out)
+    return out
+
+
+Filters = Annotated[dict[str, Any], Depends(_filters)]
+
+
+def _refuse_nul(values: dict[str, Any]) -> None:
+    """PostgreSQL text cannot hold NUL; refuse it in every backend alike."""
+    for name, value in values.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise HTTPException(422, f"{name} contains a NUL character")
+        if isinstance(value, dict) and any("\x00" in k + v for k, v in value.items()):
+            raise HTTPException(422, f"{name} contains a NUL character")
+
+
+def serve(
+    storage: StorageBackend | str = "sqlite:///usageledger.db",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    api_keys: Sequence[str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    log_level: str = "info",
+) -> None:
+    """Run the collector under uvicorn until interrupted. Keys default to the comma-separated
+    ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served."""
+    import uvicorn
+
+    if not api_keys:
+        env = os.environ.get(API_KEYS_ENV, "")
+        api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
+    app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes)
+    if not api_keys:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+        log.warning(
+            "NO API KEY CONFIGURED: this collector serves ONLY loopback clients (127.0.0.1, ::1) "
+            "and answers 403 to everyone else. Start it with --api-key KEY (or set %s) "
+            "before exposing it%s.", API_KEYS_ENV,
+            f" (it listens on {host})" if not _is_loopback_host(host) else "",
+        )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _is_loopback_host(host: str) -> bool:
+    return host in ("localhost",) or _is_loopback(host)
+

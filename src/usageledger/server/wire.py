@@ -1,0 +1,391 @@
+"""The collector's wire (DESIGN section 4): request bodies decoded with msgspec into the
+shared records, and per-item validation that names the field and the bad value.
+
+Decoding is strict JSON (no NaN/Infinity) for every endpoint, so what is stored can be
+read back by every backend. A batch is decoded in one msgspec call when every item is a
+well-formed :class:`UsageRecord` (the common case: our own clients send exactly that);
+only when that fails is the batch decoded item by item, so one bad item is reported
+``rejected`` and the others are still stored.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from ..records import TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
+from ..storage.base import RunWrite
+
+__all__ = [
+    "BodyError",
+    "TrackItem",
+    "decode_body",
+    "decode_track",
+    "decode_run",
+    "decode_run_patch",
+    "decode_run_batch",
+    "read_gzip",
+    "MAX_TOKENS",
+    "MAX_SEQ",
+]
+
+#: per-call token counts above this are refused: sums of millions of them must still fit
+#: the 64-bit integers of SQLite and PostgreSQL
+MAX_TOKENS = 10**12
+#: a cost above this (in the record's currency) is refused as an obvious unit mistake
+MAX_COST = Decimal(10**9)
+#: more decimals than this cannot be summed exactly in Decimal's default 28 digits
+MAX_COST_DECIMALS = 18
+_COST_QUANTUM = Decimal(1).scaleb(-MAX_COST_DECIMALS)
+#: seq is stored as a signed 64-bit integer
+MAX_SEQ = 2**63 - 1
+#: timestamps outside these years cannot be bucketed by day in every backend
+MIN_YEAR, MAX_YEAR = 1970, 9998
+
+#: payload keys taken as token counts in the seed-000 ``/track`` shape, by record field
+PAYLOAD_TOKEN_KEYS: dict[str, tuple[str, ...]] = {
+    "input_tokens": ("input_tokens", "prompt_tokens"),
+    "output_tokens": ("output_tokens", "completion_tokens"),
+    "cache_read_tokens": ("cache_read_tokens", "cache_read_input_tokens", "cached_tokens"),
+    "cache_write_tokens": ("cache_write_tokens", "cache_creation_input_tokens"),
+    "reasoning_tokens": ("reasoning_tokens",),
+}
+_STR_FIELDS = ("user_id", "session_id", "customer_key", "run_id", "response_id")
+
+
+class BodyError(Exception):
+    """The request as a whole is unusable: answered with ``status`` and ``message``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class TrackItem:
+    """One item of a ``/track`` batch: a valid record, or the reason it was refused."""
+
+    id: str
+    record: UsageRecord | None = None
+    error: str | None = None
+
+
+class _Batch(msgspec.Struct):
+    tracked: list[UsageRecord]
+
+
+class _RawBatch(msgspec.Struct):
+    tracked: list[msgspec.Raw]
+
+
+class _RawRuns(msgspec.Struct):
+    runs: list[msgspec.Raw]
+
+
+_decode_fast = msgspec.json.Decoder(_Batch).decode
+_decode_raw_batch = msgspec.json.Decoder(_RawBatch).decode
+_decode_raw_runs = msgspec.json.Decoder(_RawRuns).decode
+_decode_record = msgspec.json.Decoder(UsageRecord).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+def read_gzip(data: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, refusing (413) as soon as the output passes ``limit``, so a
+    gzip bomb costs at most ``limit`` bytes of memory."""
+    d = zlib.decompressobj(wbits=31)
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BodyError(400, f"the body is not valid gzip: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise BodyError(413, f"the decompressed body is larger than the limit of {limit} bytes")
+    if not d.eof:
+        raise BodyError(400, "the gzip body is truncated")
+    return out
+
+
+def decode_body(data: bytes) -> Any:
+    """Any JSON value, or 400 naming what is wrong with the text."""
+    try:
+        return _decode_any(data)
+    except msgspec.DecodeError as exc:
+        raise BodyError(400, f"malformed JSON: {exc}") from None
+
+
+def _shape_error(data: bytes, exc: msgspec.DecodeError, key: str) -> BodyError:
+    if not isinstance(exc, msgspec.ValidationError):
+        return BodyError(400, f"malformed JSON: {exc}")
+    return BodyError(400, f'the body must be a JSON object {{"{key}": [item, ...]}}: {exc}')
+
+
+# -- /track --------------------------------------------------------------------------------
+def decode_track(data: bytes) -> list[TrackItem]:
+    """Decode a ``{"tracked": [...]}`` body into one :class:`TrackItem` per item, in order.
+
+    Raises :class:`BodyError` (400) for malformed JSON or a body that is not a batch."""
+    # a NUL inside a string is valid JSON that PostgreSQL cannot store: checked per item
+    nul = b"\\u0000" in data
+    try:
+        batch = _decode_fast(data)
+    except msgspec.ValidationError:
+        pass  # some item is not a plain record: go item by item below
+    except msgspec.DecodeError as exc:
+        raise BodyError(400, f"malformed JSON: {exc}") from None
+    else:
+        return [_checked(r, nul) for r in batch.tracked]
+    try:
+        raw = _decode_raw_batch(data)
+    except msgspec.DecodeError as exc:
+        raise _shape_error(data, exc, "tracked") from None
+    return [_decode_item(item, nul) for item in raw.tracked]
+
+
+def _decode_item(raw: msgspec.Raw, nul: bool) -> TrackItem:
+    try:
+        return _checked(_decode_record(raw), nul)
+    except msgspec.ValidationError:
+        pass  # not a complete record: try the lenient shapes below for a precise error
+    obj = _decode_any(raw)  # valid JSON: the whole body decoded already
+    if not isinstance(obj, dict):
+        return TrackItem("", error=f"an item must be a JSON object, got {_short(obj)}")
+    id_ = obj.get("id")
+    if not isinstance(id_, str) or not id_:
+        return TrackItem(
+            id_ if isinstance(id_, str) else "",
+            error=f"id must be a non-empty string (ids make delivery exactly-once), got {id_!r}",
+        )
+    try:
+        record = record_from_dict(obj)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return TrackItem(id_, error=str(exc))
+    return _checked(record, nul)
+
+
+def _is_alias(obj: dict[str, Any]) -> bool:
+    return "provider" not in obj and "model" not in obj and ("api_id" in obj or "service_key" in obj)
+
+
+def record_from_dict(obj: dict[str, Any]) -> UsageRecord:
+    """Build a record from a dict in our shape or in the seed-000 ``/track`` shape
+    (``api_id``/``service_key``/``payload``), with the core's validation and messages.
+    A missing ``timestamp`` is the time of receipt."""
+    kw: dict[str, Any] = {"provider": obj.get("provider"), "model": obj.get("model"),
+                          "tags": obj.get("tags")}
+    payload = obj.get("payload")
+    if _is_alias(obj):
+        kw.update(_from_alias(obj, payload))
+    for field in (*TOKEN_FIELDS, *_STR_FIELDS, "cost", "currency"):
+        if obj.get(field) is not None:
+            kw[field] = obj[field]
+    if payload is not None:
+        kw["payload"] = payload
+    kw["timestamp"] = _timestamp(obj.get("timestamp"))
+    return make_usage_record(id=obj["id"], **kw)
+
+
+def _from_alias(obj: dict[str, Any], payload: Any) -> dict[str, Any]:
+    """provider = api_id, model = service_key ("provider::model" is split, the api_id then
+    kept as tag ``api_id``); token counts and cost from the payload."""
+    api_id, service_key = obj.get("api_id"), obj.get("service_key")
+    if api_id is None and not (isinstance(service_key, str) and "::" in service_key):
+        raise ValueError("api_id (the provider) is required in the /track item shape, got None")
+    if service_key is None:
+        raise ValueError("service_key (the model) is required in the /track item shape, got None")
+    provider, model = api_id, service_key
+    tags = obj.get("tags")
+    if isinstance(service_key, str) and "::" in service_key:
+        provider, model = service_key.split("::", 1)
+        if isinstance(api_id, str) and api_id and api_id != provider:
+            tags = {**tags, "api_id": api_id} if isinstance(tags, dict) else {"api_id": api_id}
+    out: dict[str, Any] = {"provider": provider, "model": model, "tags": tags}
+    if isinstance(payload, dict):
+        for field, keys in PAYLOAD_TOKEN_KEYS.items():
+            key = next((k for k in keys if k in payload), None)
+            if key is not None:
+                out[field] = _token(f"payload.{key}", payload[key])
+        if payload.get("cost") is not None:
+            out["cost"] = payload["cost"]
+    return out
+
+
+def _token(field: str, value: Any) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{field} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _timestamp(value: Any) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    if not isinstance(value, str):
+        raise TypeError(f"timestamp must be an ISO 8601 string, got {value!r}")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"timestamp must be an ISO 8601 datetime, got {value!r}") from None
+
+
+def _checked(r: UsageRecord, nul: bool) -> TrackItem:
+    """What msgspec's types do not say: ranges, non-empty strings, UTC, exact cost."""
+    error = _record_error(r, nul)
+    return TrackItem(r.id, error=error) if error else TrackItem(r.id, r)
+
+
+def _record_error(r: UsageRecord, nul: bool) -> str | None:
+    if not r.id:
+        return "id must be a non-empty string (ids make delivery exactly-once), got ''"
+    if not r.provider:
+        return "provider must be a non-empty string, got ''"
+    if not r.model:
+        return "model must be a non-empty string, got ''"
+    if not r.currency:
+        return "currency must be a non-empty string, got ''"
+    for field in TOKEN_FIELDS:
+        v = getattr(r, field)
+        if v < 0 or v > MAX_TOKENS:
+            return f"{field} must be an integer from 0 to {MAX_TOKENS}, got {v!r}"
+    cost = r.cost
+    if cost is not None and (
+        not cost.is_finite() or cost < 0 or cost > MAX_COST
+        # (quantize is exact here: at most 10 + 18 digits fit Decimal's 28)
+        or (cost.as_tuple().exponent < -MAX_COST_DECIMALS and cost != cost.quantize(_COST_QUANTUM))
+    ):
+        return (f"cost must be a finite number from 0 to {MAX_COST} with at most "
+                f"{MAX_COST_DECIMALS} decimals, got {str(cost)!r}")
+    ts = r.timestamp
+    if not MIN_YEAR <= ts.year <= MAX_YEAR:
+        return f"timestamp must be between {MIN_YEAR} and {MAX_YEAR}, got {ts.isoformat()!r}"
+    if ts.tzinfo is not UTC:
+        r.timestamp = to_utc(ts)
+    if nul:
+        where = _nul_field(r)
+        if where:
+            return f"{where} contains a NUL character (\\u0000), which storage cannot hold"
+    return None
+
+
+def _nul_field(r: UsageRecord) -> str | None:
+    for field in ("id", "provider", "model", "currency", *_STR_FIELDS):
+        v = getattr(r, field)
+        if v is not None and "\x00" in v:
+            return field
+    for k, v in r.tags.items():
+        if "\x00" in k or "\x00" in v:
+            return "tags"
+    if r.payload is not None and _has_nul(r.payload):
+        return "payload"
+    return None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# -- runs ------------------------------------------------------------------------------------
+def _run_fields(obj: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
+    fields = {k: v for k, v in obj.items() if k not in drop}
+    if _has_nul(fields):
+        raise ValueError("run fields contain a NUL character (\\u0000), which storage cannot hold")
+    return fields
+
+
+def _run_id(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"run_id must be a non-empty string, got {_short(value)}")
+    if "\x00" in value:
+        raise ValueError("run_id contains a NUL character (\\u0000)")
+    return value
+
+
+def _seq(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise ValueError(f"seq must be an integer from 0 to {MAX_SEQ}, got {_short(value)}")
+    return value
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {_short(value)}")
+    return value
+
+
+def decode_run(data: bytes) -> tuple[str, int | None, dict[str, Any]]:
+    """``POST /runs`` body: (run_id, seq or None, fields). ValueError names the field."""
+    obj = _object(decode_body(data), "the run")
+    return _run_id(obj.get("run_id")), _seq(obj.get("seq")), _run_fields(obj, ("run_id", "seq"))
+
+
+def decode_run_patch(data: bytes, run_id: str) -> tuple[int | None, dict[str, Any]]:
+    """``PATCH /runs/{run_id}`` body: (seq or None, fields). A ``run_id`` in the body must
+    match the path."""
+    obj = _object(decode_body(data), "the update")
+    if "run_id" in obj and obj["run_id"] != run_id:
+        raise ValueError(f"run_id in the body ({_short(obj['run_id'])}) differs from the path ({run_id!r})")
+    return _seq(obj.get("seq")), _run_fields(obj, ("run_id", "seq"))
+
+
+@dataclass(slots=True)
+class RunItem:
+    """One write of a ``/runs/batch`` body; ``seq`` None means "on top of what is stored"."""
+
+    id: str
+    run_id: str = ""
+    seq: int | None = None
+    create: bool = True
+    fields: dict[str, Any] | None = None
+    error: str | None = None
+
+    def write(self, seq: int) -> RunWrite:
+        return RunWrite(self.run_id, self.fields or {}, seq, self.create)
+
+
+def decode_run_batch(data: bytes) -> list[RunItem]:
+    """``{"runs": [{"id", "run_id", "seq", "create", ...fields}, ...]}`` -> RunItems; an
+    item that fails validation carries its error (the others still apply)."""
+    try:
+        raw = _decode_raw_runs(data)
+    except msgspec.DecodeError as exc:
+        raise _shape_error(data, exc, "runs") from None
+    items = []
+    for r in raw.runs:
+        obj = _decode_any(r)
+        if not isinstance(obj, dict):
+            items.append(RunItem("", error=f"a run write must be a JSON object, got {_short(obj)}"))
+            continue
+        id_ = obj.get("id")
+        if not isinstance(id_, str) or not id_:
+            items.append(RunItem(id_ if isinstance(id_, str) else "",
+                                 error=f"id (the write's id) must be a non-empty string, got {_short(id_)}"))
+            continue
+        try:
+            create = obj.get("create", True)
+            if type(create) is not bool:
+                raise ValueError(f"create must be true or false, got {_short(create)}")
+            items.append(RunItem(
+                id_, _run_id(obj.get("run_id")), _seq(obj.get("seq")), create,
+                _run_fields(obj, ("id", "run_id", "seq", "create")),
+            ))
+        except ValueError as exc:
+            items.append(RunItem(id_, error=str(exc)))
+    return items
