@@ -1,0 +1,136 @@
+"""JSON Lines storage: one record per line, append-only, easy to inspect and parse.
+
+Every batch is appended with one write and one ``fsync``. At open the whole file is read
+into memory (the ids make dedup hold across restarts); a corrupt or torn line is skipped,
+counted in ``corrupt_lines`` and logged, never fatal. Agent runs are appended as whole
+snapshots (``{"kind": "run", "run": {...}}``); on reading, the highest ``seq`` wins.
+
+One process writes a given file (an exclusive ``flock`` per append keeps lines whole if
+another process appends anyway, but this process will not see that process's records).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from ..records import UsageRecord, decode_usage, encode
+from .base import RunWrite, apply_run_write, run_fields
+from .memory import MemoryStorage
+
+__all__ = ["JsonlStorage"]
+
+log = logging.getLogger("usageledger.storage.jsonl")
+
+_RUN_PREFIX = b'{"kind":"run",'
+
+
+class _RunLine(msgspec.Struct):
+    kind: str
+    run: dict[str, Any]
+
+
+_run_decoder = msgspec.json.Decoder(_RunLine)
+
+
+class JsonlStorage(MemoryStorage):
+    """``JsonlStorage(path)``: the in-memory engine of MemoryStorage, persisted as lines."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None):
+        super().__init__()
+        if path is None:
+            from ..pipeline import default_journal_path
+
+            path = default_journal_path("usage.jsonl")
+        self.path = Path(os.fspath(path)).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.corrupt_lines = 0
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        self._load()
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        self._needs_newline = bool(data) and not data.endswith(b"\n")
+        records: list[UsageRecord] = []
+        for lineno, line in enumerate(data.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                if line.startswith(_RUN_PREFIX):
+                    run = _run_decoder.decode(line).run
+                    stored = self._runs.get(run["run_id"])
+                    if stored is None or run["seq"] > stored["seq"]:
+                        self._runs[run["run_id"]] = run
+                else:
+                    records.append(decode_usage(line))
+            except (msgspec.DecodeError, msgspec.ValidationError, KeyError, TypeError) as exc:
+                self.corrupt_lines += 1
+                log.warning("%s:%d: skipped a corrupt line (%s): %.80r", self.path, lineno, exc, line)
+        self._add(records)
+        if self.corrupt_lines:
+            log.warning("%s: %d corrupt line(s) skipped", self.path, self.corrupt_lines)
+
+    def _append(self, lines: list[bytes]) -> None:
+        if not lines:
+            return
+        if self._needs_newline:
+            lines.insert(0, b"")  # finish a torn last line so the next record starts clean
+        data = b"\n".join(lines) + b"\n"
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._needs_newline = False
+
+    def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
+        with self._lock:
+            batch: dict[str, UsageRecord] = {}
+            for rec in records:
+                if not isinstance(rec, UsageRecord):
+                    raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+                if rec.id not in self._by_id:
+                    batch.setdefault(rec.id, rec)
+            # on disk first: what memory holds is always in the file
+            self._append([encode(r) for r in batch.values()])
+            self._add(batch.values())
+            return set(batch)
+
+    def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
+        with self._lock:
+            results: list[str] = []
+            pending: dict[str, dict[str, Any]] = {}
+            for w in writes:
+                run_fields(w)
+                stored = pending.get(w.run_id) or self._runs.get(w.run_id)
+                outcome, new = apply_run_write(stored, w)
+                results.append(outcome)
+                if new is not None:
+                    pending[w.run_id] = new
+            self._append([encode({"kind": "run", "run": run}) for run in pending.values()])
+            self._runs.update(pending)
+            return results
+
+    def clear(self) -> None:
+        with self._lock:
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+            self._needs_newline = False
+            super().clear()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

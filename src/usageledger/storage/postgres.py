@@ -1,0 +1,384 @@
+"""PostgreSQL storage (psycopg 3 + psycopg_pool): for several collectors on one database.
+
+Records go in with ``COPY`` into a per-connection temp table, then one statement
+``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING RETURNING`` that also adds the newly
+stored rows to an hourly rollup (``usage_hourly``) — dedup, insert and rollup are one
+transaction, and the primary key is the only arbiter between concurrent collectors.
+Cost is NUMERIC (exact). The schema is created or migrated forward at open.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..records import UsageRecord
+from .base import (
+    _US_PER_HOUR,
+    Aggregate,
+    Filters,
+    RunWrite,
+    StorageBackend,
+    check_group_by,
+    check_page,
+    day_key,
+    finish_groups,
+    hour_key,
+    make_filters,
+    run_fields,
+    zero_totals,
+)
+
+__all__ = ["PostgresStorage"]
+
+log = logging.getLogger("usageledger.storage.postgres")
+
+_COLUMNS: dict[str, str] = {
+    # C collation: ids and tie-breaks order as Python compares strings
+    "id": 'TEXT COLLATE "C" PRIMARY KEY',
+    "ts": "TIMESTAMPTZ NOT NULL",
+    "provider": "TEXT NOT NULL",
+    "model": "TEXT NOT NULL",
+    "input_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "output_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "cache_read_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "cache_write_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "reasoning_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "cost": "NUMERIC",
+    "currency": "TEXT NOT NULL DEFAULT 'USD'",
+    "user_id": "TEXT",
+    "session_id": "TEXT",
+    "customer_key": "TEXT",
+    "run_id": "TEXT",
+    "response_id": "TEXT",
+    "tags": "JSONB NOT NULL DEFAULT '{}'",
+    "payload": "JSONB",
+}
+_COLS = tuple(_COLUMNS)
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+           "reasoning_tokens")
+_HOUR = "floor(extract(epoch FROM ts) / 3600)::bigint"
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS usage ({})".format(", ".join(f"{k} {v}" for k, v in _COLUMNS.items())),
+    """CREATE TABLE IF NOT EXISTS usage_hourly (
+        hour BIGINT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+        count BIGINT NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,
+        cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
+        reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
+        PRIMARY KEY (hour, provider, model))""",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL, agent_name TEXT,
+        status TEXT, started_at TEXT COLLATE "C", data JSONB NOT NULL)""",
+]
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts, id)",
+    "CREATE INDEX IF NOT EXISTS usage_provider ON usage (provider, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_model ON usage (model, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_user ON usage (user_id, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_customer ON usage (customer_key, ts)",
+    "CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)",
+]
+_TEMP = (
+    "CREATE TEMP TABLE IF NOT EXISTS usage_in (id TEXT, ts TIMESTAMPTZ, provider TEXT, model TEXT, "
+    "input_tokens BIGINT, output_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT, "
+    "reasoning_tokens BIGINT, cost NUMERIC, currency TEXT, user_id TEXT, session_id TEXT, "
+    "customer_key TEXT, run_id TEXT, response_id TEXT, tags TEXT, payload TEXT) "
+    "ON COMMIT DELETE ROWS"
+)
+_SUMS = ", ".join(
+    ["count(*)", *(f"sum({t})" for t in _TOKENS), "coalesce(sum(cost), 0)",
+     "count(*) FILTER (WHERE cost IS NULL)"]
+)
+_ROLLUP_SUMS = ", ".join(
+    ["sum(count)", *(f"sum({t})" for t in _TOKENS), "sum(cost)", "sum(unknown_cost)"]
+)
+_INSERT = f"""
+WITH ins AS (
+    INSERT INTO usage ({", ".join(_COLS)})
+    SELECT DISTINCT ON (id) {", ".join(c if c not in ("tags", "payload") else c + "::jsonb" for c in _COLS)}
+    FROM usage_in ORDER BY id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, ts, provider, model, {", ".join(_TOKENS)}, cost
+), roll AS (
+    INSERT INTO usage_hourly
+    SELECT {_HOUR}, provider, model, {_SUMS} FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (hour, provider, model) DO UPDATE SET
+        count = usage_hourly.count + excluded.count,
+        {", ".join(f"{t} = usage_hourly.{t} + excluded.{t}" for t in _TOKENS)},
+        cost = usage_hourly.cost + excluded.cost,
+        unknown_cost = usage_hourly.unknown_cost + excluded.unknown_cost
+)
+SELECT id FROM ins"""
+_SELECT = f"SELECT {', '.join(_COLS)} FROM usage"
+_ROLLUP_KEYS = {"day", "hour", "provider", "model"}
+_RUN_COLUMNS = (
+    "agent_name = ({merged})->>'agent_name', status = ({merged})->>'status', "
+    "started_at = ({merged})->>'started_at'"
+)
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise ImportError(
+            "the postgres backend needs psycopg 3: pip install 'usageledger[postgres]'"
+        ) from None
+    return psycopg, psycopg_pool
+
+
+class PostgresStorage(StorageBackend):
+    """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):
+        psycopg, psycopg_pool = _import_psycopg()
+        self._psycopg = psycopg
+        self.url = url
+        with psycopg.connect(url, autocommit=True) as conn:
+            self._migrate(conn)
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=min_size, max_size=max_size, timeout=timeout,
+            configure=self._configure, open=True,
+        )
+
+    @staticmethod
+    def _migrate(conn: Any) -> None:
+        # one migrator at a time when several collectors start together
+        conn.execute("SELECT pg_advisory_lock(7301460)")
+        try:
+            for ddl in _SCHEMA:
+                conn.execute(ddl)
+            have = {r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'usage' AND table_schema = current_schema()"
+            )}
+            for k, decl in _COLUMNS.items():
+                if k not in have:
+                    conn.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl.replace(' PRIMARY KEY', '')}")
+                    log.info("added column %s to an older usage table", k)
+            for ddl in _INDEXES:
+                conn.execute(ddl)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(7301460)")
+
+    @staticmethod
+    def _configure(conn: Any) -> None:
+        conn.execute("SET TIME ZONE 'UTC'")
+        conn.execute(_TEMP)
+        conn.commit()
+
+    # -- writes -----------------------------------------------------------------------------
+    def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
+        from ..records import encode
+
+        rows = []
+        for rec in records:
+            if not isinstance(rec, UsageRecord):
+                raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+            rows.append((
+                rec.id, rec.timestamp, rec.provider, rec.model, rec.input_tokens, rec.output_tokens,
+                rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens, rec.cost,
+                rec.currency, rec.user_id, rec.session_id, rec.customer_key, rec.run_id,
+                rec.response_id, encode(rec.tags).decode() if rec.tags else "{}",
+                None if rec.payload is None else encode(rec.payload).decode(),
+            ))
+        if not rows:
+            return set()
+        with self._pool.connection() as conn, conn.transaction():
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY usage_in ({', '.join(_COLS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(_INSERT)
+                return {r[0] for r in cur.fetchall()}
+
+    # -- reads ------------------------------------------------------------------------------
+    @staticmethod
+    def _where(f: Filters) -> tuple[str, list[Any]]:
+        from psycopg.types.json import Jsonb
+
+        clauses, params = [], []
+        for k, v in f.equalities():
+            clauses.append(f"{k} = %s")
+            params.append(v)
+        if f.since is not None:
+            clauses.append("ts >= to_timestamp(%s::numeric / 1000000)")
+            params.append(f.since)
+        if f.until is not None:
+            clauses.append("ts < to_timestamp(%s::numeric / 1000000)")
+            params.append(f.until)
+        if f.tags:
+            clauses.append("tags @> %s")
+            params.append(Jsonb(dict(f.tags)))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> UsageRecord:
+        return UsageRecord(*row[:16], row[16] or {}, row[17])
+
+    def query(
+        self,
+        provider: str | None = None,
+        model: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        tags: dict[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        customer_key: str | None = None,
+    ) -> list[UsageRecord]:
+        check_page(limit, offset)
+        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
+                         since=since, until=until, tags=tags, customer_key=customer_key)
+        where, params = self._where(f)
+        sql = f"{_SELECT}{where} ORDER BY ts DESC, id DESC LIMIT %s OFFSET %s"
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, [*params, limit, offset]).fetchall()
+        return [self._record(r) for r in rows]
+
+    @staticmethod
+    def _group_sql(key: str, rollup: bool, params: list[Any]) -> str:
+        hour = "hour" if rollup else _HOUR
+        if key == "day":
+            return f"floor({hour} / 24.0)::bigint" if rollup else "floor(extract(epoch FROM ts) / 86400)::bigint"
+        if key == "hour":
+            return hour
+        if key.startswith("tag:"):
+            params.append(key[4:])
+            return "tags ->> %s"
+        return key
+
+    @staticmethod
+    def _group_value(key: str, value: Any) -> Any:
+        if key == "day":
+            return day_key(value * 24 * _US_PER_HOUR)
+        if key == "hour":
+            return hour_key(value * _US_PER_HOUR)
+        return value
+
+    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
+        keys = check_group_by(group_by)
+        f = make_filters(**filters)
+        rollup = (
+            set(keys) <= _ROLLUP_KEYS
+            and not (f.user_id or f.session_id or f.customer_key or f.tags)
+            and (f.since is None or f.since % _US_PER_HOUR == 0)
+            and (f.until is None or f.until % _US_PER_HOUR == 0)
+        )
+        params: list[Any] = []
+        exprs = [self._group_sql(k, rollup, params) for k in keys]
+        if rollup:
+            clauses = []
+            for k, v in f.equalities():
+                clauses.append(f"{k} = %s")
+                params.append(v)
+            if f.since is not None:
+                clauses.append("hour >= %s")
+                params.append(f.since // _US_PER_HOUR)
+            if f.until is not None:
+                clauses.append("hour < %s")
+                params.append(f.until // _US_PER_HOUR)
+            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            sql = f"SELECT {', '.join([*exprs, _ROLLUP_SUMS])} FROM usage_hourly{where}"
+        else:
+            where, wparams = self._where(f)
+            params += wparams
+            sql = f"SELECT {', '.join([*exprs, _SUMS])} FROM usage{where}"
+        if keys:
+            sql += f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        n = len(keys)
+        for row in rows:
+            if not row[n]:
+                continue  # an empty table aggregated without GROUP BY
+            gk = tuple(self._group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
+            t = groups.setdefault(gk, zero_totals())
+            t["count"] += int(row[n])
+            for i, name in enumerate(_TOKENS):
+                t[name] += int(row[n + 1 + i] or 0)
+            t["cost"] += row[n + 6]
+            t["unknown_cost"] += int(row[n + 7])
+        return finish_groups(keys, groups)
+
+    def count(self) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute("SELECT count(*) FROM usage").fetchone()[0]
+
+    # -- runs -------------------------------------------------------------------------------
+    def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
+        from psycopg.types.json import Jsonb
+
+        checked = [(w, run_fields(w)) for w in writes]
+        results: list[str] = []
+        merged = "runs.data || %(data)s"
+        with self._pool.connection() as conn, conn.transaction():
+            for w, fields in checked:
+                p = {"run_id": w.run_id, "seq": w.seq,
+                     "data": Jsonb({**fields, "run_id": w.run_id, "seq": w.seq})}
+                if w.create:
+                    # the seq check is the WHERE of the upsert: an older write changes nothing
+                    row = conn.execute(
+                        "INSERT INTO runs (run_id, seq, agent_name, status, started_at, data) "
+                        "VALUES (%(run_id)s, %(seq)s, %(data)s->>'agent_name', %(data)s->>'status', "
+                        "%(data)s->>'started_at', %(data)s) "
+                        "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, "
+                        f"data = {merged}, {_RUN_COLUMNS.format(merged=merged)} "
+                        "WHERE runs.seq < excluded.seq RETURNING (xmax = 0)",
+                        p,
+                    ).fetchone()
+                    results.append("duplicate" if row is None else "created" if row[0] else "updated")
+                else:
+                    row = conn.execute(
+                        f"UPDATE runs SET seq = %(seq)s, data = {merged}, "
+                        f"{_RUN_COLUMNS.format(merged=merged)} "
+                        "WHERE run_id = %(run_id)s AND seq < %(seq)s RETURNING 1",
+                        p,
+                    ).fetchone()
+                    if row is not None:
+                        results.append("updated")
+                    else:
+                        exists = conn.execute(
+                            "SELECT 1 FROM runs WHERE run_id = %s", (w.run_id,)
+                        ).fetchone()
+                        results.append("stale" if exists else "missing")
+        return results
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT data FROM runs WHERE run_id = %s", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def query_runs(
+        self,
+        agent_name: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        check_page(limit, offset)
+        clauses, params = [], []
+        if agent_name is not None:
+            clauses.append("agent_name = %s")
+            params.append(agent_name)
+        if status is not None:
+            clauses.append("status = %s")
+            params.append(status)
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        sql = (f"SELECT data FROM runs{where} ORDER BY started_at IS NOT NULL DESC, "
+               "started_at DESC, run_id DESC LIMIT %s OFFSET %s")
+        with self._pool.connection() as conn:
+            return [r[0] for r in conn.execute(sql, [*params, limit, offset]).fetchall()]
+
+    def clear(self) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("TRUNCATE usage, usage_hourly, runs")
+
+    def close(self) -> None:
+        self._pool.close()

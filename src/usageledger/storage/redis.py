@@ -1,0 +1,349 @@
+"""Redis storage: records in one hash, sorted-set indexes for every filter, exact money.
+
+Layout under ``prefix`` (default ``usageledger:``):
+
+- ``records``: hash id -> record JSON (cost as a decimal string);
+- ``ts``: sorted set of every id scored by its timestamp (UTC microseconds, exact in a
+  double until the year 2255); ``i:<field>:<value>`` the same per provider, model,
+  user_id, session_id and customer_key, and ``t:<len>:<key>=<value>`` per tag. A query
+  intersects the sets its filters name and reads one score range of the result, newest
+  first (ties by id descending), so no filter scans every record;
+- ``roll:<metric>``: hashes of totals per (hour, provider, model), so aggregates by
+  day/hour/provider/model read a few thousand fields; cost in integer nano-units
+  (``HINCRBY``: exact). Costs finer than a nano-unit are counted in ``roll:inexact`` and
+  make those aggregates sum the records' own decimal strings instead;
+- ``run:<run_id>``: hash of the run's fields (each a JSON value) plus ``seq``; ``runs``: the
+  set of run ids.
+
+Saving is one Lua script per batch: ``HSETNX`` on the records hash decides, atomically with
+the index and rollup updates, whether an id is new — a second copy changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from ..records import UsageRecord, decode_usage, encode
+from .base import (
+    _US_PER_HOUR,
+    EQUALITY_KEYS,
+    Aggregate,
+    Aggregator,
+    Filters,
+    RunWrite,
+    StorageBackend,
+    check_group_by,
+    check_page,
+    cost_nano,
+    day_key,
+    finish_groups,
+    hour_key,
+    make_filters,
+    nano_to_decimal,
+    run_fields,
+    ts_us,
+    zero_totals,
+)
+
+__all__ = ["RedisStorage"]
+
+_METRICS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+            "reasoning_tokens", "cost_nano", "unknown_cost", "inexact")
+_ROLLUP_KEYS = {"day", "hour", "provider", "model"}
+
+# KEYS: records, ts, registry, roll:<metric> x 9.
+# ARGV per record: id, score, json, group, it, ot, cr, cw, rt, nano|"", unknown, inexact, n, keys...
+_SAVE = """
+local new = {}
+local acc = {}
+local i = 1
+while i <= #ARGV do
+  local id, score, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 12])
+  if redis.call('HSETNX', KEYS[1], id, ARGV[i + 2]) == 1 then
+    redis.call('ZADD', KEYS[2], score, id)
+    for j = 1, n do
+      local key = ARGV[i + 12 + j]
+      redis.call('ZADD', key, score, id)
+      redis.call('SADD', KEYS[3], key)
+    end
+    local g = ARGV[i + 3]
+    local a = acc[g]
+    if not a then a = {0, 0, 0, 0, 0, 0, 0, 0}; acc[g] = a end
+    a[1] = a[1] + 1
+    for m = 1, 5 do a[m + 1] = a[m + 1] + tonumber(ARGV[i + 3 + m]) end
+    a[7] = a[7] + tonumber(ARGV[i + 10])
+    a[8] = a[8] + tonumber(ARGV[i + 11])
+    -- cost goes to Redis as the exact integer string: never through a Lua double
+    if ARGV[i + 9] ~= '' and ARGV[i + 9] ~= '0' then
+      redis.call('HINCRBY', KEYS[10], g, ARGV[i + 9])
+    end
+    new[#new + 1] = id
+  end
+  i = i + 13 + n
+end
+for g, a in pairs(acc) do
+  for m = 1, 6 do redis.call('HINCRBY', KEYS[3 + m], g, string.format('%d', a[m])) end
+  if a[7] > 0 then redis.call('HINCRBY', KEYS[11], g, string.format('%d', a[7])) end
+  if a[8] > 0 then redis.call('HINCRBY', KEYS[12], g, string.format('%d', a[8])) end
+end
+return new
+"""
+
+# KEYS: the index sets to intersect, then a scratch key. ARGV: min, max, offset, count.
+_QUERY = """
+local n = #KEYS - 1
+local key = KEYS[1]
+if n > 1 then
+  local args = {KEYS[#KEYS], n}
+  for j = 1, n do args[#args + 1] = KEYS[j] end
+  args[#args + 1] = 'AGGREGATE'
+  args[#args + 1] = 'MAX'
+  redis.call('ZINTERSTORE', unpack(args))
+  key = KEYS[#KEYS]
+end
+local ids = redis.call('ZREVRANGEBYSCORE', key, ARGV[2], ARGV[1], 'LIMIT', ARGV[3], ARGV[4])
+if n > 1 then redis.call('DEL', key) end
+return ids
+"""
+
+# KEYS[1]: the runs set. ARGV per write: run key, run_id, seq, create(0/1), nfields, k, v...
+_RUNS = """
+local out = {}
+local i = 1
+while i <= #ARGV do
+  local key, run_id, seq, create, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3], tonumber(ARGV[i + 4])
+  local cur = redis.call('HGET', key, 'seq')
+  local apply = false
+  if not cur then
+    if create == '1' then out[#out + 1] = 'created'; apply = true
+    else out[#out + 1] = 'missing' end
+  elseif seq <= tonumber(cur) then
+    if create == '1' then out[#out + 1] = 'duplicate' else out[#out + 1] = 'stale' end
+  else
+    out[#out + 1] = 'updated'; apply = true
+  end
+  if apply then
+    redis.call('HSET', key, 'seq', ARGV[i + 2])
+    for j = 0, n - 1 do
+      redis.call('HSET', key, ARGV[i + 5 + 2 * j], ARGV[i + 6 + 2 * j])
+    end
+    redis.call('SADD', KEYS[1], run_id)
+  end
+  i = i + 5 + 2 * n
+end
+return out
+"""
+
+_group_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+
+class RedisStorage(StorageBackend):
+    """``RedisStorage(url, prefix="usageledger:")``; thread-safe (redis-py's pool)."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "usageledger:",
+                 **client_kw: Any):
+        try:
+            import redis
+        except ImportError:
+            raise ImportError("the redis backend needs redis-py: pip install 'usageledger[redis]'") from None
+        self.url = url
+        self.prefix = prefix
+        self._r = redis.Redis.from_url(url, **client_kw)
+        self._save = self._r.register_script(_SAVE)
+        self._query = self._r.register_script(_QUERY)
+        self._runs = self._r.register_script(_RUNS)
+        p = prefix
+        self._k_records, self._k_ts, self._k_registry = f"{p}records", f"{p}ts", f"{p}indexes"
+        self._k_roll = [f"{p}roll:{m}" for m in _METRICS]
+        self._k_runs = f"{p}runs"
+
+    def _index(self, field: str, value: str) -> str:
+        return f"{self.prefix}i:{field}:{value}"
+
+    def _tag_index(self, key: str, value: str) -> str:
+        # the length makes "a=b"="c" and "a"="b=c" different keys
+        return f"{self.prefix}t:{len(key)}:{key}={value}"
+
+    # -- writes -----------------------------------------------------------------------------
+    def save_many(self, records: Iterable[UsageRecord], *, chunk: int = 5000) -> set[str]:
+        new: set[str] = set()
+        args: list[Any] = []
+        count = 0
+        keys = [self._k_records, self._k_ts, self._k_registry, *self._k_roll]
+        for rec in records:
+            if not isinstance(rec, UsageRecord):
+                raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+            us = ts_us(rec.timestamp)
+            nano = cost_nano(rec.cost)
+            idx = [self._index(k, v) for k in EQUALITY_KEYS if (v := getattr(rec, k)) is not None]
+            idx += [self._tag_index(k, v) for k, v in rec.tags.items()]
+            group = _group_encode([us // _US_PER_HOUR, rec.provider, rec.model])
+            args += [
+                rec.id, us, encode(rec), group, rec.input_tokens, rec.output_tokens,
+                rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
+                "" if nano is None else nano, 1 if rec.cost is None else 0,
+                1 if rec.cost is not None and nano is None else 0, len(idx), *idx,
+            ]
+            count += 1
+            if count == chunk:
+                new.update(x.decode() for x in self._save(keys=keys, args=args))
+                args, count = [], 0
+        if args:
+            new.update(x.decode() for x in self._save(keys=keys, args=args))
+        return new
+
+    # -- reads ------------------------------------------------------------------------------
+    def _index_keys(self, f: Filters) -> list[str]:
+        keys = [self._index(k, v) for k, v in f.equalities()]
+        keys += [self._tag_index(k, v) for k, v in f.tags]
+        return keys or [self._k_ts]
+
+    def _ids(self, f: Filters, offset: int = 0, limit: int | None = None) -> list[bytes]:
+        scratch = f"{self.prefix}tmp:{uuid.uuid4().hex}"
+        low = "-inf" if f.since is None else f.since
+        high = "+inf" if f.until is None else f"({f.until}"
+        return self._query(
+            keys=[*self._index_keys(f), scratch],
+            args=[low, high, offset, -1 if limit is None else limit],
+        )
+
+    def _fetch(self, ids: list[bytes], chunk: int = 10000) -> Iterable[UsageRecord]:
+        for i in range(0, len(ids), chunk):
+            for data in self._r.hmget(self._k_records, ids[i:i + chunk]):
+                if data is not None:  # cleared between the two calls
+                    yield decode_usage(data)
+
+    def query(
+        self,
+        provider: str | None = None,
+        model: str | None = None,
+        user_id: str | None = None,
+        session_id: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        tags: dict[str, str] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        customer_key: str | None = None,
+    ) -> list[UsageRecord]:
+        check_page(limit, offset)
+        if limit == 0:
+            return []
+        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
+                         since=since, until=until, tags=tags, customer_key=customer_key)
+        return list(self._fetch(self._ids(f, offset, limit)))
+
+    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
+        keys = check_group_by(group_by)
+        f = make_filters(**filters)
+        if (
+            set(keys) <= _ROLLUP_KEYS
+            and not (f.user_id or f.session_id or f.customer_key or f.tags)
+            and (f.since is None or f.since % _US_PER_HOUR == 0)
+            and (f.until is None or f.until % _US_PER_HOUR == 0)
+        ):
+            groups = self._aggregate_rollup(keys, f)
+            if groups is not None:
+                return finish_groups(keys, groups)
+        agg = Aggregator(keys)
+        for rec in self._fetch(self._ids(f)):
+            agg.add(rec, ts_us(rec.timestamp))
+        return agg.rows()
+
+    def _aggregate_rollup(self, keys: tuple[str, ...], f: Filters) -> dict | None:
+        pipe = self._r.pipeline(transaction=True)
+        for k in self._k_roll:
+            pipe.hgetall(k)
+        hashes = dict(zip(_METRICS, pipe.execute(), strict=True))
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        lo = None if f.since is None else f.since // _US_PER_HOUR
+        hi = None if f.until is None else f.until // _US_PER_HOUR
+        for raw, count in hashes["count"].items():
+            hour, provider, model = _json_decode(raw)
+            if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
+                continue
+            if (f.provider is not None and provider != f.provider) or (
+                f.model is not None and model != f.model
+            ):
+                continue
+            if int(hashes["inexact"].get(raw, 0)):
+                return None  # a cost finer than a nano-unit: sum the records' own strings
+            values = {"provider": provider, "model": model,
+                      "day": day_key(hour * _US_PER_HOUR), "hour": hour_key(hour * _US_PER_HOUR)}
+            gk = tuple(values[k] for k in keys)
+            t = groups.setdefault(gk, zero_totals())
+            t["count"] += int(count)
+            for m in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                      "reasoning_tokens", "unknown_cost"):
+                t[m] += int(hashes[m].get(raw, 0))
+            t["cost"] += nano_to_decimal(int(hashes["cost_nano"].get(raw, 0)))
+        return groups
+
+    def count(self) -> int:
+        return self._r.hlen(self._k_records)
+
+    # -- runs -------------------------------------------------------------------------------
+    def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
+        args: list[Any] = []
+        for w in writes:
+            fields = run_fields(w)
+            args += [f"{self.prefix}run:{w.run_id}", w.run_id, w.seq, 1 if w.create else 0,
+                     len(fields)]
+            for k, v in fields.items():
+                args += [f"f:{k}", encode(v)]
+        if not writes:
+            return []
+        return [x.decode() for x in self._runs(keys=[self._k_runs], args=args)]
+
+    @staticmethod
+    def _run_from(run_id: str, raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+        if not raw:
+            return None
+        run = {k[2:].decode(): _json_decode(v) for k, v in raw.items() if k.startswith(b"f:")}
+        run["run_id"] = run_id
+        run["seq"] = int(raw[b"seq"])
+        return run
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self._run_from(run_id, self._r.hgetall(f"{self.prefix}run:{run_id}"))
+
+    def query_runs(
+        self,
+        agent_name: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        from .base import run_sort_key
+
+        check_page(limit, offset)
+        run_ids = sorted(x.decode() for x in self._r.smembers(self._k_runs))
+        pipe = self._r.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(f"{self.prefix}run:{run_id}")
+        runs = [
+            r for run_id, raw in zip(run_ids, pipe.execute(), strict=True)
+            if (r := self._run_from(run_id, raw)) is not None
+            and (agent_name is None or r.get("agent_name") == agent_name)
+            and (status is None or r.get("status") == status)
+        ]
+        runs.sort(key=run_sort_key, reverse=True)
+        return runs[offset:None if limit is None else offset + limit]
+
+    def clear(self) -> None:
+        indexes = list(self._r.smembers(self._k_registry))
+        runs = [f"{self.prefix}run:{x.decode()}" for x in self._r.smembers(self._k_runs)]
+        keys = [self._k_records, self._k_ts, self._k_registry, self._k_runs, *self._k_roll,
+                *indexes, *runs]
+        for i in range(0, len(keys), 1000):
+            self._r.unlink(*keys[i:i + 1000])
+
+    def close(self) -> None:
+        self._r.close()
+
+
