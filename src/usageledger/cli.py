@@ -1,12 +1,34 @@
-"""The `usageledger` command line (typer). `queue-monitor DB` is an alias of `monitor`."""
+"""The `usageledger` command line (typer). `queue-monitor DB` is an alias of `monitor`.
+
+Every failure the user can cause (a missing file, a file that is not a journal, a locked
+database, a bad argument, an unknown storage URL) ends as one line on stderr and a
+non-zero exit; ``--debug`` (anywhere on the command line) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .delivery import PersistentQueueManager
+    from .storage.base import StorageBackend
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="usageledger: LLM usage, delivered exactly once in effect.")
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show the traceback of an error (may go anywhere on the line)"),
+) -> None:
+    """usageledger: LLM usage, delivered exactly once in effect."""
 
 
 @app.command()
@@ -34,14 +56,402 @@ def demo(
     run_demo(port=port, n=records, keep_running=keep_running)
 
 
-def main() -> None:
-    app()
+# -- argument parsing ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def queue_monitor_main() -> None:
-    sys.argv = [sys.argv[0], "monitor", *sys.argv[1:]]
-    app()
+def parse_duration(value: str, option: str = "--older-than") -> float:
+    """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` (also ``1.5h``) as seconds."""
+    m = _DURATION.match(value)
+    if not m:
+        raise typer.BadParameter(
+            f"{value!r} is not a duration; use a number and a unit: 30s, 30m, 12h, 7d, 2w",
+            param_hint=option,
+        )
+    return float(m.group(1)) * _UNIT_S[m.group(2).lower()]
+
+
+def parse_when(value: str | None, option: str, now: datetime | None = None) -> datetime | None:
+    """An ISO date (midnight UTC), an ISO datetime (UTC unless it names an offset), or a
+    duration meaning that long ago (``7d``)."""
+    if value is None:
+        return None
+    if _DURATION.match(value):
+        return (now or datetime.now(UTC)) - timedelta(seconds=parse_duration(value, option))
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date; use 2026-11-01, 2026-11-01T12:30, 2026-11-01T12:30+02:00 or 7d",
+            param_hint=option,
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _check_range(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and since >= until:
+        raise typer.BadParameter(
+            f"--since {since.isoformat()} is not before --until {until.isoformat()}", param_hint="--since"
+        )
+
+
+# -- opening things --------------------------------------------------------------------------
+
+_LOCK_TIMEOUT = typer.Option(5.0, "--lock-timeout", min=0, help="seconds to wait for a locked journal")
+_DB = typer.Argument(..., help="journal file (the db_path of PersistentDelivery)", show_default=False)
+_STORAGE = typer.Option(..., "--storage", help="storage URL: sqlite:///path.db, jsonl:///path, postgresql://..., redis://...", show_default=False)
+_SINCE = typer.Option(None, "--since", help="from this date/time (inclusive): 2026-11-01, 2026-11-01T12:00, 7d")
+_UNTIL = typer.Option(None, "--until", help="before this date/time (exclusive)")
+
+
+def _journal(db: str, lock_timeout: float) -> PersistentQueueManager:
+    from .delivery import PersistentQueueManager
+    from .journal.sqlite import check_journal_file
+
+    check_journal_file(db)
+    return PersistentQueueManager(db, busy_timeout_ms=int(lock_timeout * 1000))
+
+
+def _storage(url: str, *, must_exist: bool) -> StorageBackend:
+    """Open a storage URL. Reading commands refuse a file URL naming no file, rather than
+    reporting on an empty store they just created."""
+    from pathlib import Path
+
+    from .storage import _file_path, create_storage
+
+    lowered = url.strip().lower()
+    for scheme in ("sqlite", "jsonl"):
+        if must_exist and lowered.startswith(f"{scheme}://"):
+            path = Path(_file_path(url.strip(), scheme, {}, ()))
+            if not path.exists():
+                raise FileNotFoundError(f"no {scheme} store at {path} (from --storage {url})")
+    return create_storage(url)
+
+
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "—"
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- journal commands ------------------------------------------------------------------------
+
+
+@app.command()
+def monitor(
+    db: str = _DB,
+    interval: float = typer.Option(1.0, "--interval", min=0.1, help="seconds between refreshes"),
+    once: bool = typer.Option(False, "--once", help="print one frame and exit (for scripts)"),
+    rows: int = typer.Option(5, "--rows", min=0, help="items shown in the retry and failure lists"),
+    lock_timeout: float = _LOCK_TIMEOUT,
+) -> None:
+    """Live view of a journal: counts, rates, oldest item, retries, failures, lease."""
+    from .monitor import run_monitor
+
+    mgr = _journal(db, lock_timeout)
+    try:
+        run_monitor(mgr, interval=interval, once=once, rows=rows, console=_out())
+    finally:
+        mgr.close()
+
+
+@app.command()
+def stats(
+    db: str = _DB,
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    lock_timeout: float = _LOCK_TIMEOUT,
+) -> None:
+    """Counts per state, delivered and retried totals, oldest queued item, lease."""
+    from rich.table import Table
+
+    from .monitor import format_age
+
+    mgr = _journal(db, lock_timeout)
+    try:
+        s = mgr.stats()
+    finally:
+        mgr.close()
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("ready", "inflight", "dead", "delivered", "retried"):
+        table.add_row(key, f"{s[key]:,}")
+    table.add_row("oldest queued", format_age(s["oldest_queued_age_s"]))
+    table.add_row("next retry", _when(s["next_not_before"]))
+    holder = s["lease_holder"]
+    table.add_row("lease holder", "none" if holder is None else f"{holder} (until {_when(s['lease_expires'])})")
+    _out().print(table)
+
+
+@app.command()
+def failed(
+    db: str = _DB,
+    limit: int = typer.Option(20, "--limit", min=1, help="how many to show, oldest first"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON (payloads decoded)"),
+    lock_timeout: float = _LOCK_TIMEOUT,
+) -> None:
+    """Dead-lettered items with their error."""
+    from rich.table import Table
+
+    mgr = _journal(db, lock_timeout)
+    try:
+        items = mgr.failed(limit)
+        total = mgr.stats()["dead"]
+    finally:
+        mgr.close()
+    if as_json:
+        print(json.dumps(items, indent=2, default=str))
+        return
+    console = _out()
+    if not items:
+        console.print("no failed items")
+        return
+    table = Table(title=f"failed items: {len(items)} of {total}", title_justify="left")
+    for col in ("id", "kind", "attempts", "created", "error", "payload"):
+        table.add_column(col, overflow="fold")
+    for it in items:
+        payload = "" if it["payload"] is None else json.dumps(it["payload"])
+        table.add_row(
+            it["id"], it["kind"], str(it["attempts"]), _when(it["created"]),
+            it["last_error"] or "", payload if len(payload) <= 80 else payload[:79] + "…",
+        )
+    console.print(table)
+
+
+@app.command()
+def requeue(
+    db: str = _DB,
+    ids: list[str] = typer.Argument(None, help="ids of failed items to requeue", show_default=False),
+    all_: bool = typer.Option(False, "--all", help="requeue every failed item"),
+    lock_timeout: float = _LOCK_TIMEOUT,
+) -> None:
+    """Move failed (dead) items back to the queue, by id or --all."""
+    if all_ == bool(ids):
+        raise typer.BadParameter("give either --all or one or more ids, not both or neither", param_hint="IDS")
+    mgr = _journal(db, lock_timeout)
+    try:
+        n = mgr.requeue(None if all_ else list(ids))
+    finally:
+        mgr.close()
+    print(f"requeued {n} item{'s' if n != 1 else ''}")
+    wanted = len(set(ids or ()))
+    if not all_ and n < wanted:
+        _err().print(f"error: {wanted - n} of {wanted} ids are not failed items in {db}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def purge(
+    db: str = _DB,
+    state: str = typer.Option(..., "--state", help="dead (alias failed), ready (alias queued) or inflight", show_default=False),
+    older_than: str = typer.Option(None, "--older-than", help="only items enqueued longer ago than this: 30m, 12h, 7d"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    lock_timeout: float = _LOCK_TIMEOUT,
+) -> None:
+    """Delete the items in one state (asks first unless --yes)."""
+    from .journal.base import STATE_NAMES, state_code
+
+    try:
+        name = STATE_NAMES[state_code(state)]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--state") from None
+    age = None if older_than is None else parse_duration(older_than, "--older-than")
+    mgr = _journal(db, lock_timeout)
+    try:
+        in_state = mgr.stats()[name]
+        scope = f"{name} items" + ("" if older_than is None else f" enqueued more than {older_than} ago")
+        if not yes:
+            prompt = f"Delete {scope} from {db} ({in_state:,} {name} in total)?"
+            try:
+                confirmed = typer.confirm(prompt, default=False, err=True)
+            except typer.Abort:  # no answer (stdin closed): a script that forgot --yes
+                confirmed = False
+                print(file=sys.stderr)
+            if not confirmed:
+                _err().print("nothing purged (pass --yes to purge without the question)")
+                raise typer.Exit(1)
+        n = mgr.purge(name, age)
+    finally:
+        mgr.close()
+    print(f"purged {n:,} {name} item{'s' if n != 1 else ''}; {in_state - n:,} {name} left")
+
+
+# -- storage commands --------------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    storage: str = _STORAGE,
+    since: str = _SINCE,
+    until: str = _UNTIL,
+    group_by: str = typer.Option("day,model", "--group-by", help="comma-separated: day, hour, provider, model, user_id, session_id, customer_key, tag:<key>"),
+    fmt: str = typer.Option("table", "--format", help="table (with a chart), csv or json"),
+) -> None:
+    """Cost and token totals, with a chart of cost per day."""
+    from .report import REPORT_FORMATS, print_report
+    from .storage.base import check_group_by
+
+    if fmt not in REPORT_FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(REPORT_FORMATS)}", param_hint="--format")
+    try:
+        keys = check_group_by(group_by)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--group-by") from None
+    start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    _check_range(start, end)
+    store = _storage(storage, must_exist=True)
+    try:
+        print_report(_out(), store, keys, start, end, fmt)
+    finally:
+        store.close()
+
+
+@app.command()
+def export(
+    storage: str = _STORAGE,
+    fmt: str = typer.Option(..., "--format", help="csv or jsonl", show_default=False),
+    out: str = typer.Option(..., "--out", help="file to write ('-': stdout)", show_default=False),
+    since: str = _SINCE,
+    until: str = _UNTIL,
+) -> None:
+    """Stream records to CSV or JSON Lines in constant memory, with a progress bar."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from .export import EXPORT_FORMATS, count_matching, export_records
+
+    if fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    _check_range(start, end)
+    store = _storage(storage, must_exist=True)
+    try:
+        total = count_matching(store, start, end)
+        columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=_err(), transient=False) as bar:
+            task = bar.add_task("export", total=total)
+            n = export_records(store, out, fmt, since=start, until=end,
+                               progress=lambda k: bar.advance(task, k))
+    finally:
+        store.close()
+    if out != "-":
+        _err().print(f"exported {n:,} records to {out}")
+
+
+@app.command(name="import")
+def import_(
+    file: str = typer.Argument(..., help="a file written by `usageledger export`", show_default=False),
+    storage: str = _STORAGE,
+    fmt: str = typer.Option(None, "--format", help="csv or jsonl (default: from the file name)"),
+    batch: int = typer.Option(5000, "--batch", min=1, help="records per transaction"),
+) -> None:
+    """Load an export into a storage (records already stored are skipped by id)."""
+    from .export import EXPORT_FORMATS, read_export
+
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    records = read_export(file, fmt)
+    store = _storage(storage, must_exist=False)
+    read = stored = 0
+    try:
+        chunk: list[Any] = []
+        for rec in records:
+            chunk.append(rec)
+            if len(chunk) >= batch:
+                stored += len(store.save_many(chunk))
+                read += len(chunk)
+                chunk = []
+        if chunk:
+            stored += len(store.save_many(chunk))
+            read += len(chunk)
+    finally:
+        store.close()
+    print(f"imported {stored:,} of {read:,} records ({read - stored:,} already stored)")
+
+
+# -- entry points ------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    # one line: a message can carry newlines from a database or a library
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None, prog_name: str = "usageledger") -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    if debug:
+        # accepted anywhere on the line: move it before the command, where the group takes it
+        args = ["--debug", *(a for a in args if a != "--debug")]
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(ctx.get_help() if ctx is not None else exc.format_message())
+            return 0
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        return _fail(exc.format_message() + hint, getattr(exc, "exit_code", 2), debug)
+    except typer.Abort:
+        return _fail("aborted", 1, debug)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130, debug)
+    except Exception as exc:  # the one place that turns any failure into a line
+        return _fail(_describe(exc), 1, debug)
+    return result if isinstance(result, int) else 0
+
+
+def _describe(exc: BaseException) -> str:
+    import sqlite3
+
+    from .journal.base import JournalError
+
+    if isinstance(exc, JournalError | ValueError | FileNotFoundError | PermissionError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror}"
+    if isinstance(exc, sqlite3.Error):
+        return f"database error: {exc}"
+    return f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+def queue_monitor_main(argv: list[str] | None = None) -> int:
+    """`queue-monitor DB`: the name seed 000 documents for `usageledger monitor DB`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["monitor", *args], prog_name="queue-monitor")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

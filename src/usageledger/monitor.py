@@ -1,0 +1,176 @@
+"""Live view of a journal file (`usageledger monitor DB`, `queue-monitor DB`).
+
+The monitor only reads: each refresh is a handful of autocommit SELECTs through the
+journal (WAL readers never block writers, and no transaction spans a refresh), so it can
+watch a journal that producers and a dispatcher are writing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from .delivery import PersistentQueueManager
+
+__all__ = ["Snapshot", "take_snapshot", "render", "run_monitor", "format_age"]
+
+
+@dataclass
+class Snapshot:
+    """What one refresh reads from the journal."""
+
+    at: float
+    stats: dict[str, Any]
+    retry_count: int = 0
+    retrying: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def seen(self) -> int:
+        """Items that ever entered the journal and are still visible in it or in the
+        delivered counter (purges make this go down; rates clamp at zero)."""
+        s = self.stats
+        return s["ready"] + s["inflight"] + s["dead"] + s["delivered"]
+
+
+def take_snapshot(mgr: PersistentQueueManager, rows: int = 5) -> Snapshot:
+    journal = mgr.journal
+    stats = mgr.stats()
+    n, retrying = journal.retrying(rows)
+    return Snapshot(time.time(), stats, n, retrying, journal.recent_dead(rows))
+
+
+def format_age(seconds: float | None) -> str:
+    """``3h 02m``, ``4m 05s``, ``12.3s``; ``—`` for None."""
+    if seconds is None:
+        return "—"
+    sign = "-" if seconds < 0 else ""
+    s = abs(seconds)
+    if s < 60:
+        return f"{sign}{s:.1f}s"
+    if s < 3600:
+        return f"{sign}{int(s // 60)}m {int(s % 60):02d}s"
+    if s < 86400:
+        return f"{sign}{int(s // 3600)}h {int(s % 3600 // 60):02d}m"
+    return f"{sign}{int(s // 86400)}d {int(s % 86400 // 3600):02d}h"
+
+
+def _clock(epoch: float | None) -> str:
+    return "—" if epoch is None else time.strftime("%H:%M:%S", time.localtime(epoch))
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    one = " ".join(str(text).split())
+    return one if len(one) <= width else one[: width - 1] + "…"
+
+
+def _rates(now: Snapshot, prev: Snapshot | None) -> tuple[float | None, float | None]:
+    if prev is None or now.at <= prev.at:
+        return None, None
+    dt = now.at - prev.at
+    delivered = max(0, now.stats["delivered"] - prev.stats["delivered"]) / dt
+    enqueued = max(0, now.seen - prev.seen) / dt
+    return enqueued, delivered
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}/s"
+
+
+def render(snap: Snapshot, prev: Snapshot | None, location: str, interval: float | None) -> Group:
+    """One frame. ``prev`` (the previous refresh) gives the rates; None shows them as —."""
+    s = snap.stats
+    enq, dlv = _rates(snap, prev)
+    head = Text.assemble(
+        ("usageledger monitor ", "bold"),
+        (location, "cyan"),
+        f"  {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(snap.at))}",
+        ("" if interval is None else f"  (every {interval:g}s, Ctrl-C to quit)", "dim"),
+    )
+
+    counts = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+    counts.add_column("state")
+    counts.add_column("items", justify="right")
+    counts.add_row("ready", f"{s['ready']:,}")
+    counts.add_row("inflight", f"{s['inflight']:,}")
+    counts.add_row("dead", Text(f"{s['dead']:,}", style="red" if s["dead"] else ""))
+    counts.add_row("delivered", f"{s['delivered']:,}")
+    counts.add_row("retried", f"{s['retried']:,}")
+
+    flow = Table(box=None, show_header=False, pad_edge=False)
+    flow.add_column(style="bold")
+    flow.add_column(justify="right")
+    flow.add_row("enqueue rate", _rate(enq))
+    flow.add_row("delivery rate", _rate(dlv))
+    flow.add_row("oldest queued", format_age(s.get("oldest_queued_age_s")))
+    holder, expires = s.get("lease_holder"), s.get("lease_expires")
+    if holder is None:
+        lease = Text("none", style="dim")
+    elif expires is not None and expires < snap.at:
+        lease = Text(f"{holder} (expired {format_age(snap.at - expires)} ago)", style="yellow")
+    else:
+        left = "" if expires is None else f" (expires in {format_age(expires - snap.at)})"
+        lease = Text(f"{holder}{left}")
+    flow.add_row("lease holder", lease)
+
+    top = Table.grid(padding=(0, 6))
+    top.add_row(counts, flow)
+
+    backlog = Table(
+        title=f"retry backlog: {snap.retry_count:,}", title_justify="left", title_style="bold",
+        expand=False, show_edge=False,
+    )
+    for col in ("id", "attempts", "next attempt", "last error"):
+        backlog.add_column(col, justify="right" if col == "attempts" else "left")
+    for r in snap.retrying:
+        due = r["not_before"] - snap.at
+        when = f"{_clock(r['not_before'])} ({'in ' + format_age(due) if due > 0 else 'due'})"
+        backlog.add_row(r["id"], str(r["attempts"]), when, _short(r["last_error"]))
+
+    failures = Table(
+        title=f"recent failures (dead: {s['dead']:,})", title_justify="left", title_style="bold",
+        expand=False, show_edge=False,
+    )
+    for col in ("id", "attempts", "died", "error"):
+        failures.add_column(col, justify="right" if col == "attempts" else "left")
+    for r in snap.failures:
+        failures.add_row(r["id"], str(r["attempts"]), _clock(r.get("died")), _short(r["last_error"]))
+
+    return Group(Panel(Group(head, Text(""), top), expand=False), backlog, failures)
+
+
+def run_monitor(
+    mgr: PersistentQueueManager,
+    *,
+    interval: float = 1.0,
+    once: bool = False,
+    rows: int = 5,
+    console: Console | None = None,
+) -> None:
+    """Refresh every ``interval`` seconds until Ctrl-C (which returns normally), or print
+    one frame with ``once``."""
+    from rich.live import Live
+
+    console = console or Console()
+    location = mgr.journal.location
+    snap = take_snapshot(mgr, rows)
+    if once:
+        console.print(render(snap, None, location, None))
+        return
+    prev: Snapshot | None = None
+    try:
+        with Live(render(snap, prev, location, interval), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                prev, snap = snap, take_snapshot(mgr, rows)
+                live.update(render(snap, prev, location, interval), refresh=True)
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,145 @@
+"""Cost and token reports from a storage backend (`usageledger report`).
+
+Totals come from ``StorageBackend.aggregate`` (exact Decimal cost); this module only
+lays them out: a rich table with a total row, CSV, JSON, and a bar chart of cost per day.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from .records import TOKEN_FIELDS
+from .storage.base import StorageBackend, check_group_by, zero_totals
+
+__all__ = ["REPORT_FORMATS", "build_report", "render_table", "render_chart", "to_csv", "to_json"]
+
+REPORT_FORMATS = ("table", "csv", "json")
+#: numeric columns of every report row, in display order
+VALUE_KEYS = ("count", *TOKEN_FIELDS, "cost", "unknown_cost")
+_HEADERS = {
+    "count": "calls",
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_read_tokens": "cache read",
+    "cache_write_tokens": "cache write",
+    "reasoning_tokens": "reasoning",
+    "cost": "cost",
+    "unknown_cost": "no price",
+}
+_ALWAYS = ("count", "input_tokens", "output_tokens", "cost")
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def build_report(
+    storage: StorageBackend,
+    group_by: Sequence[str] | str = ("day", "model"),
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[tuple[str, ...], list[dict[str, Any]], dict[str, Any], list[tuple[str, Decimal]]]:
+    """``(keys, rows, total, cost_per_day)``: the aggregate rows, their sum, and the cost of
+    each day in the range (from the rows when grouped by day, else one more aggregate)."""
+    keys = check_group_by(group_by)
+    rows = storage.aggregate(keys, since=since, until=until)
+    total = zero_totals()
+    for row in rows:
+        for k in VALUE_KEYS:
+            total[k] += row[k]
+    if keys == ("day",):
+        daily_rows = rows
+    else:
+        daily_rows = storage.aggregate(("day",), since=since, until=until)
+    per_day = [(str(r["day"]), r["cost"]) for r in daily_rows]
+    return keys, rows, total, per_day
+
+
+def _money(value: Decimal) -> str:
+    # whole cents are enough to read a table; exact values are in csv/json
+    if value and abs(value) < Decimal("0.01"):
+        return f"${value:.6f}"
+    return f"${value:,.2f}"
+
+
+def render_table(keys: tuple[str, ...], rows: list[dict[str, Any]], total: dict[str, Any]) -> Table:
+    """Group columns, then calls, input, output and cost; the other token columns and the
+    count of records without a price only when some row has them (terminals are narrow)."""
+    shown = [k for k in VALUE_KEYS if k in _ALWAYS or total[k]]
+    table = Table(show_footer=True, footer_style="bold", header_style="bold")
+    for i, k in enumerate(keys):
+        table.add_column(k, footer="total" if i == 0 else "", no_wrap=True)
+    if not keys:
+        table.add_column("", footer="total")
+    for k in shown:
+        text = _money(total[k]) if k == "cost" else f"{total[k]:,}"
+        table.add_column(_HEADERS[k], justify="right", footer=text, no_wrap=True)
+    for row in rows:
+        cells = [str(row[k]) if row[k] is not None else "—" for k in keys] or [""]
+        cells += [_money(row[k]) if k == "cost" else f"{row[k]:,}" for k in shown]
+        table.add_row(*cells)
+    return table
+
+
+def render_chart(per_day: list[tuple[str, Decimal]], width: int = 50) -> Group:
+    """Horizontal bars, one per day, in eighth-of-a-cell steps."""
+    title = Text("cost per day", style="bold")
+    if not per_day:
+        return Group(title, Text("no records in range", style="dim"))
+    top = max(cost for _, cost in per_day)
+    lines = [title]
+    for day, cost in per_day:
+        eighths = 0 if not top else int(cost / top * width * 8)
+        bar = "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+        lines.append(Text.assemble(f"{day} ", (bar.ljust(width), "green"), f" {_money(cost)}"))
+    return Group(*lines)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Decimal) else value
+
+
+def to_csv(keys: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
+    """One line per group; cost as an exact decimal string."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([*keys, *VALUE_KEYS])
+    for row in rows:
+        w.writerow([*("" if row[k] is None else row[k] for k in keys), *(_plain(row[k]) for k in VALUE_KEYS)])
+    return out.getvalue()
+
+
+def to_json(keys: tuple[str, ...], rows: list[dict[str, Any]], total: dict[str, Any]) -> str:
+    """``{"group_by", "rows", "total"}``; cost as an exact decimal string."""
+    doc = {
+        "group_by": list(keys),
+        "rows": [{k: _plain(row[k]) for k in (*keys, *VALUE_KEYS)} for row in rows],
+        "total": {k: _plain(total[k]) for k in VALUE_KEYS},
+    }
+    return json.dumps(doc, indent=2)
+
+
+def print_report(
+    console: Console,
+    storage: StorageBackend,
+    group_by: Sequence[str] | str,
+    since: datetime | None,
+    until: datetime | None,
+    fmt: str,
+) -> None:
+    keys, rows, total, per_day = build_report(storage, group_by, since, until)
+    if fmt == "csv":
+        console.file.write(to_csv(keys, rows))
+    elif fmt == "json":
+        console.file.write(to_json(keys, rows, total) + "\n")
+    else:
+        console.print(render_table(keys, rows, total))
+        console.print()
+        console.print(render_chart(per_day, width=max(10, min(60, console.width - 30))))
