@@ -23,8 +23,8 @@ _LAZY = {
     "create_storage": "usageledger.storage",
     "StorageBackend": "usageledger.storage.base",
     "TelemetryClient": "usageledger.telemetry",
-    "RunRecord": "usageledger.records",
-    "RunEvent": "usageledger.records",
+    "RunRecord": "usageledger.telemetry",
+    "RunEvent": "usageledger.telemetry",
     "UsageTracker": "usageledger.tracker",
     "calculate_cost": "usageledger.pricing",
 }

@@ -1,0 +1,40 @@
+"""Agent-run telemetry (seed 001): ``TelemetryClient``, ``RunRecord``, ``RunEvent``,
+``APIPayload`` and the local writers. See docs/telemetry.md."""
+
+from __future__ import annotations
+
+from .client import RunContext, TelemetryClient
+from .config import ConfigError, TelemetryConfig
+from .models import (
+    RUN_STATUSES,
+    SCHEMA_VERSION,
+    APIPayload,
+    RunEvent,
+    RunRecord,
+    RunWrite,
+    calculate_duration_ms,
+    generate_run_id,
+    get_iso8601_timestamp,
+)
+from .ndjson import NdjsonSink, NDJSONWriter
+from .sqlite_writer import DatabaseWriter, SqliteRunSink
+
+__all__ = [
+    "TelemetryClient",
+    "RunContext",
+    "TelemetryConfig",
+    "ConfigError",
+    "RunRecord",
+    "RunEvent",
+    "RunWrite",
+    "APIPayload",
+    "RUN_STATUSES",
+    "SCHEMA_VERSION",
+    "generate_run_id",
+    "get_iso8601_timestamp",
+    "calculate_duration_ms",
+    "NDJSONWriter",
+    "NdjsonSink",
+    "DatabaseWriter",
+    "SqliteRunSink",
+]

@@ -1,0 +1,218 @@
+"""SQLite ``agent_runs`` table: one row per run holding its latest state.
+
+Every write carries the run's ``seq``; an insert or update whose ``seq`` is not newer
+than the stored one changes nothing, in the same statement (``INSERT ... ON CONFLICT DO
+UPDATE ... WHERE excluded.seq > agent_runs.seq``). So replays after a crash and batches
+that arrive out of order never roll a run back, and an update that arrives before its
+insert creates the run.
+
+WAL with ``synchronous=FULL`` (one fsync per batch, which the dispatcher sends as one
+transaction) and a 30 s busy timeout: several processes may write the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from ..records import KIND_RUN
+from ..sinks.base import OK, Reject, Result, Retry, Sink
+from .models import RunRecord, RunWrite
+
+if TYPE_CHECKING:
+    from ..journal.base import JournalItem
+
+log = logging.getLogger("usageledger.telemetry.sqlite")
+
+__all__ = ["DatabaseWriter", "SqliteRunSink"]
+
+_FIELDS: tuple[str, ...] = RunRecord.__struct_fields__
+_INT_COLUMNS = {"schema_version", "items_discovered", "items_succeeded", "items_failed", "duration_ms"}
+_COLUMNS = [*_FIELDS, "seq", "write_id"]
+_TYPES = {name: ("INTEGER" if name in _INT_COLUMNS else "TEXT") for name in _FIELDS}
+_TYPES.update(seq="INTEGER NOT NULL DEFAULT 0", write_id="TEXT")
+
+_UPSERT = (
+    f"INSERT INTO agent_runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"ON CONFLICT(run_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS if c != "run_id")
+    + " WHERE excluded.seq > agent_runs.seq"
+)
+_decode_write = msgspec.json.Decoder(RunWrite).decode
+_encode = msgspec.json.encode
+
+
+class DatabaseWriter:
+    """The ``agent_runs`` table in the SQLite file ``path`` (schema migrates forward)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 30_000):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        with self._lock:
+            self._migrate(self._connection())
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._conn = None  # never use a handle that crossed a fork
+            self._pid = os.getpid()
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            self._conn = conn
+        return self._conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        cols = ",\n  ".join(f"{c} {_TYPES[c]}" for c in _COLUMNS if c != "run_id")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS agent_runs (\n  run_id TEXT PRIMARY KEY,\n  {cols}\n)")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(agent_runs)")}
+        for c in _COLUMNS:
+            if c not in have:
+                conn.execute(f"ALTER TABLE agent_runs ADD COLUMN {c} {_TYPES[c]}")
+        conn.execute("CREATE INDEX IF NOT EXISTS agent_runs_status ON agent_runs (status)")
+        conn.execute("CREATE INDEX IF NOT EXISTS agent_runs_agent ON agent_runs (agent_name, start_time)")
+
+    @staticmethod
+    def _row(record: RunRecord, seq: int, write_id: str | None) -> tuple[Any, ...]:
+        values = [getattr(record, f) for f in _FIELDS]
+        i = _FIELDS.index("metrics_json")
+        if values[i] is not None:
+            values[i] = _encode(values[i]).decode()
+        return (*values, seq, write_id)
+
+    # -- writes -----------------------------------------------------------------------------
+    def write_runs(self, writes: list[RunWrite]) -> int:
+        """Apply run writes in one transaction; a write whose ``seq`` is not newer than
+        the stored one is ignored. Returns how many rows changed."""
+        rows = [self._row(w, w.seq, w.id or None) for w in writes]
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany(_UPSERT, rows)
+                changed = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return changed
+
+    def insert_run(self, record: RunRecord, seq: int = 1) -> bool:
+        """Store a run (or, if it exists, apply this state when ``seq`` is newer).
+        True when a row changed."""
+        return self._write_one(record, seq)
+
+    def update_run(self, record: RunRecord, seq: int | None = None) -> bool:
+        """Apply ``record`` as the run's state when ``seq`` is newer than the stored one
+        (None: one past the stored seq, i.e. always). False for an unknown run or a stale
+        ``seq``."""
+        with self._lock:
+            row = self._connection().execute(
+                "SELECT seq FROM agent_runs WHERE run_id = ?", (record.run_id,)
+            ).fetchone()
+        if row is None:
+            return False
+        return self._write_one(record, row[0] + 1 if seq is None else seq)
+
+    def _write_one(self, record: RunRecord, seq: int) -> bool:
+        if not isinstance(record, RunRecord):
+            raise TypeError(f"record must be a RunRecord, got {record!r}")
+        if type(seq) is not int or seq < 0:
+            raise ValueError(f"seq must be a non-negative integer, got {seq!r}")
+        with self._lock:
+            conn = self._connection()
+            before = conn.total_changes
+            conn.execute(_UPSERT, self._row(record, seq, getattr(record, "id", None) or None))
+            return conn.total_changes > before
+
+    # -- reads ------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self.get_row(run_id)
+        return None if row is None else RunRecord.from_dict(row)
+
+    def get_row(self, run_id: str) -> dict[str, Any] | None:
+        """The stored row as a dict, with ``seq`` and ``write_id``."""
+        with self._lock:
+            conn = self._connection()
+            cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM agent_runs WHERE run_id = ?", (run_id,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip(_COLUMNS, row, strict=True))
+        if out["metrics_json"] is not None:
+            out["metrics_json"] = msgspec.json.decode(out["metrics_json"])
+        return out
+
+    def get_run_stats(self) -> dict[str, Any]:
+        """``total`` and ``by_status`` counts of the stored runs."""
+        with self._lock:
+            rows = self._connection().execute(
+                "SELECT status, COUNT(*) FROM agent_runs GROUP BY status"
+            ).fetchall()
+        by_status = {status: n for status, n in rows}
+        return {"total": sum(by_status.values()), "by_status": by_status}
+
+    def check_integrity(self) -> tuple[bool, str]:
+        """``PRAGMA integrity_check``: (True, "ok") or (False, what is wrong)."""
+        try:
+            with self._lock:
+                rows = self._connection().execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        message = "; ".join(str(r[0]) for r in rows)
+        return message == "ok", message
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+
+class SqliteRunSink(Sink):
+    """Run writes -> ``agent_runs``, one transaction per batch."""
+
+    name = "sqlite"
+
+    def __init__(self, writer: DatabaseWriter):
+        self.writer = writer
+
+    def send(self, batch: list[JournalItem]) -> dict[str, Result]:
+        results: dict[str, Result] = {}
+        writes: list[RunWrite] = []
+        ids: list[str] = []
+        for item in batch:
+            if item.kind != KIND_RUN:
+                results[item.id] = Reject(f"the agent_runs table takes run writes, not {item.kind!r}")
+                continue
+            try:
+                writes.append(_decode_write(item.data))
+                ids.append(item.id)
+            except msgspec.DecodeError as exc:
+                results[item.id] = Reject(f"not a run write: {exc}")
+        if writes:
+            try:
+                self.writer.write_runs(writes)
+            except sqlite3.Error as exc:  # locked past the busy timeout, disk full
+                log.warning("agent_runs refused %d writes: %r", len(writes), exc)
+                retry = Retry(None, f"{type(exc).__name__}: {exc}")
+                return {**results, **{i: retry for i in ids}}
+            results.update({i: OK for i in ids})
+        return results
+
+    def close(self) -> None:
+        self.writer.close()
