@@ -1,0 +1,502 @@
+"""UsageTracker (seed 003): record LLM usage without stalling a streaming loop and keep
+daily totals in a JSON file.
+
+``record()`` validates, builds a UsageRecord and hands it to the core pipeline (one append
+to the recorder's buffer); the journal commit follows within 50 ms and the dispatcher
+writes the summary file through :class:`~usageledger.sinks.summary.SummarySink` every
+``flush_interval`` seconds or as soon as ``flush_size`` records wait. Records stay in the
+journal until a write of the file succeeds.
+
+Reads (``get_summary``, ``get_today``) add the records not yet in the file: the tracker
+keeps each record it accepted in a dict until the sink reports it counted; the sink does
+that under the same lock the readers take, so a record is seen in the file or as pending,
+never both and never neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from .pipeline import Pipeline
+from .records import KIND_USAGE, UsageRecord, check_cost, make_usage_record
+from .sinks.summary import Days, Entry, SummarySink, apply_records, day_of
+
+__all__ = ["UsageTracker"]
+
+log = logging.getLogger("usageledger.tracker")
+
+#: attempts before a record would be dead-lettered: in effect never, since a summary file
+#: that refuses writes for a while must not lose records
+_MAX_ATTEMPTS = 1_000_000_000
+_TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+               "reasoning_tokens")
+
+
+def default_storage_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("usageledger")) / "usage_summary.json"
+
+
+class UsageTracker:
+    """Daily LLM usage totals in a JSON file, recorded without blocking.
+
+    ``storage_path``: the summary file (default: ``usage_summary.json`` in the user data
+    dir). ``flush_interval`` / ``flush_size``: the file is written at most every
+    ``flush_interval`` seconds, sooner when ``flush_size`` records wait (they are the
+    pipeline's ``batch_interval`` / ``max_batch_size``; the journal commit stays at 50 ms).
+    ``prices``: overrides per model, as for :func:`usageledger.pricing.calculate_cost`.
+    ``backup_dir`` / ``emergency_dir``: the failure tiers (default: platformdirs).
+    ``synchronous=True``: ``record()`` writes the file in the caller's thread and returns
+    after the write (the journal only takes records whose write failed).
+    ``durability``: of the journal (``buffered``, ``committed``, ``fsync``, ``memory``).
+    """
+
+    def __init__(
+        self,
+        storage_path: str | os.PathLike[str] | None = None,
+        *,
+        flush_interval: float = 5.0,
+        flush_size: int = 10,
+        prices: Mapping[str, Any] | None = None,
+        backup_dir: str | os.PathLike[str] | None = None,
+        emergency_dir: str | os.PathLike[str] | None = None,
+        synchronous: bool = False,
+        durability: str | None = None,
+        journal_path: str | os.PathLike[str] | None = None,
+        max_backoff: float = 30.0,
+        dedup_window: int = 10_000,
+        max_pending: int = 100_000,
+        exit_timeout: float = 5.0,
+    ):
+        if isinstance(flush_interval, bool) or not isinstance(flush_interval, int | float) or not flush_interval > 0:
+            raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
+        if isinstance(flush_size, bool) or not isinstance(flush_size, int) or flush_size < 1:
+            raise ValueError(f"flush_size must be an integer >= 1, got {flush_size!r}")
+        if isinstance(max_backoff, bool) or not isinstance(max_backoff, int | float) or not max_backoff > 0:
+            raise ValueError(f"max_backoff must be a positive number of seconds, got {max_backoff!r}")
+        if not isinstance(max_pending, int) or max_pending < 0:
+            raise ValueError(f"max_pending must be an integer >= 0, got {max_pending!r}")
+        from .pricing import check_prices
+
+        self.prices = check_prices(prices)
+        self.storage_path = Path(storage_path or default_storage_path()).expanduser().absolute()
+        if self.storage_path.is_dir():
+            log.error("summary path %s is a directory; writes go to the backup location", self.storage_path)
+        self.synchronous = bool(synchronous)
+        self.max_pending = max_pending
+        self._pending: dict[str, UsageRecord] = {}
+        self.recorded = 0
+        self.untracked = 0  # accepted while the pending map was full: not in reads until written
+        self.sink = SummarySink(
+            self.storage_path, backup_dir=backup_dir, emergency_dir=emergency_dir,
+            price=self._price_record, on_applied=self._counted, dedup_window=dedup_window,
+        )
+        if durability is None:
+            # synchronous: a record whose write failed is committed to the journal before
+            # record() returns, so returning always means "durable somewhere"
+            durability = "committed" if self.synchronous else "buffered"
+        if journal_path is None and durability != "memory":
+            journal_path = self._journal_beside(self.storage_path)
+        emergency = self.sink.locations[-1].path.parent
+        self._pipeline = Pipeline(
+            self.sink,
+            journal_path=journal_path,
+            durability=durability,
+            max_batch_size=flush_size,
+            batch_interval=float(flush_interval),
+            max_attempts=_MAX_ATTEMPTS,
+            base_delay=min(0.5, float(max_backoff)),
+            max_backoff=float(max_backoff),
+            fallback_dir=emergency / "journal",
+            exit_timeout=exit_timeout,
+            name="usageledger-tracker",
+        )
+        self._submit = self._pipeline.submit
+        self._closed = False
+        with self.sink.locked():  # read the file now: corruption is reported at start
+            pass
+
+    @staticmethod
+    def _journal_beside(path: Path) -> Path:
+        # the path hash keeps journals of different summary files apart even where the
+        # recorder's fallback directory puts them side by side
+        tag = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+        return path.with_name(f".{path.stem}-{tag}.journal")
+
+    # -- recording (hot path) -------------------------------------------------------------------
+    def record(
+        self,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        provider: str | None = None,
+        cost: Any = None,
+        timestamp: datetime | None = None,
+        **fields: Any,
+    ) -> str:
+        """Record one call; returns its id. Non-blocking unless ``synchronous=True``.
+        ``input_tokens`` excludes cache tokens (pass ``cache_read_tokens`` /
+        ``cache_write_tokens``). Without ``provider``, ``"openai/gpt-4o"`` gives provider
+        ``openai`` and model ``gpt-4o``; a bare model name gives provider ``unknown``.
+        ``cost=None`` is priced when the record is written. Other fields as
+        :func:`usageledger.records.make_usage_record`. Only invalid input raises."""
+        if provider is None:
+            provider, model = _split_model(model)
+        rec = make_usage_record(provider, model, input_tokens, output_tokens, cost=cost,
+                                timestamp=timestamp, **fields)
+        pending = self._pending
+        if len(pending) < self.max_pending:
+            pending[rec.id] = rec
+        else:
+            self.untracked += 1
+        self.recorded += 1
+        if self.synchronous:
+            self._record_now(rec)
+        else:
+            self._submit(rec.id, KIND_USAGE, rec)
+        return rec.id
+
+    def _record_now(self, rec: UsageRecord) -> None:
+        error = self.sink.apply([rec])
+        if error is not None:
+            # the file refused: the journal keeps it and the dispatcher retries
+            self._submit(rec.id, KIND_USAGE, rec)
+
+    def _counted(self, ids: Iterable[str]) -> None:
+        pop = self._pending.pop
+        for i in ids:
+            pop(i, None)
+
+    def _price_record(self, record: UsageRecord) -> UsageRecord:
+        from .pricing import price_record
+
+        return price_record(record, self.prices)
+
+    def calculate_cost(
+        self,
+        model: str,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        *,
+        provider: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> Decimal | None:
+        """Exact USD cost from the tracker's ``prices`` and genai-prices' tables; None for
+        an unknown model (never raises for one)."""
+        from .pricing import calculate_cost
+
+        if provider is None and isinstance(model, str) and "/" in model:
+            provider, model = _split_model(model)
+        try:
+            return calculate_cost(
+                model, input_tokens, output_tokens, provider=provider,
+                cache_read_tokens=cache_read_tokens, cache_write_tokens=cache_write_tokens,
+                prices=self.prices,
+            )
+        except (TypeError, ValueError):
+            raise
+        except Exception as exc:  # a price table problem must not reach the caller
+            log.warning("pricing %r failed: %r", model, exc)
+            return None
+
+    # -- reading --------------------------------------------------------------------------------
+    def get_summary(
+        self,
+        days: int | None = None,
+        *,
+        since: date | datetime | str | None = None,
+        until: date | datetime | str | None = None,
+    ) -> dict[str, Any]:
+        """Totals from the file plus the records not written yet.
+
+        ``days=N``: the last N UTC days including today; ``since`` / ``until``: first and
+        last day (inclusive; a date, a datetime (its UTC day) or ``"YYYY-MM-DD"``). The
+        result has the totals (``calls``, token sums, ``total_tokens``, ``cost`` as an exact
+        Decimal in USD, ``unpriced_calls``, ``cost_other``) and the same totals ``by_day``,
+        ``by_model`` (``"provider/model"``) and ``by_provider``; ``unflushed`` counts the
+        records included that are not in the file yet."""
+        first, last = _day_range(days, since, until)
+        with self.sink.locked() as parts:
+            # under the sink lock: a record is either in `parts` or still pending. One in
+            # the file's recent ids was counted by another process sharing the journal.
+            unflushed = []
+            for r in list(self._pending.copy().values()):
+                if self.sink.is_counted(r.id):
+                    self._pending.pop(r.id, None)
+                else:
+                    unflushed.append(r)
+        if unflushed:
+            priced = [r if r.cost is not None else self._price_quietly(r) for r in unflushed]
+            parts = [*parts, apply_records({}, priced)]
+        out = _summarise(parts, first, last)
+        out["unflushed"] = sum(1 for r in unflushed if _in_range(day_of(r), first, last))
+        return out
+
+    def get_today(self) -> dict[str, Any]:
+        """``get_summary(days=1)``: today's UTC totals."""
+        return self.get_summary(days=1)
+
+    def _price_quietly(self, r: UsageRecord) -> UsageRecord:
+        try:
+            return self._price_record(r)
+        except Exception:
+            return r
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Write everything recorded so far to the file; True when done before ``timeout``.
+        False (not an exception) when the file refuses writes: the records stay in the
+        journal."""
+        return self._pipeline.flush(timeout)
+
+    def shutdown(self, timeout: float | None = 30.0) -> bool:
+        """Flush and stop the threads. What cannot be written by ``timeout`` stays in the
+        journal (written by the next tracker on this file). True when nothing is left."""
+        if self._closed:
+            return not self._pending
+        self._closed = True
+        try:
+            done = self._pipeline.stop(timeout)
+        finally:
+            self.sink.close()
+        if not done:
+            log.warning("tracker stopped with %d records not yet in the summary file; they stay in "
+                        "the journal", len(self._pending))
+        return done
+
+    close = shutdown
+
+    def __enter__(self) -> UsageTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the summary file (see docs/tracker.md) plus ``recorded``,
+        ``unflushed`` and the pipeline's stats under ``pipeline``."""
+        out = self.sink.stats()
+        out.update(
+            recorded=self.recorded,
+            unflushed=len(self._pending),
+            untracked=self.untracked,
+            synchronous=self.synchronous,
+            storage_path=str(self.storage_path),
+            pipeline=self._pipeline.stats(),
+        )
+        return out
+
+    # -- LiteLLM custom callback ------------------------------------------------------------------
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """LiteLLM ``CustomLogger`` hook: records the usage of a finished call. Never
+        raises (a callback error must not break the LLM call)."""
+        try:
+            args = _from_litellm(kwargs, response_obj)
+            if args is None:
+                return
+            if args.get("cost") is None:
+                args["cost"] = self._litellm_cost(args, kwargs)
+            self.record(**args)
+        except Exception:
+            log.exception("recording a LiteLLM success event failed")
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self.log_success_event(kwargs, response_obj, start_time, end_time)
+
+    def _litellm_cost(self, args: dict[str, Any], kwargs: Any) -> Decimal | None:
+        cost = self.calculate_cost(
+            args["model"], args["input_tokens"], args["output_tokens"], provider=args["provider"],
+            cache_read_tokens=args["cache_read_tokens"], cache_write_tokens=args["cache_write_tokens"],
+        )
+        if cost is None and isinstance(kwargs, Mapping):
+            try:  # LiteLLM's own figure, for models our tables do not know
+                cost = check_cost(kwargs.get("response_cost"))
+            except (TypeError, ValueError):
+                cost = None
+        return cost
+
+    # other CustomLogger hooks LiteLLM may call: nothing to record
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        pass
+
+    def log_post_api_call(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    def log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    async def async_log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    def litellm_callback(self) -> Any:
+        """A ``litellm.integrations.custom_logger.CustomLogger`` forwarding to this tracker
+        (LiteLLM calls class-based callbacks only for CustomLogger subclasses):
+        ``litellm.callbacks = [tracker.litellm_callback()]``. Needs litellm installed."""
+        from litellm.integrations.custom_logger import CustomLogger  # type: ignore[import-not-found]
+
+        tracker = self
+
+        class _TrackerCallback(CustomLogger):  # type: ignore[misc, valid-type]
+            def log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
+                tracker.log_success_event(kwargs, response_obj, start_time, end_time)
+
+            async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
+                tracker.log_success_event(kwargs, response_obj, start_time, end_time)
+
+        return _TrackerCallback()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _split_model(model: Any) -> tuple[str, Any]:
+    if isinstance(model, str) and "/" in model:
+        provider, _, rest = model.partition("/")
+        if provider and rest:
+            return provider, rest
+    return "unknown", model
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _from_litellm(kwargs: Any, response_obj: Any) -> dict[str, Any] | None:
+    """record() arguments from what LiteLLM passes a success callback: usage from
+    ``response_obj.usage`` (OpenAI shape: ``prompt_tokens`` includes cached tokens, given
+    in ``prompt_tokens_details.cached_tokens``; Anthropic through LiteLLM adds
+    ``cache_read_input_tokens`` / ``cache_creation_input_tokens``), model and provider from
+    ``kwargs`` (``litellm_params.custom_llm_provider``)."""
+    kwargs = kwargs if isinstance(kwargs, Mapping) else {}
+    if response_obj is None:
+        response_obj = kwargs.get("complete_streaming_response")
+    usage = _get(response_obj, "usage")
+    if usage is None:
+        log.debug("LiteLLM event without usage; nothing recorded")
+        return None
+    prompt = _int(_get(usage, "prompt_tokens"))
+    output = _int(_get(usage, "completion_tokens"))
+    cache_read = _int(_get(usage, "cache_read_input_tokens")) or _int(
+        _get(_get(usage, "prompt_tokens_details"), "cached_tokens"))
+    cache_write = _int(_get(usage, "cache_creation_input_tokens"))
+    reasoning = _int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens"))
+    params = kwargs.get("litellm_params") or {}
+    provider = _get(params, "custom_llm_provider") or kwargs.get("custom_llm_provider")
+    model = kwargs.get("model") or _get(response_obj, "model")
+    if not isinstance(model, str) or not model:
+        log.warning("LiteLLM event without a model name; nothing recorded")
+        return None
+    if isinstance(provider, str) and provider:
+        if model.startswith(provider + "/"):
+            model = model[len(provider) + 1:]
+    else:
+        provider, model = _split_model(model)
+    response_id = _get(response_obj, "id")
+    return {
+        "model": model,
+        "provider": provider,
+        "input_tokens": max(prompt - cache_read - cache_write, 0),
+        "output_tokens": output,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": reasoning,
+        "response_id": response_id if isinstance(response_id, str) and response_id else None,
+        "cost": None,
+    }
+
+
+def _as_day(name: str, value: date | datetime | str) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10]).isoformat()
+        except ValueError:
+            raise ValueError(f"{name} must be a date, a datetime or 'YYYY-MM-DD', got {value!r}") from None
+    raise TypeError(f"{name} must be a date, a datetime or 'YYYY-MM-DD', got {value!r}")
+
+
+def _day_range(days: Any, since: Any, until: Any) -> tuple[str | None, str | None]:
+    if days is not None and since is not None:
+        raise ValueError(f"give days or since, not both (days={days!r}, since={since!r})")
+    first = last = None
+    if days is not None:
+        if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+            raise ValueError(f"days must be an integer >= 1, got {days!r}")
+        today = datetime.now(UTC).date()
+        first = (today - timedelta(days=days - 1)).isoformat()
+    elif since is not None:
+        first = _as_day("since", since)
+    if until is not None:
+        last = _as_day("until", until)
+    return first, last
+
+
+def _in_range(day: str, first: str | None, last: str | None) -> bool:
+    return (first is None or day >= first) and (last is None or day <= last)
+
+
+def _empty() -> dict[str, Any]:
+    return {**dict.fromkeys(_TOKEN_KEYS, 0), "calls": 0, "total_tokens": 0, "cost": Decimal(0),
+            "unpriced_calls": 0, "cost_other": {}}
+
+
+def _add(t: dict[str, Any], e: Entry) -> None:
+    t["calls"] += e.calls
+    t["input_tokens"] += e.input_tokens
+    t["output_tokens"] += e.output_tokens
+    t["cache_read_tokens"] += e.cache_read_tokens
+    t["cache_write_tokens"] += e.cache_write_tokens
+    t["reasoning_tokens"] += e.reasoning_tokens
+    t["total_tokens"] += e.input_tokens + e.output_tokens + e.cache_read_tokens + e.cache_write_tokens
+    t["cost"] += e.cost
+    t["unpriced_calls"] += e.unpriced_calls
+    for cur, v in e.cost_other.items():
+        t["cost_other"][cur] = t["cost_other"].get(cur, Decimal(0)) + v
+
+
+def _summarise(parts: list[Days], first: str | None, last: str | None) -> dict[str, Any]:
+    total = _empty()
+    by_day: dict[str, dict[str, Any]] = {}
+    by_model: dict[str, dict[str, Any]] = {}
+    by_provider: dict[str, dict[str, Any]] = {}
+    for days in parts:
+        for day, providers in days.items():
+            if not _in_range(day, first, last):
+                continue
+            for provider, models in providers.items():
+                for model, e in models.items():
+                    _add(total, e)
+                    for table, key in ((by_day, day), (by_model, f"{provider}/{model}"),
+                                       (by_provider, provider)):
+                        t = table.get(key)
+                        if t is None:
+                            t = table[key] = _empty()
+                        _add(t, e)
+    return {"since": first, "until": last, **total, "by_day": dict(sorted(by_day.items())),
+            "by_model": by_model, "by_provider": by_provider}
