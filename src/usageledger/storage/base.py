@@ -50,7 +50,10 @@ RUN_RESULTS = ("created", "updated", "duplicate", "stale", "missing")
 
 
 def check_group_by(group_by: Sequence[str] | str) -> tuple[str, ...]:
-    keys = tuple(k.strip() for k in group_by.split(",")) if isinstance(group_by, str) else tuple(group_by)
+    if isinstance(group_by, str):
+        keys = tuple(k.strip() for k in group_by.split(",") if k.strip())  # "" means no grouping
+    else:
+        keys = tuple(group_by)
     for k in keys:
         if k not in GROUP_KEYS and not (k.startswith("tag:") and len(k) > 4):
             raise ValueError(f"group_by key {k!r} is not one of {GROUP_KEYS} or 'tag:<key>'")

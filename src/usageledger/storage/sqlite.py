@@ -385,7 +385,7 @@ class SQLiteStorage(StorageBackend):
         if keys:
             sql += f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
         groups = self._rows_to_groups(keys, self._conn.execute(sql, params).fetchall())
-        if any(t.pop("_inexact", 0) for t in groups.values()):
+        if sum([t.pop("_inexact", 0) for t in groups.values()]):
             return None  # some costs are beyond nano precision: sum them from the records
         return groups
 
@@ -396,7 +396,7 @@ class SQLiteStorage(StorageBackend):
         group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
         sql = f"SELECT {', '.join([*exprs, _SUMS])} FROM usage{where}{group}"
         groups = self._rows_to_groups(keys, self._conn.execute(sql, params + wparams).fetchall())
-        if any(t.pop("_inexact", 0) for t in groups.values()):
+        if sum([t.pop("_inexact", 0) for t in groups.values()]):
             extra = " AND " if where else " WHERE "
             sql = (f"SELECT {', '.join([*exprs, 'cost'])} FROM usage{where}{extra}"
                    "cost IS NOT NULL AND cost_nano IS NULL")
