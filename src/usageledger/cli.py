@@ -11,6 +11,7 @@ import json
 import re
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -120,8 +121,6 @@ def _journal(db: str, lock_timeout: float) -> PersistentQueueManager:
 def _storage(url: str, *, must_exist: bool) -> StorageBackend:
     """Open a storage URL. Reading commands refuse a file URL naming no file, rather than
     reporting on an empty store they just created."""
-    from pathlib import Path
-
     from .storage import _file_path, create_storage
 
     lowered = url.strip().lower()
@@ -349,6 +348,8 @@ def export(
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     _check_range(start, end)
+    if out != "-" and not Path(out).parent.is_dir():
+        raise FileNotFoundError(f"cannot write {out}: no directory {Path(out).parent}")
     store = _storage(storage, must_exist=True)
     try:
         total = count_matching(store, start, end)

@@ -78,9 +78,11 @@ def usage_records() -> list[UsageRecord]:
                 timestamp=DAY0 + timedelta(days=day, hours=k),
                 user_id=f"user-{k % 3}",
                 tags={"team": "search"} if k < 5 else {},
+                id=f"rec-{day}-{k}",
             ))
     out.append(make_usage_record("openai", "gpt-4o", 1, 1, cost=Decimal("0.0000000000001"),
-                                 timestamp=DAY0 + timedelta(days=2, hours=23)))
+                                 timestamp=DAY0 + timedelta(days=2, hours=23), id="rec-tiny",
+                                 payload={"request": {"temperature": 0.5}}))
     return out
 
 

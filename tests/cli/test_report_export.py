@@ -1,0 +1,150 @@
+"""report, export and import against real SQLite and JSONL stores with known totals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+
+import pytest
+
+from tests.cli.conftest import totals, usage_records
+from usageledger.export import CSV_FIELDS, read_export
+from usageledger.storage import create_storage
+
+
+def _money_cells(line: str) -> list[str]:
+    return [c for c in line.replace("┃", "│").split("│") if c.strip().startswith("$")]
+
+
+def test_report_table_total_row_and_chart(cli, store_url):
+    r = cli("report", "--storage", store_url)
+    assert r.code == 0, r.err
+    records = usage_records()
+    want = totals(records)
+    lines = r.out.splitlines()
+    total = next(line for line in lines if "total" in line and "│" in line)
+    cells = [c.strip() for c in total.split("│") if c.strip()]
+    assert cells[0] == "total"
+    assert cells[1] == f"{want['count']:,}"
+    assert cells[2] == f"{want['input_tokens']:,}"
+    assert cells[3] == f"{want['output_tokens']:,}"
+    assert f"${want['cost']:,.2f}" in cells
+    # the record without a price is counted in its own column, shown because it is non-zero
+    assert "no price" in r.out and cells[-1] == "1"
+    # one data row per (day, model)
+    assert sum(1 for line in lines if line.startswith("│ 2026-03-0")) == 6
+    # chart: one bar per day, longest for the most expensive day
+    chart = lines[lines.index("cost per day") + 1:]
+    days = [line for line in chart if line.startswith("2026-03-0")]
+    assert [d.split()[0] for d in days] == ["2026-03-01", "2026-03-02", "2026-03-03"]
+    bars = [d.count("█") for d in days]
+    assert bars[0] < bars[1] < bars[2]
+    per_day = {}
+    for rec in records:
+        day = rec.timestamp.date().isoformat()
+        per_day[day] = per_day.get(day, Decimal(0)) + (rec.cost or 0)
+    for line in days:
+        assert line.rstrip().endswith(f"${per_day[line.split()[0]]:,.2f}")
+
+
+def test_report_json_is_exact(cli, store_url):
+    r = cli("report", "--storage", store_url, "--format", "json", "--group-by", "model")
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["group_by"] == ["model"]
+    records = usage_records()
+    want = totals(records)
+    assert doc["total"]["count"] == want["count"]
+    assert doc["total"]["input_tokens"] == want["input_tokens"]
+    assert doc["total"]["cache_read_tokens"] == want["cache_read_tokens"]
+    assert Decimal(doc["total"]["cost"]) == want["cost"]  # includes 1e-13, nothing rounded
+    by_model = {row["model"]: row for row in doc["rows"]}
+    gpt = totals([r for r in records if r.model == "gpt-4o"])
+    assert by_model["gpt-4o"]["count"] == gpt["count"]
+    assert Decimal(by_model["gpt-4o"]["cost"]) == gpt["cost"]
+
+
+def test_report_csv_with_range(cli, store_url):
+    r = cli("report", "--storage", store_url, "--format", "csv", "--group-by", "day",
+            "--since", "2026-03-02", "--until", "2026-03-03T00:00:00Z")
+    assert r.code == 0, r.err
+    rows = list(csv.DictReader(io.StringIO(r.out)))
+    assert [row["day"] for row in rows] == ["2026-03-02"]
+    want = totals([x for x in usage_records() if x.timestamp.day == 2])
+    assert int(rows[0]["count"]) == want["count"] == 10
+    assert Decimal(rows[0]["cost"]) == want["cost"]
+    assert rows[0]["unknown_cost"] == "1"
+
+
+def test_report_of_an_empty_range(cli, store_url):
+    r = cli("report", "--storage", store_url, "--since", "2030-01-01")
+    assert r.code == 0, r.err
+    assert "no records in range" in r.out
+    assert "total" in r.out
+
+
+def test_report_on_a_jsonl_store(cli, tmp_path):
+    url = f"jsonl:///{tmp_path / 'usage.jsonl'}"
+    store = create_storage(url)
+    store.save_many(usage_records())
+    store.close()
+    r = cli("report", "--storage", url, "--format", "json", "--group-by", "day")
+    assert r.code == 0, r.err
+    assert Decimal(json.loads(r.out)["total"]["cost"]) == totals(usage_records())["cost"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_export_then_import_gives_the_same_totals(cli, store_url, tmp_path, fmt):
+    out = tmp_path / f"usage.{fmt}"
+    r = cli("export", "--storage", store_url, "--format", fmt, "--out", out)
+    assert r.code == 0, r.err
+    assert "exported 31 records" in r.err
+    back = list(read_export(out))
+    original = {rec.id: rec for rec in usage_records()}
+    assert {rec.id: rec for rec in back} == original  # every field, exactly
+
+    target = f"sqlite:///{tmp_path / 'reimported.db'}"
+    r = cli("import", out, "--storage", target)
+    assert r.code == 0, r.err
+    assert r.out.strip() == "imported 31 of 31 records (0 already stored)"
+    # importing again stores nothing twice
+    r = cli("import", out, "--storage", target)
+    assert r.out.strip() == "imported 0 of 31 records (31 already stored)"
+    a, b = create_storage(store_url), create_storage(target)
+    try:
+        for group_by in (("day", "model"), ("user_id",), ("tag:team",)):
+            assert a.aggregate(group_by) == b.aggregate(group_by)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_export_csv_columns_and_range(cli, store_url, tmp_path):
+    out = tmp_path / "day3.csv"
+    r = cli("export", "--storage", store_url, "--format", "csv", "--out", out, "--since", "2026-03-03")
+    assert r.code == 0, r.err
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert tuple(rows[0]) == CSV_FIELDS
+    assert len(rows) == 11
+    assert all(row["timestamp"].startswith("2026-03-03") for row in rows)
+    # newest first, as the storage answers
+    assert rows[0]["timestamp"] > rows[-1]["timestamp"]
+    assert {row["tags"] for row in rows} == {'{"team":"search"}', ""}
+
+
+def test_export_to_stdout(cli, store_url):
+    r = cli("export", "--storage", store_url, "--format", "jsonl", "--out", "-", "--until", "2026-03-02")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert len(lines) == 10
+    assert {json.loads(line)["timestamp"][:10] for line in lines} == {"2026-03-01"}
+
+
+def test_failed_export_leaves_no_file(cli, store_url, tmp_path):
+    target = tmp_path / "no-such-dir" / "out.csv"
+    r = cli("export", "--storage", store_url, "--format", "csv", "--out", target)
+    assert r.code == 1
+    assert r.err == f"error: cannot write {target}: no directory {target.parent}\n"
+    assert not target.parent.exists()
