@@ -75,10 +75,15 @@ class RedisKVStore(KVStore):
             # a few quick retries ride over a blip; a dead server fails within ~connect_timeout
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
         }
+        # a blocking pool: a burst of tasks beyond max_connections waits for a free
+        # connection (up to socket_timeout) instead of failing with "Too many connections"
+        options["timeout"] = socket_timeout
         if url is not None:
-            self._pool = aredis.ConnectionPool.from_url(url, **options)
+            self._pool = aredis.BlockingConnectionPool.from_url(url, **options)
         else:
-            self._pool = aredis.ConnectionPool(host=host, port=port, db=db, password=password, **options)
+            self._pool = aredis.BlockingConnectionPool(
+                host=host, port=port, db=db, password=password, **options
+            )
         ck = self._pool.connection_kwargs
         self.host, self.port, self.db = ck.get("host", host), ck.get("port", port), ck.get("db", db)
         self.address = f"{self.host}:{self.port}"
