@@ -42,8 +42,9 @@ MAX_COST = Decimal(10**9)
 #: more decimals than this cannot be summed exactly in Decimal's default 28 digits
 MAX_COST_DECIMALS = 18
 _COST_QUANTUM = Decimal(1).scaleb(-MAX_COST_DECIMALS)
-#: seq is stored as a signed 64-bit integer
-MAX_SEQ = 2**63 - 1
+#: seq is stored as a signed 64-bit integer; a client's seq stays far below its limit so
+#: that seq-less updates (stored seq + 1) can never overflow it
+MAX_SEQ = 2**62
 #: timestamps outside these years cannot be bucketed by day in every backend
 MIN_YEAR, MAX_YEAR = 1970, 9998
 
@@ -301,8 +302,16 @@ def _short(value: Any) -> str:
 
 
 # -- runs ------------------------------------------------------------------------------------
+#: run fields that storage indexes (filters and ordering): strings or null
+RUN_TEXT_FIELDS = ("agent_name", "status", "started_at", "ended_at", "job_type")
+
+
 def _run_fields(obj: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
     fields = {k: v for k, v in obj.items() if k not in drop}
+    for k in RUN_TEXT_FIELDS:
+        v = fields.get(k)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"{k} must be a string or null, got {_short(v)}")
     if _has_nul(fields):
         raise ValueError("run fields contain a NUL character (\\u0000), which storage cannot hold")
     return fields
