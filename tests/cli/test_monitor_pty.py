@@ -1,0 +1,111 @@
+"""`usageledger monitor` in a real pseudo-terminal while another process writes the
+journal: the counts on screen change, and Ctrl-C exits cleanly."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+from tests.cli.conftest import VENV_BIN
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r")
+
+# a producer whose collector is down: items pile up as ready, the dispatcher holds the
+# lease and puts each failed batch back with a backoff
+_WRITER = """
+import sys, time
+from usageledger.delivery import PersistentDelivery
+d = PersistentDelivery(db_path=sys.argv[1], api_base=sys.argv[2], durability="committed",
+                       batch_interval=0.05, immediate_pause_seconds=5, max_backoff=30, timeout=1)
+print("started", flush=True)
+n = 0
+while True:
+    for _ in range(20):
+        d.enqueue({"api_id": "openai", "service_key": "gpt-4o", "payload": {"n": n}})
+        n += 1
+    time.sleep(0.15)
+"""
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_until(fd: int, pid: int, buf: list[str], done, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                return done()
+            if not chunk:
+                return done()
+            buf.append(chunk.decode("utf-8", "replace"))
+            if done():
+                return True
+    return False
+
+
+def test_monitor_live_in_a_pty(tmp_path):
+    db = tmp_path / "queue.db"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(db), f"http://127.0.0.1:{_dead_port()}"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert writer.stdout.readline().strip() == "started"
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        env["TERM"] = "xterm-256color"
+        pid, fd = pty.fork()
+        if pid == 0:  # child: a 140x50 terminal, then the real console script
+            fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 140, 0, 0))
+            os.execve(str(VENV_BIN / "usageledger"),
+                      ["usageledger", "monitor", str(db), "--interval", "0.3"], env)
+        buf: list[str] = []
+
+        def screen() -> str:
+            return _ANSI.sub("", "".join(buf))
+
+        def counts_moved() -> bool:
+            text = screen()
+            ready = {int(v.replace(",", "")) for v in re.findall(r"ready\s+([\d,]+)", text)}
+            backlog = [int(v.replace(",", "")) for v in re.findall(r"retry backlog: ([\d,]+)", text)]
+            return len(ready) >= 3 and any(backlog) and "expires in" in text
+
+        assert _read_until(fd, pid, buf, counts_moved, time.monotonic() + 40), screen()[-3000:]
+        text = screen()
+        ready = [int(v.replace(",", "")) for v in re.findall(r"ready\s+([\d,]+)", text)]
+        assert max(ready) > min(ready)
+        assert "enqueue rate" in text and re.search(r"enqueue rate\s+[\d,]+\.\d/s", text)
+        assert "usageledger monitor" in text
+
+        os.write(fd, b"\x03")  # Ctrl-C through the terminal: SIGINT to the monitor
+        _read_until(fd, pid, buf, lambda: False, time.monotonic() + 5)
+        for _ in range(100):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("monitor did not exit on Ctrl-C")
+        os.close(fd)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert "Traceback" not in screen() and "KeyboardInterrupt" not in screen()
+    finally:
+        writer.kill()
+        writer.wait(10)
