@@ -93,7 +93,7 @@ class NDJSONWriter:
         """Append encoded JSON objects (without newlines) to ``path`` as one locked,
         fsynced write: whole lines, never interleaved with another process's."""
         body = b"\n".join(lines) + b"\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: the torn-line check
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
