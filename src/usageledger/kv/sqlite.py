@@ -2,8 +2,8 @@
 read plus a periodic sweep, file mode 0600.
 
 Each store owns one connection on one dedicated thread; every call is handed to that
-thread and awaited, so the event loop never blocks on disk. The same thread sweeps
-expired rows when it has been idle for ``sweep_interval`` seconds. Any number of
+thread and awaited, so the event loop never blocks on disk. The same thread deletes
+expired rows every ``sweep_interval`` seconds (default 60), between calls. Any number of
 processes may open the same file: single-statement writes (``incr`` is one
 ``INSERT ... ON CONFLICT DO UPDATE ... RETURNING``) and ``BEGIN IMMEDIATE`` transactions
 keep every call atomic across processes too.
@@ -96,7 +96,7 @@ WHERE key = :key AND kind = 0 AND value IS :expected AND {_LIVE}
 
 class _Worker(threading.Thread):
     """The one thread that touches the connection: runs submitted calls in order and
-    sweeps expired rows when idle."""
+    sweeps expired rows every ``sweep_interval`` seconds between calls."""
 
     def __init__(self, path: Path, busy_timeout_ms: int, sweep_interval: float):
         super().__init__(name=f"usageledger-kv-sqlite:{path.name}", daemon=True)
@@ -134,11 +134,12 @@ class _Worker(threading.Thread):
         self.ready.set()
         next_sweep = time.monotonic() + self.sweep_interval
         while True:
+            if time.monotonic() >= next_sweep:  # also under constant load, not only when idle
+                self._sweep()
+                next_sweep = time.monotonic() + self.sweep_interval
             try:
                 job = self.jobs.get(timeout=max(next_sweep - time.monotonic(), 0.0))
             except queue.Empty:
-                self._sweep()
-                next_sweep = time.monotonic() + self.sweep_interval
                 continue
             if job is None:
                 break
