@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .delivery import PersistentQueueManager
+from .journal.base import JournalError
 
 __all__ = ["Snapshot", "take_snapshot", "render", "run_monitor", "format_age"]
 
@@ -85,8 +86,15 @@ def _rate(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}/s"
 
 
-def render(snap: Snapshot, prev: Snapshot | None, location: str, interval: float | None) -> Group:
-    """One frame. ``prev`` (the previous refresh) gives the rates; None shows them as —."""
+def render(
+    snap: Snapshot,
+    prev: Snapshot | None,
+    location: str,
+    interval: float | None,
+    problem: str | None = None,
+) -> Group:
+    """One frame. ``prev`` (the previous refresh) gives the rates; None shows them as —.
+    ``problem``: why the last refresh failed (the frame then shows the last good read)."""
     s = snap.stats
     enq, dlv = _rates(snap, prev)
     head = Text.assemble(
@@ -144,7 +152,10 @@ def render(snap: Snapshot, prev: Snapshot | None, location: str, interval: float
     for r in snap.failures:
         failures.add_row(r["id"], str(r["attempts"]), _clock(r.get("died")), _short(r["last_error"]))
 
-    return Group(Panel(Group(head, Text(""), top), expand=False), backlog, failures)
+    parts: list[Any] = [head, Text("")]
+    if problem:
+        parts.insert(1, Text(f"refresh failed, showing {_clock(snap.at)}: {problem}", style="bold red"))
+    return Group(Panel(Group(*parts, top), expand=False), backlog, failures)
 
 
 def run_monitor(
@@ -170,7 +181,14 @@ def run_monitor(
         with Live(render(snap, prev, location, interval), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                prev, snap = snap, take_snapshot(mgr, rows)
+                try:
+                    fresh = take_snapshot(mgr, rows)
+                except JournalError as exc:
+                    # a writer holding the lock past the busy timeout, a disk hiccup: keep
+                    # watching rather than exit in the middle of an incident
+                    live.update(render(snap, prev, location, interval, str(exc)), refresh=True)
+                    continue
+                prev, snap = snap, fresh
                 live.update(render(snap, prev, location, interval), refresh=True)
     except KeyboardInterrupt:
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 
@@ -151,3 +152,18 @@ def test_monitor_rows_limit(cli, journal_db):
     r = cli("monitor", journal_db, "--once", "--rows", "1")
     assert r.code == 0
     assert "item-3" in r.out and "item-2" not in r.out
+
+
+def test_frame_shows_a_failed_refresh(journal_db):
+    from rich.console import Console
+
+    from usageledger.monitor import render, take_snapshot
+
+    mgr = PersistentQueueManager(journal_db)
+    snap = take_snapshot(mgr)
+    mgr.close()
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(render(snap, None, str(journal_db), 1.0, "journal x: database is locked"))
+    text = console.export_text()
+    assert "refresh failed, showing" in text and "database is locked" in text
+    assert "retry backlog: 2" in text  # the last good read is still on screen
