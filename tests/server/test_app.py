@@ -294,11 +294,20 @@ def test_run_batch(client):
     ({"run_id": "r", "seq": True}, "seq"),
     ({"run_id": "r", "seq": 2**64}, "seq"),
     ([{"run_id": "r"}], "JSON object"),
+    ({"run_id": "r", "agent_name": 5}, "agent_name"),
+    ({"run_id": "r", "items_failed": "three"}, "items_failed"),
+    ({"run_id": "r", "metrics_json": "not json"}, "metrics_json"),
+    ({"run_id": "r", "metrics_json": [1]}, "metrics_json"),
 ])
 def test_run_validation_names_the_field(client, body, field):
     resp = client.post("/api/v1/runs", json=body)
     assert resp.status_code == 422, resp.text
     assert field in resp.json()["detail"]
+
+
+def test_metrics_json_sent_as_a_string_is_stored_as_an_object(client):
+    client.post("/api/v1/runs", json={"run_id": "mj", "metrics_json": '{"pages": 3}'})
+    assert client.get("/api/v1/runs/mj").json()["metrics_json"] == {"pages": 3}
 
 
 def test_patch_body_must_match_the_path(client):

@@ -131,3 +131,26 @@ def pg_clean(postgres_server):
     store.clear()
     store.close()
     yield
+
+
+def test_telemetry_client_runs_reach_the_collector(tmp_path):
+    """Seed 001: TelemetryClient -> journal -> HttpSink -> /api/v1/runs/batch -> storage."""
+    from usageledger.telemetry import TelemetryClient, TelemetryConfig
+
+    with Collector(f"sqlite:///{tmp_path}/runs.db") as collector:
+        client = TelemetryClient(TelemetryConfig(
+            base_dir=str(tmp_path / "telemetry"), api_base=collector.url, batch_interval=0.05))
+        try:
+            with client.track_run("crawler", "daily") as run:
+                run.set_metrics(items_discovered=5, items_succeeded=4, metrics_json={"pages": 2})
+            failed_id = client.start_run("crawler", "hourly")
+            client.end_run(failed_id, status="failed", error_summary="boom")
+            assert client.flush(30)
+        finally:
+            client.close(10)
+        runs = {r["run_id"]: r for r in httpx.get(collector.url + "/api/v1/runs",
+                                                  params={"agent_name": "crawler"}).json()["runs"]}
+        assert len(runs) == 2
+        ok = runs[run.run_id]
+        assert (ok["status"], ok["items_succeeded"], ok["metrics_json"]) == ("success", 4, {"pages": 2})
+        assert runs[failed_id]["status"] == "failed" and runs[failed_id]["error_summary"] == "boom"

@@ -20,6 +20,7 @@ import msgspec
 
 from ..records import TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
 from ..storage.base import RunWrite
+from ..telemetry.models import RunRecord
 
 __all__ = [
     "BodyError",
@@ -302,19 +303,34 @@ def _short(value: Any) -> str:
 
 
 # -- runs ------------------------------------------------------------------------------------
-#: run fields that storage indexes (filters and ordering): strings or null
-RUN_TEXT_FIELDS = ("agent_name", "status", "started_at", "ended_at", "job_type")
+#: types of the known run fields: the client's RunRecord (one schema for client, wire and
+#: storage), plus ``started_at``, which storage orders runs by
+_RUN_TYPES: dict[str, Any] = {
+    **{f.name: f.type for f in msgspec.structs.fields(RunRecord) if f.name != "run_id"},
+    "started_at": str | None,
+}
 
 
 def _run_fields(obj: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
     fields = {k: v for k, v in obj.items() if k not in drop}
-    for k in RUN_TEXT_FIELDS:
-        v = fields.get(k)
-        if v is not None and not isinstance(v, str):
-            raise ValueError(f"{k} must be a string or null, got {_short(v)}")
+    for k, v in fields.items():
+        typ = _RUN_TYPES.get(k)
+        if typ is None:
+            continue  # other fields are kept as given
+        if k == "metrics_json" and isinstance(v, str):
+            try:  # the seed stored it as a string holding a JSON object
+                v = fields[k] = _decode_any(v)
+            except msgspec.DecodeError:
+                raise ValueError(f"metrics_json must be a JSON object, got {_short(v)}") from None
+        try:
+            msgspec.convert(v, typ)
+        except msgspec.ValidationError:
+            raise ValueError(f"run field {k} must be {_type_name(typ)}, got {_short(v)}") from None
     if _has_nul(fields):
         raise ValueError("run fields contain a NUL character (\\u0000), which storage cannot hold")
     return fields
+def _type_name(typ: Any) -> str:
+    return " or ".join(getattr(t, "__name__", str(t)) for t in getattr(typ, "__args__", (typ,)))
 
 
 def _run_id(value: Any) -> str:
