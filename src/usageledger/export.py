@@ -46,7 +46,7 @@ def _csv_row(rec: UsageRecord) -> list[Any]:
     return [
         rec.id, rec.timestamp.isoformat(), rec.provider, rec.model, rec.input_tokens,
         rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
-        "" if rec.cost is None else str(rec.cost), rec.currency, rec.user_id, rec.session_id,
+        "" if rec.cost is None else format(rec.cost, "f"), rec.currency, rec.user_id, rec.session_id,
         rec.customer_key, rec.run_id, rec.response_id,
         _json(rec.tags).decode() if rec.tags else "", "" if rec.payload is None else _json(rec.payload).decode(),
     ]

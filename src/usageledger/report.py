@@ -103,7 +103,8 @@ def render_chart(per_day: list[tuple[str, Decimal]], width: int = 50) -> Group:
 
 
 def _plain(value: Any) -> Any:
-    return str(value) if isinstance(value, Decimal) else value
+    # fixed-point text: exact, and never 1E-13, which spreadsheets misread
+    return format(value, "f") if isinstance(value, Decimal) else value
 
 
 def to_csv(keys: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
