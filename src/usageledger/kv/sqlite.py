@@ -141,20 +141,37 @@ class _Worker(threading.Thread):
                 job = self.jobs.get(timeout=max(next_sweep - time.monotonic(), 0.0))
             except queue.Empty:
                 continue
-            if job is None:
+            # run what is queued now, then wake each caller's loop once for the whole batch:
+            # concurrent callers share one cross-thread wake-up instead of paying one each
+            done: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, bool, Any]]] = {}
+            stop = False
+            for _ in range(256):
+                if job is None:
+                    stop = True
+                    break
+                fn, fut, loop = job
+                done.setdefault(loop, []).append((fut, *self._call(fn)))
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                self.jobs.put(job)  # batch full: back in the queue, behind later arrivals
+            for loop, results in done.items():
+                with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                    loop.call_soon_threadsafe(_resolve, results)
+            if stop:
                 break
-            fn, fut, loop = job
-            try:
-                result: Any = fn(self.conn)
-                ok = True
-            except BaseException as exc:  # handed to the awaiting task
-                result, ok = exc, False
-                if self.conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self.conn.rollback()
-            with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                loop.call_soon_threadsafe(_resolve, fut, ok, result)
         self.conn.close()
+
+    def _call(self, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
+        try:
+            return True, fn(self.conn)  # type: ignore[arg-type]
+        except BaseException as exc:  # handed to the awaiting task
+            if self.conn.in_transaction:  # type: ignore[union-attr]
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.rollback()  # type: ignore[union-attr]
+            return False, exc
 
     def _sweep(self) -> None:
         try:
@@ -170,13 +187,14 @@ class _Worker(threading.Thread):
             log.warning("KV sweep of %s failed: %s", self.path, exc)
 
 
-def _resolve(fut: asyncio.Future, ok: bool, result: Any) -> None:
-    if fut.cancelled():
-        return
-    if ok:
-        fut.set_result(result)
-    else:
-        fut.set_exception(result)
+def _resolve(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for fut, ok, result in results:
+        if fut.cancelled():
+            continue
+        if ok:
+            fut.set_result(result)
+        else:
+            fut.set_exception(result)
 
 
 class SqliteKVStore(KVStore):
