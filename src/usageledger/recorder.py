@@ -109,6 +109,7 @@ class Recorder:
         self._pid = os.getpid()
         self._buf: collections.deque = collections.deque()
         self._held: collections.deque = collections.deque()  # encoded, refused by every journal
+        self._transit = 0  # items taken from _buf/_held by a write still under way
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -198,6 +199,7 @@ class Recorder:
                 # every item numbered up to `upto` is in the part we take now
                 upto = self._seq if n == total else None
             if n:
+                self._transit = n  # before popping: `pending` must never dip below the truth
                 self._write([self._buf.popleft() for _ in range(n)])
             elif self._held:
                 self._write([])
@@ -209,8 +211,15 @@ class Recorder:
                 break
 
     def _write(self, items: list[tuple]) -> None:
+        try:
+            self._write_items(items)
+        finally:
+            self._transit = 0  # the rows are now in a journal, in _held, or counted as dropped
+
+    def _write_items(self, items: list[tuple]) -> None:
         rows = [r for r in (self._encode(i) for i in items) if r is not None]
         if self._held:
+            self._transit += len(self._held)
             rows = [*self._held, *rows]
             self._held.clear()
         if not rows:
@@ -269,7 +278,7 @@ class Recorder:
     # -- lifecycle -------------------------------------------------------------------------
     @property
     def pending(self) -> int:
-        return len(self._buf) + len(self._held)
+        return len(self._buf) + len(self._held) + self._transit
 
     def stop(self, timeout: float | None = None) -> bool:
         """Write what is buffered, then end the writer thread."""
