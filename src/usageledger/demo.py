@@ -1,5 +1,8 @@
-"""`usageledger demo` (what `make demo` runs): a collector on embedded SQLite, a producer
-recording a few thousand simulated LLM calls through PersistentDelivery, a cost report."""
+"""`usageledger demo` (what `make demo` runs): a collector on embedded SQLite in its own
+uvicorn process, a producer recording a few thousand simulated LLM calls through
+PersistentDelivery (the durable journal, batching, retries), a live delivery progress
+bar, then cost per model and per day read back from the collector's /api/v1/summary.
+The collector keeps running (dashboard, API docs) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,10 +15,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+__all__ = ["run_demo", "simulated_calls"]
 
 MODELS = [
     ("openai", "gpt-4o"),
@@ -25,46 +32,116 @@ MODELS = [
     ("google", "gemini-1.5-flash"),
 ]
 USERS = [f"user-{i}" for i in range(8)]
+#: how long delivery of the simulated calls may take before the demo gives up
+DELIVERY_TIMEOUT_S = 120.0
 
 
-def _port_free(host: str, port: int) -> bool:
+def _port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
+        return s.connect_ex((host, port)) == 0
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the collector exited with code {proc.returncode}")
+            raise RuntimeError(f"the collector exited with code {proc.returncode}:\n{_tail(log)}")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"the collector at {url} did not answer /healthz within {timeout}s")
+    raise RuntimeError(f"the collector at {url} did not answer /healthz within {timeout}s:\n{_tail(log)}")
 
 
-def simulated_calls(n: int, days: int, seed: int = 7) -> list[dict]:
+def simulated_calls(n: int, days: int, seed: int = 7) -> list[dict[str, Any]]:
+    """``n`` LLM calls spread over the last ``days`` days (several providers, models, users,
+    sessions), without cost: the collector prices them from the offline tables."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     calls = []
     for _ in range(n):
         provider, model = rng.choice(MODELS)
         ts = now - timedelta(days=rng.randrange(days), seconds=rng.randrange(86_400))
+        input_tokens = rng.randint(50, 4000)
         calls.append({
             "provider": provider,
             "model": model,
-            "input_tokens": rng.randint(50, 4000),
+            "input_tokens": input_tokens,
             "output_tokens": rng.randint(10, 1500),
-            "cache_read_tokens": rng.choice([0, 0, 0, 512, 1024]),
+            "cache_read_tokens": min(rng.choice([0, 0, 0, 512, 1024]), input_tokens),
             "user_id": rng.choice(USERS),
             "session_id": f"s-{rng.randrange(200)}",
-            "timestamp": ts.isoformat(),
+            "timestamp": min(ts, now).isoformat(),
             "tags": {"env": rng.choice(["prod", "staging"])},
         })
     return calls
+
+
+def _deliver(console: Console, url: str, work: Path, calls: list[dict[str, Any]]) -> None:
+    from .delivery import PersistentDelivery
+
+    n = len(calls)
+    t0 = time.perf_counter()
+    with PersistentDelivery(db_path=work / "queue.db", api_base=url, batch_interval=0.05) as delivery:
+        for call in calls:
+            delivery.enqueue(call)
+        enqueue_s = time.perf_counter() - t0
+        console.print(f"[bold]producer[/] enqueued {n:,} calls in {enqueue_s * 1000:.1f} ms "
+                      f"({enqueue_s / max(n, 1) * 1e6:.1f} µs each, no I/O on the caller's thread)")
+        columns = (TextColumn("delivering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("deliver", total=n)
+            while True:
+                stats = delivery.stats()
+                progress.update(task, completed=min(stats["delivered"] or 0, n))
+                if (stats["delivered"] or 0) >= n or stats["dead"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        if stats["dead"] or not delivery.flush(max(deadline - time.monotonic(), 1.0)):
+            raise RuntimeError(f"not everything was delivered: {delivery.stats()}")
+        stats = delivery.stats()
+    total_s = time.perf_counter() - t0
+    console.print(f"[bold]delivered[/] {stats['delivered']:,} calls in {total_s:.2f} s "
+                  f"(dead-lettered: {stats['dead']}, still queued: {stats['queued']})")
+
+
+def _report(console: Console, url: str) -> dict[str, list[dict[str, Any]]]:
+    report = {}
+    for group in ("model", "day"):
+        resp = httpx.get(f"{url}/api/v1/summary", params={"group_by": group}, timeout=30)
+        resp.raise_for_status()
+        rows = resp.json()["groups"]
+        if group == "model":
+            rows.sort(key=lambda r: Decimal(r["cost"]), reverse=True)
+        report[group] = rows
+        table = Table(title=f"cost per {group} (from {url}/api/v1/summary?group_by={group})")
+        table.add_column(group, no_wrap=True)
+        for name in ("calls", "input tokens", "output tokens", "cost (USD)"):
+            table.add_column(name, justify="right")
+        for r in rows:
+            table.add_row(str(r[group]), f"{r['count']:,}", f"{r['input_tokens']:,}",
+                          f"{r['output_tokens']:,}", f"{Decimal(r['cost']):.6f}")
+        total = sum((Decimal(r["cost"]) for r in rows), Decimal(0))
+        table.add_row("[bold]total", f"[bold]{sum(r['count'] for r in rows):,}", "", "",
+                      f"[bold]{total:.6f}")
+        console.print(table)
+    return report
 
 
 def run_demo(
@@ -74,63 +151,40 @@ def run_demo(
     days: int = 7,
     keep_running: bool = True,
     workdir: str | None = None,
-) -> dict:
-    from .delivery import PersistentDelivery
-
-    console = Console()
+    console: Console | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Run the demo; returns the two summaries (``{"model": rows, "day": rows}``).
+    Ctrl-C at any point stops the collector and returns cleanly."""
+    console = console or Console()
     work = Path(workdir or tempfile.mkdtemp(prefix="usageledger-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    db = work / "collector.db"
+    if _port_in_use(host, port):
+        free = _free_port(host)
+        console.print(f"[yellow]{host}:{port} is already in use (another collector?): "
+                      f"using the free port {free} instead[/]")
+        port = free
     url = f"http://{host}:{port}"
-    if not _port_free(host, port):
-        raise RuntimeError(f"{host}:{port} is in use: stop what listens there or pass --port")
-    console.print(f"[bold]collector[/] starting on {url} with storage sqlite:///{db}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "usageledger.cli", "serve", "--storage", f"sqlite:///{db}",
-         "--host", host, "--port", str(port)],
-    )
-    try:
-        _wait_healthy(url, proc)
-        calls = simulated_calls(n, days)
-        t0 = time.perf_counter()
-        with PersistentDelivery(db_path=work / "queue.db", api_base=url, batch_interval=0.1) as delivery:
-            for call in calls:
-                delivery.enqueue(call)
-            enqueue_s = time.perf_counter() - t0
-            if not delivery.flush(120):
-                raise RuntimeError(f"not everything was delivered: {delivery.stats()}")
-            stats = delivery.stats()
-        total_s = time.perf_counter() - t0
-        console.print(
-            f"[bold]producer[/] enqueued {n:,} calls in {enqueue_s*1000:.1f} ms; "
-            f"all delivered in {total_s:.2f} s (delivered={stats['delivered']}, dead={stats['dead']})"
+    db, log = work / "collector.db", work / "collector.log"
+    console.print(f"[bold]collector[/] starting on {url} with storage sqlite:///{db} (log: {log})")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "usageledger.cli", "serve", "--storage", f"sqlite:///{db}",
+             "--host", host, "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
         )
-        report = {}
-        for group in ("model", "day"):
-            rows = httpx.get(f"{url}/api/v1/summary", params={"group_by": group}, timeout=30).json()
-            rows = rows.get("groups", rows) if isinstance(rows, dict) else rows
-            report[group] = rows
-            table = Table(title=f"cost per {group}")
-            table.add_column(group)
-            table.add_column("calls", justify="right")
-            table.add_column("input tokens", justify="right")
-            table.add_column("output tokens", justify="right")
-            table.add_column("cost (USD)", justify="right")
-            total = Decimal(0)
-            for r in rows:
-                cost = Decimal(str(r.get("cost") or 0))
-                total += cost
-                table.add_row(str(r[group]), f"{r['count']:,}", f"{r['input_tokens']:,}",
-                              f"{r['output_tokens']:,}", f"{cost:.6f}")
-            table.add_row("[bold]total", f"{sum(r['count'] for r in rows):,}", "", "", f"[bold]{total:.6f}")
-            console.print(table)
+    report: dict[str, list[dict[str, Any]]] = {}
+    try:
+        _wait_healthy(url, proc, log)
+        _deliver(console, url, work, simulated_calls(n, days))
+        report = _report(console, url)
         if keep_running:
-            console.print(f"collector running at [bold]{url}[/] (dashboard: {url}/ , API docs: {url}/docs). Ctrl-C to stop.")
-            try:
-                proc.wait()
-            except KeyboardInterrupt:
-                console.print("stopping")
-        return report
+            console.print(f"\ncollector running at [bold]{url}[/]  dashboard: {url}/  "
+                          f"API docs: {url}/docs  metrics: {url}/metrics\nPress Ctrl-C to stop.")
+            proc.wait()
+            if proc.returncode:
+                console.print(f"[red]the collector exited with code {proc.returncode}[/]\n{_tail(log)}")
+    except KeyboardInterrupt:
+        console.print("\nstopping the collector")
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -138,3 +192,5 @@ def run_demo(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(10)
+    return report
