@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -121,6 +122,8 @@ class UsageTracker:
         )
         self._submit = self._pipeline.submit
         self._closed = False
+        _install_fork_hook()
+        _live.add(self)
         with self.sink.locked():  # read the file now: corruption is reported at start
             pass
 
@@ -359,6 +362,25 @@ class UsageTracker:
                 tracker.log_success_event(kwargs, response_obj, start_time, end_time)
 
         return _TrackerCallback()
+
+
+# -- fork -------------------------------------------------------------------------------------
+_live: weakref.WeakSet[UsageTracker] = weakref.WeakSet()
+_fork_hook = False
+
+
+def _after_fork_in_child() -> None:
+    # the parent delivers what it had accepted; the child starts with nothing pending
+    for t in list(_live):
+        t._pending = {}
+        t.sink.after_fork_child()
+
+
+def _install_fork_hook() -> None:
+    global _fork_hook
+    if not _fork_hook:
+        _fork_hook = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -283,3 +283,33 @@ def test_litellm_success_callback_records_usage(make, logs):
     assert s["by_model"]["vllm/my-private-model"]["cost"] == Decimal("0.125")
     assert s["calls"] == 4  # the three real events plus the garbage one with zero tokens
     assert s["by_model"]["unknown/x"]["input_tokens"] == 0
+
+
+def test_fork_child_records_its_own_and_nothing_is_counted_twice(make):
+    import os
+
+    t = make(flush_interval=60, flush_size=1000)
+    e = Expect()
+    e.many(t, 7)  # pending in the parent at fork time
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            child = Expect()
+            child.many(t, 3, start=100)
+            s = t.get_summary()
+            ok = s["unflushed"] == 3 and t.flush(10)
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert t.flush(10)
+    for i in range(100, 103):  # what the child recorded
+        e.calls += 1
+        e.input_tokens += i
+        e.output_tokens += 2 * i + 1
+        e.cost += Decimal(i % 7) / Decimal(1000) + Decimal("0.000001")
+        e.by_day[next(iter(e.by_day))] += 1
+    e.check(t.get_summary())
+    e.check(file_summary(t))

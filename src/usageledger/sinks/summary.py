@@ -375,6 +375,11 @@ class SummarySink(Sink):
                     os.close(self._lock_fd)
                 self._lock_fd = None
 
+    def after_fork_child(self) -> None:
+        """A lock held by another thread at fork time would never be released here."""
+        self._lock = threading.RLock()
+        self._lock_fd = None
+
     # -- reading -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def locked(self) -> Iterator[list[Days]]:
