@@ -5,7 +5,8 @@ For each backend (memory, sqlite, redis on a real redis-server started here):
 - incr from 50 concurrent tasks (what the pool or the worker thread can overlap);
 - mset / mget of 100 keys per call (the batched path), in keys per second.
 
-Every figure is printed next to a baseline measured in the same run on the same machine:
+Every figure is printed next to a baseline measured in the same run on the same machine
+(alternating, best of 3 rounds each):
 a raw dict (memory), raw sqlite3 on the calling thread (sqlite), raw redis.asyncio calls
 and pipelines (redis), doing the same operations with the same json encoding.
 """
@@ -32,6 +33,7 @@ from usageledger.kv.redis_store import RedisKVStore  # noqa: E402
 VALUE = {"cursor": "abc123", "page": 17, "done": False, "items": [1, 2, 3]}
 BATCH = 100
 CONCURRENCY = 50
+ROUNDS = 3
 ROWS: list[str] = []
 enc, dec = msgspec.json.encode, msgspec.json.decode
 
@@ -62,21 +64,35 @@ async def timed_concurrent(fn, n: int) -> float:
     return per_task * CONCURRENCY / (time.perf_counter() - t)
 
 
+async def pair(name: str, op: str, ours, base, unit: str = "ops/s", scale: int = 1) -> None:
+    """Alternate ours and baseline ROUNDS times and keep the best of each: on a shared
+    2-core box, load from other processes comes and goes, and the best run is the one
+    least disturbed by it."""
+    best_ours = best_base = 0.0
+    for _ in range(ROUNDS):
+        best_ours = max(best_ours, await ours() * scale)
+        best_base = max(best_base, await base() * scale)
+    row(name, op, best_ours, best_base, unit)
+
+
 async def bench_store(name: str, store: KVStore, baseline: dict, n: int) -> None:
     await store.clear()
-    row(name, "set", await timed(lambda i: store.set(f"k{i % 1000}", VALUE), n),
-        await baseline["set"](n))
-    row(name, "get", await timed(lambda i: store.get(f"k{i % 1000}"), n), await baseline["get"](n))
-    row(name, "incr", await timed(lambda i: store.incr("counter"), n), await baseline["incr"](n))
-    row(name, f"incr, {CONCURRENCY} tasks", await timed_concurrent(lambda i: store.incr("c2"), n),
-        await baseline["incr_concurrent"](n))
+    await pair(name, "set", lambda: timed(lambda i: store.set(f"k{i % 1000}", VALUE), n),
+               lambda: baseline["set"](n))
+    await pair(name, "get", lambda: timed(lambda i: store.get(f"k{i % 1000}"), n),
+               lambda: baseline["get"](n))
+    await pair(name, "incr", lambda: timed(lambda i: store.incr("counter"), n),
+               lambda: baseline["incr"](n))
+    await pair(name, f"incr, {CONCURRENCY} tasks",
+               lambda: timed_concurrent(lambda i: store.incr("c2"), n),
+               lambda: baseline["incr_concurrent"](n))
     batches = max(n // BATCH, 5)
     data = [{f"b{j}:{i}": VALUE for i in range(BATCH)} for j in range(batches)]
     names = [list(d) for d in data]
-    ours = await timed(lambda j: store.mset(data[j]), batches) * BATCH
-    row(name, f"mset {BATCH} keys/call", ours, await baseline["mset"](data) * BATCH, "keys/s")
-    ours = await timed(lambda j: store.mget(names[j]), batches) * BATCH
-    row(name, f"mget {BATCH} keys/call", ours, await baseline["mget"](names) * BATCH, "keys/s")
+    await pair(name, f"mset {BATCH} keys/call", lambda: timed(lambda j: store.mset(data[j]), batches),
+               lambda: baseline["mset"](data), "keys/s", BATCH)
+    await pair(name, f"mget {BATCH} keys/call", lambda: timed(lambda j: store.mget(names[j]), batches),
+               lambda: baseline["mget"](names), "keys/s", BATCH)
     await store.clear()
     await store.close()
 
@@ -210,4 +226,4 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer operations (about 10 s)")
     args = ap.parse_args()
-    asyncio.run(main(2_000 if args.quick else 10_000))
+    asyncio.run(main(1_000 if args.quick else 5_000))
