@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from ..config import _BOOLS, DURABILITIES, ConfigError
+from ..config import _BOOLS, ConfigError
+from ..config import _parse as _parse_delivery_key
 
 __all__ = [
     "TelemetryConfig", "ConfigError", "ENV_PREFIX", "ENV_ALIASES", "is_local_url",
@@ -169,16 +170,18 @@ class TelemetryConfig:
 _FIELDS = {f.name: f for f in dataclasses.fields(TelemetryConfig) if f.name != "sources"}
 
 _BOOL_KEYS = {"api_enabled", "sheets_enabled", "sheets_allow_insecure_local"}
-_FLOAT_KEYS = {"timeout", "flush_interval", "batch_interval", "max_backoff", "exit_timeout"}
-_INT_KEYS = {"max_attempts"}
+#: keys shared with DeliveryConfig: parsed by its rules, so both clients accept the same values
+_DELIVERY_KEYS = {"api_base", "api_url", "api_key", "timeout", "flush_interval", "batch_interval",
+                  "max_backoff", "max_attempts", "durability"}
 _PATH_KEYS = {"base_dir", "database_path", "ndjson_dir", "journal_dir", "sheets_credentials_file"}
-_URL_KEYS = {"api_base", "sheets_api_url"}
 
 
 def _parse(key: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key}={value!r} (from {source}) must be {expected}")
 
+    if key in _DELIVERY_KEYS:
+        return _parse_delivery_key(key, value, source)
     if key in _BOOL_KEYS:
         if isinstance(value, bool):
             return value
@@ -186,7 +189,7 @@ def _parse(key: str, value: Any, source: str) -> Any:
         if parsed is None:
             raise bad(f"a boolean ({'/'.join(_BOOLS)})")
         return parsed
-    if key in _FLOAT_KEYS:
+    if key == "exit_timeout":
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -194,27 +197,13 @@ def _parse(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not 0 < number < float("inf"):
             raise bad("a positive number")
         return number
-    if key in _INT_KEYS:
-        if isinstance(value, bool | float):
-            raise bad("a whole number >= 1")
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise bad("a whole number >= 1") from None
-        if number < 1:
-            raise bad("a whole number >= 1")
-        return number
-    if key == "durability":
-        if value not in DURABILITIES:
-            raise bad(f"one of {', '.join(DURABILITIES)}")
-        return value
     if key in _PATH_KEYS:
         if value is None:
             return None
         if not isinstance(value, str | os.PathLike) or not str(value):
             raise bad("a path")
         return str(Path(value).expanduser())
-    if key in _URL_KEYS:
+    if key == "sheets_api_url":
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise bad("an http:// or https:// URL")
         return value.rstrip("/")
@@ -223,7 +212,7 @@ def _parse(key: str, value: Any, source: str) -> Any:
         return None
     if not isinstance(value, str):
         raise bad("a string")
-    if key in ("api_url", "sheets_range") and not value:
+    if key == "sheets_range" and not value:
         raise bad("a non-empty string")
     return value or None
 
