@@ -291,6 +291,9 @@ def test_sets(make_store):
         await s.set("val", 1)
         with pytest.raises(KVTypeError):
             await s.sadd("val", "x")
+        with pytest.raises(KVTypeError):
+            await s.sadd("val", "x", ttl=0.1)
+        assert await s.ttl("val") is None and await s.get("val") == 1  # untouched by the failure
         await s.sadd("s2", "x")
         with pytest.raises(KVTypeError):
             await s.get("s2")

@@ -42,6 +42,16 @@ else redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4]) end
 return 1
 """
 
+# ARGV: px ('' = keep the expiry), members...; SADD in chunks (Lua's unpack has a stack limit)
+_SADD_LUA = """
+local added = 0
+for i = 2, #ARGV, 5000 do
+  added = added + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 4999, #ARGV)))
+end
+if ARGV[1] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return added
+"""
+
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 _CHUNK = 5000
 
@@ -90,6 +100,7 @@ class RedisKVStore(KVStore):
         self._r = aredis.Redis(connection_pool=self._pool)
         self._incr_script = self._r.register_script(_INCR_LUA)
         self._cas_script = self._r.register_script(_CAS_LUA)
+        self._sadd_script = self._r.register_script(_SADD_LUA)
 
     def __repr__(self) -> str:
         return f"<RedisKVStore {self.address}/{self.db} prefix={self.key_prefix!r}>"
@@ -213,13 +224,10 @@ class RedisKVStore(KVStore):
         async with self._errors(key):
             if seconds is None and len(items) <= _CHUNK:
                 return await self._r.sadd(full, *items)
-            async with self._r.pipeline(transaction=True) as pipe:
-                for i in range(0, len(items), _CHUNK):
-                    pipe.sadd(full, *items[i:i + _CHUNK])
-                if seconds is not None:
-                    pipe.pexpire(full, _px(seconds))
-                results = await pipe.execute()
-        return sum(results[: (len(items) + _CHUNK - 1) // _CHUNK])
+            # one script: a WRONGTYPE error stops it before PEXPIRE, where a MULTI would
+            # still have run the PEXPIRE on the other kind of value
+            px = "" if seconds is None else _px(seconds)
+            return await self._sadd_script(keys=[full], args=[px, *items])
 
     async def srem(self, key: str, *members: str) -> int:
         full, items = self._k(key), check_members(members)

@@ -389,15 +389,18 @@ class SqliteKVStore(KVStore):
 
         return await self._run(op)
 
-    def _set_kind(self, c: sqlite3.Connection, full: str, key: str) -> bool:
-        """Inside a transaction: whether a live set exists at ``full`` (dropping an expired
-        row); raises if a live plain value is there."""
+    def _set_kind(self, c: sqlite3.Connection, full: str, key: str, purge: bool = True) -> bool:
+        """Inside a transaction: whether a live set exists at ``full``; raises if a live
+        plain value is there. ``purge`` drops an expired row (write transactions only: a
+        read transaction that starts writing can fail if another process wrote meanwhile;
+        readers leave expired rows to the sweep)."""
         row = c.execute("SELECT kind, expires FROM kv WHERE key = ?", (full,)).fetchone()
         if row is None:
             return False
         kind, expires = row
         if expires is not None and expires <= time.time():
-            c.execute("DELETE FROM kv WHERE key = ?", (full,))
+            if purge:
+                c.execute("DELETE FROM kv WHERE key = ?", (full,))
             return False
         if kind != SET:
             raise KVTypeError(f"key {key!r} holds a value, not a set")
@@ -451,7 +454,7 @@ class SqliteKVStore(KVStore):
         def op(c: sqlite3.Connection) -> Any:
             c.execute("BEGIN")
             try:
-                live = self._set_kind(c, full, key)
+                live = self._set_kind(c, full, key, purge=False)
                 return c.execute(query, (full, *args)).fetchall() if live else []
             finally:
                 c.execute("COMMIT")
