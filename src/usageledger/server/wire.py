@@ -42,7 +42,6 @@ MAX_TOKENS = 10**12
 MAX_COST = Decimal(10**9)
 #: more decimals than this cannot be summed exactly in Decimal's default 28 digits
 MAX_COST_DECIMALS = 18
-_COST_QUANTUM = Decimal(1).scaleb(-MAX_COST_DECIMALS)
 #: seq is stored as a signed 64-bit integer; a client's seq stays far below its limit so
 #: that seq-less updates (stored seq + 1) can never overflow it
 MAX_SEQ = 2**62
@@ -242,26 +241,26 @@ def _checked(r: UsageRecord, nul: bool) -> TrackItem:
 
 
 def _record_error(r: UsageRecord, nul: bool) -> str | None:
-    if not r.id:
-        return "id must be a non-empty string (ids make delivery exactly-once), got ''"
-    if not r.provider:
-        return "provider must be a non-empty string, got ''"
-    if not r.model:
-        return "model must be a non-empty string, got ''"
-    if not r.currency:
-        return "currency must be a non-empty string, got ''"
-    for field in TOKEN_FIELDS:
-        v = getattr(r, field)
-        if v < 0 or v > MAX_TOKENS:
-            return f"{field} must be an integer from 0 to {MAX_TOKENS}, got {v!r}"
+    # one boolean expression for the common, valid case; the messages only when it fails
+    if not (r.id and r.provider and r.model and r.currency
+            and 0 <= r.input_tokens <= MAX_TOKENS and 0 <= r.output_tokens <= MAX_TOKENS
+            and 0 <= r.cache_read_tokens <= MAX_TOKENS and 0 <= r.cache_write_tokens <= MAX_TOKENS
+            and 0 <= r.reasoning_tokens <= MAX_TOKENS):
+        for field in ("id", "provider", "model", "currency"):
+            if not getattr(r, field):
+                extra = " (ids make delivery exactly-once)" if field == "id" else ""
+                return f"{field} must be a non-empty string{extra}, got ''"
+        for field in TOKEN_FIELDS:
+            v = getattr(r, field)
+            if not 0 <= v <= MAX_TOKENS:
+                return f"{field} must be an integer from 0 to {MAX_TOKENS}, got {v!r}"
     cost = r.cost
-    if cost is not None and (
-        not cost.is_finite() or cost < 0 or cost > MAX_COST
-        # (quantize is exact here: at most 10 + 18 digits fit Decimal's 28)
-        or (cost.as_tuple().exponent < -MAX_COST_DECIMALS and cost != cost.quantize(_COST_QUANTUM))
-    ):
-        return (f"cost must be a finite number from 0 to {MAX_COST} with at most "
-                f"{MAX_COST_DECIMALS} decimals, got {str(cost)!r}")
+    if cost is not None:
+        if not cost.is_finite() or cost < 0 or cost > MAX_COST:
+            return f"cost must be a finite number from 0 to {MAX_COST}, got {str(cost)!r}"
+        scaled = cost.scaleb(MAX_COST_DECIMALS)  # exact: at most 10 + 18 digits
+        if scaled != scaled.to_integral_value():
+            return f"cost must have at most {MAX_COST_DECIMALS} decimals, got {str(cost)!r}"
     ts = r.timestamp
     if not MIN_YEAR <= ts.year <= MAX_YEAR:
         return f"timestamp must be between {MIN_YEAR} and {MAX_YEAR}, got {ts.isoformat()!r}"
