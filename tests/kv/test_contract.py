@@ -297,6 +297,10 @@ def test_sets(make_store):
         await s.sadd("s2", "x")
         with pytest.raises(KVTypeError):
             await s.get("s2")
+        for expected in (MISSING, "x"):
+            with pytest.raises(KVTypeError):
+                await s.compare_and_set("s2", expected, "y")
+        assert await s.mget(["s2"]) == {}
         await s.set("s2", "now a value")  # set() replaces a set, members included
         assert await s.get("s2") == "now a value"
         await s.delete("s2")

@@ -385,7 +385,12 @@ class SqliteKVStore(KVStore):
         def op(c: sqlite3.Connection) -> bool:
             now = time.time()
             p = {**params, "now": now, "expires": None if exp is None else now + exp}
-            return c.execute(_CAS_ABSENT if expected is MISSING else _CAS, p).rowcount == 1
+            if c.execute(_CAS_ABSENT if expected is MISSING else _CAS, p).rowcount == 1:
+                return True
+            sql = f"SELECT 1 FROM kv WHERE key = :key AND kind = 1 AND {_LIVE}"
+            if c.execute(sql, p).fetchone() is not None:
+                raise KVTypeError(f"key {key!r} holds a set; compare_and_set() needs a value")
+            return False
 
         return await self._run(op)
 
