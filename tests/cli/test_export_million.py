@@ -3,8 +3,8 @@ same totals (count, tokens, exact Decimal cost)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -15,6 +15,15 @@ from usageledger.storage import create_storage
 
 N = 1_000_000
 RSS_LIMIT_KB = 200 * 1024
+
+# Peak RSS of one command, measured by a small parent: a forked child's ru_maxrss starts
+# from its parent's RSS at fork time, so the parent must not be this (large) test process.
+_MEASURE = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
 
 
 def _fill(url: str) -> dict:
@@ -47,20 +56,18 @@ def test_export_of_a_million_records_is_streamed(tmp_path):
 
     out = tmp_path / "big.jsonl"
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "usageledger"), "export", "--storage", url, "--format", "jsonl",
-             "--out", str(out)],
-            stdout=subprocess.DEVNULL, stderr=err,
+        measured = subprocess.run(
+            [sys.executable, "-c", _MEASURE, str(VENV_BIN / "usageledger"), "export",
+             "--storage", url, "--format", "jsonl", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=err, text=True, timeout=600,
         )
-        # wait4 reports the peak RSS of this one child (ru_maxrss is in KiB on Linux)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    code, peak_kib = map(int, measured.stdout.split())
     log = (tmp_path / "stderr.txt").read_text()
-    assert proc.returncode == 0, log
+    assert code == 0, log
     assert f"exported {N:,} records" in log
-    assert usage.ru_maxrss < RSS_LIMIT_KB, f"peak RSS {usage.ru_maxrss} KiB"
+    assert peak_kib < RSS_LIMIT_KB, f"peak RSS {peak_kib} KiB"
     # the bound means something: the output is larger than the memory the export used
-    assert out.stat().st_size > usage.ru_maxrss * 1024
+    assert out.stat().st_size > peak_kib * 1024
 
     got = {"count": 0, "input_tokens": 0, "output_tokens": 0, "cost": Decimal(0)}
     ids = set()
