@@ -10,7 +10,7 @@ Cost is NUMERIC (exact). The schema is created or migrated forward at open.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..records import UsageRecord
@@ -97,8 +97,8 @@ _ROLLUP_SUMS = ", ".join(
 _INSERT = f"""
 WITH ins AS (
     INSERT INTO usage ({", ".join(_COLS)})
-    SELECT DISTINCT ON (id) {", ".join(c if c not in ("tags", "payload") else c + "::jsonb" for c in _COLS)}
-    FROM usage_in ORDER BY id
+    SELECT {", ".join(c if c not in ("tags", "payload") else c + "::jsonb" for c in _COLS)}
+    FROM usage_in
     ON CONFLICT (id) DO NOTHING
     RETURNING id, ts, provider, model, {", ".join(_TOKENS)}, cost
 ), roll AS (
@@ -174,10 +174,13 @@ class PostgresStorage(StorageBackend):
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
         from ..records import encode
 
-        rows = []
+        batch: dict[str, UsageRecord] = {}
         for rec in records:
             if not isinstance(rec, UsageRecord):
                 raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+            batch.setdefault(rec.id, rec)
+        rows = []
+        for rec in batch.values():
             rows.append((
                 rec.id, rec.timestamp, rec.provider, rec.model, rec.input_tokens, rec.output_tokens,
                 rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens, rec.cost,
@@ -240,6 +243,24 @@ class PostgresStorage(StorageBackend):
         with self._pool.connection() as conn:
             rows = conn.execute(sql, [*params, limit, offset]).fetchall()
         return [self._record(r) for r in rows]
+
+    def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
+        """Newest first in pages that continue after the last (ts, id) seen (keyset), so
+        every page costs the same however deep it is."""
+        where, params = self._where(make_filters(**filters))
+        after: tuple[Any, str] | None = None
+        while True:
+            sql, p = _SELECT + where, list(params)
+            if after is not None:
+                sql += (" AND " if where else " WHERE ") + "(ts, id) < (%s, %s)"
+                p += after
+            sql += " ORDER BY ts DESC, id DESC LIMIT %s"
+            with self._pool.connection() as conn:
+                rows = conn.execute(sql, [*p, batch_size]).fetchall()
+            yield from map(self._record, rows)
+            if len(rows) < batch_size:
+                return
+            after = (rows[-1][1], rows[-1][0])
 
     @staticmethod
     def _group_sql(key: str, rollup: bool, params: list[Any]) -> str:

@@ -22,7 +22,7 @@ the index and rollup updates, whether an id is new — a second copy changes not
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -30,7 +30,6 @@ import msgspec
 from ..records import UsageRecord, decode_usage, encode
 from .base import (
     _US_PER_HOUR,
-    EQUALITY_KEYS,
     Aggregate,
     Aggregator,
     Filters,
@@ -55,42 +54,53 @@ _METRICS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cach
             "reasoning_tokens", "cost_nano", "unknown_cost", "inexact")
 _ROLLUP_KEYS = {"day", "hour", "provider", "model"}
 
-# KEYS: records, ts, registry, roll:<metric> x 9.
-# ARGV per record: id, score, json, group, it, ot, cr, cw, rt, nano|"", unknown, inexact, n, keys...
+# KEYS: records, ts, registry, roll:<metric> x 9. ARGV[1]: a JSON array with per record
+# [id, score, json, group, it, ot, cr, cw, rt, nano|"", unknown, inexact, [index keys]].
+# One JSON argument per batch: packing millions of separate arguments costs redis-py more
+# than the script costs Redis. Scores and cost stay strings: a Lua double would round them.
 _SAVE = """
-local new = {}
+local batch = cjson.decode(ARGV[1])
+local dup = {}
 local acc = {}
-local i = 1
-while i <= #ARGV do
-  local id, score, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 12])
-  if redis.call('HSETNX', KEYS[1], id, ARGV[i + 2]) == 1 then
-    redis.call('ZADD', KEYS[2], score, id)
-    for j = 1, n do
-      local key = ARGV[i + 12 + j]
-      redis.call('ZADD', key, score, id)
-      redis.call('SADD', KEYS[3], key)
-    end
-    local g = ARGV[i + 3]
+local z = {}
+local function index(key, score, id)
+  local t = z[key]
+  if not t then t = {}; z[key] = t end
+  t[#t + 1] = score
+  t[#t + 1] = id
+end
+for _, r in ipairs(batch) do
+  local id, score = r[1], r[2]
+  if redis.call('HSETNX', KEYS[1], id, r[3]) == 1 then
+    index(KEYS[2], score, id)
+    for _, key in ipairs(r[13]) do index(key, score, id) end
+    local g = r[4]
     local a = acc[g]
     if not a then a = {0, 0, 0, 0, 0, 0, 0, 0}; acc[g] = a end
     a[1] = a[1] + 1
-    for m = 1, 5 do a[m + 1] = a[m + 1] + tonumber(ARGV[i + 3 + m]) end
-    a[7] = a[7] + tonumber(ARGV[i + 10])
-    a[8] = a[8] + tonumber(ARGV[i + 11])
-    -- cost goes to Redis as the exact integer string: never through a Lua double
-    if ARGV[i + 9] ~= '' and ARGV[i + 9] ~= '0' then
-      redis.call('HINCRBY', KEYS[10], g, ARGV[i + 9])
+    for m = 1, 5 do a[m + 1] = a[m + 1] + r[4 + m] end
+    a[7] = a[7] + r[11]
+    a[8] = a[8] + r[12]
+    if r[10] ~= '' and r[10] ~= '0' then
+      redis.call('HINCRBY', KEYS[10], g, r[10])
     end
-    new[#new + 1] = id
+  else
+    dup[#dup + 1] = id
   end
-  i = i + 13 + n
+end
+-- one ZADD per index key and batch (in slices: unpack has a stack limit)
+for key, t in pairs(z) do
+  for i = 1, #t, 7000 do
+    redis.call('ZADD', key, unpack(t, i, math.min(i + 6999, #t)))
+  end
+  if key ~= KEYS[2] then redis.call('SADD', KEYS[3], key) end
 end
 for g, a in pairs(acc) do
   for m = 1, 6 do redis.call('HINCRBY', KEYS[3 + m], g, string.format('%d', a[m])) end
   if a[7] > 0 then redis.call('HINCRBY', KEYS[11], g, string.format('%d', a[7])) end
   if a[8] > 0 then redis.call('HINCRBY', KEYS[12], g, string.format('%d', a[8])) end
 end
-return new
+return dup
 """
 
 # KEYS: the index sets to intersect, then a scratch key. ARGV: min, max, offset, count.
@@ -172,29 +182,45 @@ class RedisStorage(StorageBackend):
     # -- writes -----------------------------------------------------------------------------
     def save_many(self, records: Iterable[UsageRecord], *, chunk: int = 5000) -> set[str]:
         new: set[str] = set()
-        args: list[Any] = []
-        count = 0
+        batch: list[list[Any]] = []
         keys = [self._k_records, self._k_ts, self._k_registry, *self._k_roll]
+        p = self.prefix
+        seen: set[str] = set()
+
+        def run(batch: list[list[Any]]) -> None:
+            dup = {x.decode() for x in self._save(keys=keys, args=[_group_encode(batch)])}
+            new.update(r[0] for r in batch if r[0] not in dup)
+
         for rec in records:
             if not isinstance(rec, UsageRecord):
                 raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+            if rec.id in seen:
+                continue
+            seen.add(rec.id)
             us = ts_us(rec.timestamp)
             nano = cost_nano(rec.cost)
-            idx = [self._index(k, v) for k in EQUALITY_KEYS if (v := getattr(rec, k)) is not None]
-            idx += [self._tag_index(k, v) for k, v in rec.tags.items()]
-            group = _group_encode([us // _US_PER_HOUR, rec.provider, rec.model])
-            args += [
-                rec.id, us, encode(rec), group, rec.input_tokens, rec.output_tokens,
-                rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
-                "" if nano is None else nano, 1 if rec.cost is None else 0,
-                1 if rec.cost is not None and nano is None else 0, len(idx), *idx,
-            ]
-            count += 1
-            if count == chunk:
-                new.update(x.decode() for x in self._save(keys=keys, args=args))
-                args, count = [], 0
-        if args:
-            new.update(x.decode() for x in self._save(keys=keys, args=args))
+            idx = [f"{p}i:provider:{rec.provider}", f"{p}i:model:{rec.model}"]
+            if rec.user_id is not None:
+                idx.append(f"{p}i:user_id:{rec.user_id}")
+            if rec.session_id is not None:
+                idx.append(f"{p}i:session_id:{rec.session_id}")
+            if rec.customer_key is not None:
+                idx.append(f"{p}i:customer_key:{rec.customer_key}")
+            if rec.tags:
+                idx += [self._tag_index(k, v) for k, v in rec.tags.items()]
+            batch.append([
+                rec.id, str(us), encode(rec).decode(),
+                _group_encode([us // _US_PER_HOUR, rec.provider, rec.model]).decode(),
+                rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
+                rec.cache_write_tokens, rec.reasoning_tokens, "" if nano is None else str(nano),
+                1 if rec.cost is None else 0, 1 if rec.cost is not None and nano is None else 0,
+                idx,
+            ])
+            if len(batch) == chunk:
+                run(batch)
+                batch = []
+        if batch:
+            run(batch)
         return new
 
     # -- reads ------------------------------------------------------------------------------
@@ -237,6 +263,10 @@ class RedisStorage(StorageBackend):
         f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
                          since=since, until=until, tags=tags, customer_key=customer_key)
         return list(self._fetch(self._ids(f, offset, limit)))
+
+    def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
+        """The matching ids once (one intersection), then the records in chunks."""
+        yield from self._fetch(self._ids(make_filters(**filters)), chunk=batch_size)
 
     def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
         keys = check_group_by(group_by)

@@ -16,7 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,11 @@ USAGE_COLUMNS: dict[str, str] = {
     "payload": "TEXT",
 }
 _COLS = tuple(USAGE_COLUMNS)
-_INSERT = f"INSERT OR IGNORE INTO usage ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+_STAGE = f"INSERT INTO temp.usage_in ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})"
+_INSERT_NEW = (
+    f"INSERT INTO usage ({', '.join(_COLS)}) SELECT {', '.join(_COLS)} FROM temp.usage_in "
+    "WHERE true ON CONFLICT (id) DO NOTHING RETURNING id"
+)
 _SELECT = (
     "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
@@ -121,7 +125,6 @@ _ROLLUP_SUMS = (
     "SUM(unknown_cost)"
 )
 _ROLLUP_KEYS = {"day", "hour", "provider", "model"}
-_SAFE_VARS = 900  # ids per IN (...) lookup, well under SQLite's variable limit
 
 _dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
@@ -149,8 +152,13 @@ class SQLiteStorage(StorageBackend):
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # index maintenance on large tables thrashes the default 2 MB page cache
+        self._conn.execute("PRAGMA cache_size=-65536")
+        self._conn.execute("PRAGMA temp_store=MEMORY")
         self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         self._migrate()
+        cols = ", ".join(f"{k} {v.split(' ')[0]}" for k, v in USAGE_COLUMNS.items())
+        self._conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS usage_in ({cols})")
 
     # -- schema -----------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -200,53 +208,52 @@ class SQLiteStorage(StorageBackend):
             batch.setdefault(rec.id, rec)
         if not batch:
             return set()
+        rows = []
+        for rec in batch.values():
+            rows.append((
+                rec.id, ts_us(rec.timestamp), rec.provider, rec.model, rec.input_tokens,
+                rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
+                rec.reasoning_tokens, None if rec.cost is None else str(rec.cost),
+                cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
+                rec.customer_key, rec.run_id, rec.response_id,
+                _dumps(rec.tags).decode() if rec.tags else "{}",
+                None if rec.payload is None else _dumps(rec.payload).decode(),
+            ))
         c = self._conn
         with self._lock:
-            # the write lock is held from the id lookup to the commit, so the lookup and the
-            # primary key agree: what is not found here is inserted by this transaction
             c.execute("BEGIN IMMEDIATE")
             try:
-                ids = list(batch)
-                for i in range(0, len(ids), _SAFE_VARS):
-                    chunk = ids[i:i + _SAFE_VARS]
-                    q = f"SELECT id FROM usage WHERE id IN ({','.join('?' * len(chunk))})"
-                    for (found,) in c.execute(q, chunk):
-                        del batch[found]
-                rows, rollup = [], {}
-                for rec in batch.values():
-                    us = ts_us(rec.timestamp)
-                    nano = cost_nano(rec.cost)
-                    rows.append((
-                        rec.id, us, rec.provider, rec.model, rec.input_tokens, rec.output_tokens,
-                        rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
-                        None if rec.cost is None else str(rec.cost), nano, rec.currency,
-                        rec.user_id, rec.session_id, rec.customer_key, rec.run_id,
-                        rec.response_id, _dumps(rec.tags).decode() if rec.tags else "{}",
-                        None if rec.payload is None else _dumps(rec.payload).decode(),
-                    ))
-                    key = (us // _US_PER_HOUR, rec.provider, rec.model)
+                # staged, then one INSERT ... ON CONFLICT (id) DO NOTHING RETURNING: the primary
+                # key alone decides what is new, in the transaction that inserts it
+                c.execute("DELETE FROM temp.usage_in")
+                c.executemany(_STAGE, rows)
+                new = {r[0] for r in c.execute(_INSERT_NEW)}
+                rollup: dict[tuple[int, str, str], list[int]] = {}
+                for row in rows:
+                    if row[0] not in new:
+                        continue
+                    key = (row[1] // _US_PER_HOUR, row[2], row[3])
                     t = rollup.get(key)
                     if t is None:
                         t = rollup[key] = [0] * 9
                     t[0] += 1
-                    t[1] += rec.input_tokens
-                    t[2] += rec.output_tokens
-                    t[3] += rec.cache_read_tokens
-                    t[4] += rec.cache_write_tokens
-                    t[5] += rec.reasoning_tokens
-                    if rec.cost is None:
+                    t[1] += row[4]
+                    t[2] += row[5]
+                    t[3] += row[6]
+                    t[4] += row[7]
+                    t[5] += row[8]
+                    if row[9] is None:
                         t[8] += 1
-                    elif nano is None:
+                    elif row[10] is None:
                         t[7] += 1
                     else:
-                        t[6] += nano
-                c.executemany(_INSERT, rows)
+                        t[6] += row[10]
                 c.executemany(_ROLLUP_UPSERT, [(*k, *v) for k, v in rollup.items()])
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
-        return set(batch)
+        return new
 
     # -- reads ------------------------------------------------------------------------------
     @staticmethod
@@ -304,6 +311,24 @@ class SQLiteStorage(StorageBackend):
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
         return [self._record(r) for r in rows]
+
+    def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
+        """Newest first in pages that continue after the last (ts, id) seen, so every page
+        costs the same however deep it is (OFFSET would rescan the skipped rows)."""
+        where, params = self._where(make_filters(**filters))
+        after: tuple[int, str] | None = None
+        while True:
+            sql, p = _SELECT + where, list(params)
+            if after is not None:
+                sql += (" AND " if where else " WHERE ") + "(ts, id) < (?, ?)"
+                p += after
+            sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+            with self._lock:
+                rows = self._conn.execute(sql, [*p, batch_size]).fetchall()
+            yield from map(self._record, rows)
+            if len(rows) < batch_size:
+                return
+            after = (rows[-1][1], rows[-1][0])
 
     def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
         keys = check_group_by(group_by)
