@@ -27,8 +27,8 @@ def test_wal_private_file_and_sweep(tmp_path):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
             with sqlite3.connect(path) as c:
                 assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            await store.mset({f"k{i}": i for i in range(100)}, ttl=0.15)
-            await store.sadd("set", *[f"m{i}" for i in range(50)], ttl=0.15)
+            await store.mset({f"k{i}": i for i in range(100)}, ttl=0.4)
+            await store.sadd("set", *[f"m{i}" for i in range(50)], ttl=0.4)
             await store.set("keep", 1)
             assert _rows(path) == (102, 50)
 
