@@ -166,29 +166,69 @@ def run_monitor(
     rows: int = 5,
     console: Console | None = None,
 ) -> None:
-    """Refresh every ``interval`` seconds until Ctrl-C (which returns normally), or print
-    one frame with ``once``."""
-    from rich.live import Live
-
+    """Refresh every ``interval`` seconds until Ctrl-C or SIGTERM (both return normally),
+    or print one frame with ``once``. On a terminal the frame is redrawn in place; into a
+    pipe or file each refresh is printed after the previous one, like a log."""
     console = console or Console()
     location = mgr.journal.location
     snap = take_snapshot(mgr, rows)
     if once:
         console.print(render(snap, None, location, None))
         return
-    prev: Snapshot | None = None
+    restore = _sigterm_as_interrupt()
     try:
-        with Live(render(snap, prev, location, interval), console=console, auto_refresh=False) as live:
-            while True:
-                time.sleep(interval)
-                try:
-                    fresh = take_snapshot(mgr, rows)
-                except JournalError as exc:
-                    # a writer holding the lock past the busy timeout, a disk hiccup: keep
-                    # watching rather than exit in the middle of an incident
-                    live.update(render(snap, prev, location, interval, str(exc)), refresh=True)
-                    continue
-                prev, snap = snap, fresh
-                live.update(render(snap, prev, location, interval), refresh=True)
+        if console.is_terminal:
+            _live(console, mgr, snap, location, interval, rows)
+        else:
+            _log(console, mgr, snap, location, interval, rows)
     except KeyboardInterrupt:
         return
+    finally:
+        restore()
+
+
+def _refreshes(mgr: PersistentQueueManager, snap: Snapshot, interval: float, rows: int):
+    """Yield ``(snapshot, previous, problem)`` every ``interval`` seconds, forever. A failed
+    read (a writer holding the lock past the busy timeout, a disk hiccup) yields the last
+    good snapshot with the reason: the view keeps going through an incident."""
+    prev: Snapshot | None = None
+    while True:
+        time.sleep(interval)
+        try:
+            fresh = take_snapshot(mgr, rows)
+        except JournalError as exc:
+            yield snap, prev, str(exc)
+            continue
+        prev, snap = snap, fresh
+        yield snap, prev, None
+
+
+def _live(console: Console, mgr: PersistentQueueManager, snap: Snapshot, location: str,
+          interval: float, rows: int) -> None:
+    from rich.live import Live
+
+    with Live(render(snap, None, location, interval), console=console, auto_refresh=False) as live:
+        for now, prev, problem in _refreshes(mgr, snap, interval, rows):
+            live.update(render(now, prev, location, interval, problem), refresh=True)
+
+
+def _log(console: Console, mgr: PersistentQueueManager, snap: Snapshot, location: str,
+         interval: float, rows: int) -> None:
+    console.print(render(snap, None, location, interval))
+    for now, prev, problem in _refreshes(mgr, snap, interval, rows):
+        console.print(render(now, prev, location, interval, problem))
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM ends the view like Ctrl-C (terminal restored, exit 0); returns the undo."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, old)

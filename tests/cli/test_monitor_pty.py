@@ -109,3 +109,34 @@ def test_monitor_live_in_a_pty(tmp_path):
     finally:
         writer.kill()
         writer.wait(10)
+
+
+def test_monitor_into_a_file_logs_frames_and_stops_on_sigterm(tmp_path, journal_db):
+    from usageledger.journal import SqliteJournal
+
+    log = tmp_path / "monitor.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "usageledger"), "monitor", str(journal_db), "--interval", "0.2"],
+            stdout=out, stderr=subprocess.PIPE, text=True,
+        )
+    journal = SqliteJournal(journal_db)
+    try:
+        deadline = time.monotonic() + 30
+        n = 0
+        while time.monotonic() < deadline and log.read_text().count("usageledger monitor") < 4:
+            journal.append([(f"more-{n}", "raw", b"{}")])
+            n += 1
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        journal.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert err == ""
+    frames = log.read_text().split("usageledger monitor")[1:]
+    assert len(frames) >= 4
+    ready = [int(re.search(r"ready\s+([\d,]+)", f).group(1).replace(",", "")) for f in frames]
+    assert ready[0] >= 6 and ready[-1] > ready[0]  # each frame printed after the last
