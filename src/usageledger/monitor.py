@@ -86,6 +86,15 @@ def _rate(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}/s"
 
 
+def _item_table(title: str, when: str, error: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", show_edge=False)
+    table.add_column("id")
+    table.add_column("attempts", justify="right")
+    table.add_column(when)
+    table.add_column(error)
+    return table
+
+
 def render(
     snap: Snapshot,
     prev: Snapshot | None,
@@ -132,23 +141,13 @@ def render(
     top = Table.grid(padding=(0, 6))
     top.add_row(counts, flow)
 
-    backlog = Table(
-        title=f"retry backlog: {snap.retry_count:,}", title_justify="left", title_style="bold",
-        expand=False, show_edge=False,
-    )
-    for col in ("id", "attempts", "next attempt", "last error"):
-        backlog.add_column(col, justify="right" if col == "attempts" else "left")
+    backlog = _item_table(f"retry backlog: {snap.retry_count:,}", "next attempt", "last error")
     for r in snap.retrying:
         due = r["not_before"] - snap.at
         when = f"{_clock(r['not_before'])} ({'in ' + format_age(due) if due > 0 else 'due'})"
         backlog.add_row(r["id"], str(r["attempts"]), when, _short(r["last_error"]))
 
-    failures = Table(
-        title=f"recent failures (dead: {s['dead']:,})", title_justify="left", title_style="bold",
-        expand=False, show_edge=False,
-    )
-    for col in ("id", "attempts", "died", "error"):
-        failures.add_column(col, justify="right" if col == "attempts" else "left")
+    failures = _item_table(f"recent failures (dead: {s['dead']:,})", "died", "error")
     for r in snap.failures:
         failures.add_row(r["id"], str(r["attempts"]), _clock(r.get("died")), _short(r["last_error"]))
 
