@@ -376,6 +376,8 @@ def import_(
 
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"no file {file} to import")
     records = read_export(file, fmt)
     store = _storage(storage, must_exist=False)
     read = stored = 0

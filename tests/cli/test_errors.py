@@ -135,8 +135,9 @@ def test_import_of_a_file_that_is_not_an_export(cli, tmp_path):
     bad.write_text('{"id": "x", "provider": "openai"}\n')
     r = cli("import", bad, "--storage", f"sqlite:///{tmp_path / 'u.db'}")
     assert r.code == 1 and "line 1: not a usage record" in _one_line(r)
-    r = cli("import", tmp_path / "absent.csv", "--storage", "memory://")
-    assert r.code == 1 and "absent.csv" in _one_line(r)
+    r = cli("import", tmp_path / "absent.csv", "--storage", f"sqlite:///{tmp_path / 'v.db'}")
+    assert r.code == 1 and _one_line(r) == f"error: no file {tmp_path / 'absent.csv'} to import\n"
+    assert not (tmp_path / "v.db").exists()
 
 
 def test_debug_shows_the_traceback(cli, tmp_path):
