@@ -91,3 +91,25 @@ def test_two_processes_appending_one_file_never_tear_or_interleave(tmp_path):
     for tag in ("a", "b"):
         # each process's batches whole and in its own order
         assert seen[tag] == [(i, j) for i in range(n) for j in range(3)]
+
+
+def test_appends_wait_for_the_file_lock_another_process_holds(tmp_path):
+    import fcntl
+    import os
+    import time
+
+    w = NDJSONWriter(tmp_path)
+    path = w.path_for("20260101")
+    w.append_lines(path, [b'{"first": 1}'])
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "c", "1"], cwd=ROOT)
+        time.sleep(1.0)
+        assert proc.poll() is None  # blocked on our lock
+        assert w.read_file("20260101") == [{"first": 1}]
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    assert proc.wait(60) == 0
+    assert [line.get("w") for line in w.read_file("20260101")] == [None, "c", "c", "c"]
