@@ -154,3 +154,20 @@ def test_telemetry_client_runs_reach_the_collector(tmp_path):
         ok = runs[run.run_id]
         assert (ok["status"], ok["items_succeeded"], ok["metrics_json"]) == ("success", 4, {"pages": 2})
         assert runs[failed_id]["status"] == "failed" and runs[failed_id]["error_summary"] == "boom"
+
+
+def test_serve_warns_loudly_without_a_key_and_enforces_a_key_when_given(tmp_path):
+    log = tmp_path / "open.log"
+    with Collector(f"sqlite:///{tmp_path}/a.db", log_path=log):
+        pass
+    text = log.read_text()
+    assert "WARNING" in text and "NO API KEY CONFIGURED" in text and "loopback" in text
+    log2 = tmp_path / "keyed.log"
+    with Collector(f"sqlite:///{tmp_path}/b.db", api_keys=["s3cret"], log_path=log2) as col:
+        body = {"tracked": _calls(3)}
+        assert httpx.post(col.url + "/api/v1/track", json=body).status_code == 401
+        wrong = {"Authorization": "Bearer s3cre"}
+        assert httpx.post(col.url + "/api/v1/track", json=body, headers=wrong).status_code == 401
+        ok = httpx.post(col.url + "/api/v1/track", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert [r["status"] for r in ok.json()["results"]] == ["accepted"] * 3
+    assert "NO API KEY" not in log2.read_text()

@@ -36,6 +36,7 @@ from . import dashboard, schema
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
 from .wire import (
     BodyError,
+    Refused,
     RunItem,
     decode_run,
     decode_run_batch,
@@ -227,17 +228,14 @@ def create_app(
         metrics.received.inc(len(items))
         records, seen = [], set()
         for it in items:
-            if it.record is not None and it.id not in seen:
+            if type(it) is UsageRecord and it.id not in seen:
                 seen.add(it.id)
-                rec = it.record
-                if rec.cost is None and pricer is not None:
-                    rec = pricer(rec)
-                records.append(rec)
+                records.append(pricer(it) if it.cost is None and pricer is not None else it)
         new = call(store.save_many, records) if records else set()
         results: list[dict[str, Any]] = []
         accepted = rejected = 0
         for it in items:
-            if it.error is not None:
+            if type(it) is Refused:
                 rejected += 1
                 results.append({"id": it.id, "status": "rejected", "error": it.error})
             elif it.id in new:

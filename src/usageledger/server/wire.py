@@ -24,7 +24,7 @@ from ..telemetry.models import RunRecord
 
 __all__ = [
     "BodyError",
-    "TrackItem",
+    "Refused",
     "decode_body",
     "decode_track",
     "decode_run",
@@ -69,12 +69,12 @@ class BodyError(Exception):
 
 
 @dataclass(slots=True)
-class TrackItem:
-    """One item of a ``/track`` batch: a valid record, or the reason it was refused."""
+class Refused:
+    """An item of a ``/track`` batch that failed validation, and why. (Valid items are
+    the records themselves: no wrapper object per record on the hot path.)"""
 
     id: str
-    record: UsageRecord | None = None
-    error: str | None = None
+    error: str
 
 
 class _Batch(msgspec.Struct):
@@ -126,8 +126,9 @@ def _shape_error(data: bytes, exc: msgspec.DecodeError, key: str) -> BodyError:
 
 
 # -- /track --------------------------------------------------------------------------------
-def decode_track(data: bytes) -> list[TrackItem]:
-    """Decode a ``{"tracked": [...]}`` body into one :class:`TrackItem` per item, in order.
+def decode_track(data: bytes) -> list[UsageRecord | Refused]:
+    """Decode a ``{"tracked": [...]}`` body into one valid record or :class:`Refused` per
+    item, in order.
 
     Raises :class:`BodyError` (400) for malformed JSON or a body that is not a batch."""
     # a NUL inside a string is valid JSON that PostgreSQL cannot store: checked per item
@@ -147,24 +148,24 @@ def decode_track(data: bytes) -> list[TrackItem]:
     return [_decode_item(item, nul) for item in raw.tracked]
 
 
-def _decode_item(raw: msgspec.Raw, nul: bool) -> TrackItem:
+def _decode_item(raw: msgspec.Raw, nul: bool) -> UsageRecord | Refused:
     try:
         return _checked(_decode_record(raw), nul)
     except msgspec.ValidationError:
         pass  # not a complete record: try the lenient shapes below for a precise error
     obj = _decode_any(raw)  # valid JSON: the whole body decoded already
     if not isinstance(obj, dict):
-        return TrackItem("", error=f"an item must be a JSON object, got {_short(obj)}")
+        return Refused("", f"an item must be a JSON object, got {_short(obj)}")
     id_ = obj.get("id")
     if not isinstance(id_, str) or not id_:
-        return TrackItem(
+        return Refused(
             id_ if isinstance(id_, str) else "",
-            error=f"id must be a non-empty string (ids make delivery exactly-once), got {id_!r}",
+            f"id must be a non-empty string (ids make delivery exactly-once), got {id_!r}",
         )
     try:
         record = record_from_dict(obj)
     except (TypeError, ValueError, OverflowError) as exc:
-        return TrackItem(id_, error=str(exc))
+        return Refused(id_, str(exc))
     return _checked(record, nul)
 
 
@@ -234,10 +235,10 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError(f"timestamp must be an ISO 8601 datetime, got {value!r}") from None
 
 
-def _checked(r: UsageRecord, nul: bool) -> TrackItem:
+def _checked(r: UsageRecord, nul: bool) -> UsageRecord | Refused:
     """What msgspec's types do not say: ranges, non-empty strings, UTC, exact cost."""
     error = _record_error(r, nul)
-    return TrackItem(r.id, error=error) if error else TrackItem(r.id, r)
+    return Refused(r.id, error) if error else r
 
 
 def _record_error(r: UsageRecord, nul: bool) -> str | None:
