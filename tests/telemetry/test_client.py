@@ -209,3 +209,44 @@ def test_close_keeps_unfinished_work_in_the_journal_for_the_next_client(tmp_path
     finally:
         c2.close(5)
         c.close(1)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_forked_child_records_runs_through_its_own_threads(tmp_path):
+    import os
+    import signal
+    import threading
+
+    c = TelemetryClient(base_dir=str(tmp_path), api_enabled=False, batch_interval=0.05)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:  # another thread holds the client's lock at fork()
+        with c._lock, c.database._lock:
+            held.set()
+            release.wait(10)
+
+    try:
+        parent_run = c.start_run("parent", "j")
+        holder = threading.Thread(target=hold_lock)
+        holder.start()
+        held.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(20)  # a deadlocked child dies instead of hanging the test
+                with c.track_run("child", "j") as ctx:
+                    ctx.log_event("hello")
+                code = 0 if c.flush(20) else 2
+            finally:
+                os._exit(code)
+        release.set()
+        holder.join()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        c.end_run(parent_run)
+        assert c.flush(20)
+        stats = c.database.get_run_stats()
+        assert stats == {"total": 2, "by_status": {"success": 2}}
+    finally:
+        c.close(5)

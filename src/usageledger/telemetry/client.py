@@ -23,9 +23,11 @@ destination keeps the newest ``seq``, so replays, duplicates and reordering are 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -62,6 +64,17 @@ _SUMMARY_CHARS = 1000
 _DETAILS_CHARS = 8000
 
 _now = datetime.now
+
+
+_live: weakref.WeakSet[TelemetryClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_live):
+        client._after_fork_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RunContext:
@@ -137,6 +150,11 @@ class TelemetryClient:
         self._run_targets = tuple(s for n, s in submits.items() if n != "sheets")
         self._end_targets = tuple(submits.values())
         self._event_target = submits["ndjson"]
+        _live.add(self)
+
+    def _after_fork_child(self) -> None:
+        # the child continues the parent's active runs; a lock held at fork() is never released
+        self._lock = threading.Lock()
 
     def _pipeline(self, name: str, sink: Sink) -> Pipeline:
         c = self.config

@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,12 @@ class DatabaseWriter:
         self._pid = os.getpid()
         with self._lock:
             self._migrate(self._connection())
+        _live.add(self)
+
+    def _after_fork_child(self) -> None:
+        # a thread of the parent may have held the lock at fork(); it never releases it here
+        self._lock = threading.Lock()
+        self._conn = None
 
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -181,6 +188,17 @@ class DatabaseWriter:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+
+
+_live: weakref.WeakSet[DatabaseWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_live):
+        writer._after_fork_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SqliteRunSink(Sink):
