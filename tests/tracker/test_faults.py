@@ -433,3 +433,19 @@ def test_permission_denied_for_a_normal_user(bak_readable):
     finally:
         subprocess.run(["chattr", "-R", "-i", str(root)], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_file_from_a_newer_format_is_kept_and_never_overwritten(make, logs):
+    t = make()  # creates the directory and the journal; writes nothing
+    newer = b'{"format": "usageledger-summary", "version": 2, "shards": ["elsewhere"]}'
+    t.storage_path.write_bytes(newer)
+    t2 = make()
+    e = Expect()
+    e.many(t2, 4)
+    assert t2.flush(10)
+    st = t2.stats()
+    assert st["unreadable"] >= 1 and str(t2.storage_path) in st["blocked_files"]
+    assert st["tier"] == "backup" and st["corrupt_primary"] == 0
+    assert t2.storage_path.read_bytes() == newer and "newer usageledger" in logs.text
+    e.check(t2.get_summary())
+    e.check(file_summary(t2))

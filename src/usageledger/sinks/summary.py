@@ -106,14 +106,23 @@ class CorruptSummary(ValueError):
     pass
 
 
+class NewerSummary(ValueError):
+    """Written by a newer usageledger: valid for it, so never archived nor overwritten."""
+
+
 def decode_doc(data: bytes) -> SummaryDoc:
     """Parse and validate a snapshot; CorruptSummary says what is wrong."""
     try:
         doc = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        version = _version_of(data)
+        if version is not None and version > VERSION:
+            raise NewerSummary(f"format version {version}, this code reads {VERSION}") from None
         raise CorruptSummary(str(exc)) from None
     if doc.format != FORMAT:
         raise CorruptSummary(f"format is {doc.format!r}, expected {FORMAT!r}")
+    if doc.version > VERSION:
+        raise NewerSummary(f"format version {doc.version}, this code reads {VERSION}")
     if doc.version != VERSION:
         raise CorruptSummary(f"version is {doc.version!r}, this code reads {VERSION}")
     for day, providers in doc.days.items():
@@ -125,6 +134,19 @@ def decode_doc(data: bytes) -> SummaryDoc:
                     if not d.is_finite() or d < 0:
                         raise CorruptSummary(f"cost {d!r} on {day} is not a finite non-negative number")
     return doc
+
+
+class _Versioned(msgspec.Struct):
+    format: str
+    version: int
+
+
+def _version_of(data: bytes) -> int | None:
+    try:
+        head = msgspec.json.decode(data, type=_Versioned)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return head.version if head.format == FORMAT else None
 
 
 def encode_doc(doc: SummaryDoc) -> bytes:
@@ -542,6 +564,11 @@ class SummarySink(Sink):
             return "unreadable", None
         try:
             return "ok", decode_doc(data)
+        except NewerSummary as exc:
+            self._c["unreadable"] += 1
+            log.error("summary copy %s was written by a newer usageledger (%s); it is left alone "
+                      "and never overwritten", path, exc)
+            return "unreadable", None
         except CorruptSummary as exc:
             is_bak = path.name.endswith(".bak")
             self._c["corrupt_backup" if is_bak else "corrupt_primary"] += 1
