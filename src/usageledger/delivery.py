@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import DeliveryConfig, IniManager
 from .journal import SqliteJournal
+from .journal.sqlite import check_journal_file
 from .logs import configure_logging, log_body
 from .pipeline import Pipeline
 from .records import KIND_RAW, encode_json_object, new_id
@@ -138,6 +139,9 @@ class PersistentQueueManager:
         path = Path(db_path).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"no journal at {path}")
+        # a maintenance tool must never "repair" (move aside, add tables to) a file a user
+        # named by mistake: refuse anything that is not already a journal
+        check_journal_file(path)
         self.journal = SqliteJournal(path, busy_timeout_ms=busy_timeout_ms)
 
     def stats(self) -> dict[str, Any]:

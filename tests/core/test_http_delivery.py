@@ -183,3 +183,23 @@ def test_queue_manager_stats_failed_requeue_by_id_and_purge(tmp_path, server):
     mgr.close()
     with pytest.raises(FileNotFoundError, match="no journal"):
         PersistentQueueManager(tmp_path / "missing.db")
+
+
+def test_queue_manager_refuses_files_that_are_not_journals_and_leaves_them_alone(tmp_path):
+    import sqlite3
+
+    from usageledger.journal import JournalError
+
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"not a database at all\n" * 10)
+    other = tmp_path / "app.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE users (id INTEGER)")
+    con.commit()
+    con.close()
+    before = (text.read_bytes(), other.read_bytes())
+    for path in (text, other):
+        with pytest.raises(JournalError, match="not a usageledger journal"):
+            PersistentQueueManager(path)
+    assert (text.read_bytes(), other.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "notes.txt"]
