@@ -404,3 +404,13 @@ def test_storage_failure_is_503_and_retryable(tmp_path):
         assert resp.status_code == 503 and resp.headers["retry-after"] == "1"
         assert "storage unavailable" in resp.json()["detail"]
         assert c.get("/api/v1/summary").status_code == 503
+
+
+def test_empty_filter_values_are_no_filter(client):
+    track(client, [record(1, session_id="s1"), record(2)])
+    for path in ("/api/v1/usage", "/api/v1/summary"):
+        resp = client.get(path, params={"session_id": "", "user_id": "", "provider": ""})
+        assert resp.status_code == 200, resp.text
+    assert client.get("/api/v1/summary", params={"session_id": ""}).json()["totals"]["count"] == 2
+    assert client.get("/api/v1/summary", params={"session_id": "s1"}).json()["totals"]["count"] == 1
+    assert client.get("/api/v1/runs", params={"status": ""}).status_code == 200

@@ -420,7 +420,8 @@ def create_app(
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
         _refuse_nul({"agent_name": agent_name, "status": status})
-        runs = call(store.query_runs, agent_name=agent_name, status=status, limit=limit, offset=offset)
+        runs = call(store.query_runs, agent_name=agent_name or None, status=status or None,
+                    limit=limit, offset=offset)
         return _json({"runs": runs, "limit": limit, "offset": offset})
 
     app.include_router(api)
@@ -455,8 +456,10 @@ def _filters(
     tag: Annotated[list[str] | None, Query(description="key:value, repeatable")] = None,
 ) -> dict[str, Any]:
     """The usage filters as query parameters, checked."""
-    out: dict[str, Any] = {"provider": provider, "model": model, "user_id": user_id,
-                           "session_id": session_id, "customer_key": customer_key}
+    # an empty value (`?user_id=`, as an HTML form sends a blank field) is no filter
+    out: dict[str, Any] = {"provider": provider or None, "model": model or None,
+                           "user_id": user_id or None, "session_id": session_id or None,
+                           "customer_key": customer_key or None}
     for name, when in (("since", since), ("until", until)):
         if when is not None:
             try:
