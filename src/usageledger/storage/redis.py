@@ -54,12 +54,12 @@ _METRICS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cach
             "reasoning_tokens", "cost_nano", "unknown_cost", "inexact")
 _ROLLUP_KEYS = {"day", "hour", "provider", "model"}
 
-# KEYS: records, ts, registry, roll:<metric> x 9. ARGV[1]: a JSON array with per record
+# KEYS: records, ts, registry, roll:<metric> x 9. ARGV[1]: a msgpack array with per record
 # [id, score, json, group, it, ot, cr, cw, rt, nano|"", unknown, inexact, [index keys]].
-# One JSON argument per batch: packing millions of separate arguments costs redis-py more
+# One msgpack argument per batch (no string escapes to undo, unlike JSON): packing millions of separate arguments costs redis-py more
 # than the script costs Redis. Scores and cost stay strings: a Lua double would round them.
 _SAVE = """
-local batch = cjson.decode(ARGV[1])
+local batch = cmsgpack.unpack(ARGV[1])
 local dup = {}
 local acc = {}
 local z = {}
@@ -76,13 +76,20 @@ for _, r in ipairs(batch) do
     for _, key in ipairs(r[13]) do index(key, score, id) end
     local g = r[4]
     local a = acc[g]
-    if not a then a = {0, 0, 0, 0, 0, 0, 0, 0}; acc[g] = a end
+    if not a then a = {0, 0, 0, 0, 0, 0, 0, 0, 0}; acc[g] = a end
     a[1] = a[1] + 1
     for m = 1, 5 do a[m + 1] = a[m + 1] + r[4 + m] end
     a[7] = a[7] + r[11]
     a[8] = a[8] + r[12]
-    if r[10] ~= '' and r[10] ~= '0' then
-      redis.call('HINCRBY', KEYS[10], g, r[10])
+    local nano = r[10]
+    if nano ~= '' and nano ~= '0' then
+      -- a double holds integers exactly below 2^53: sum short values here, hand the
+      -- rest (and any sum nearing the limit) to HINCRBY, which is exact in 64 bits
+      if #nano <= 15 and a[9] < 4e15 then
+        a[9] = a[9] + tonumber(nano)
+      else
+        redis.call('HINCRBY', KEYS[10], g, nano)
+      end
     end
   else
     dup[#dup + 1] = id
@@ -97,6 +104,7 @@ for key, t in pairs(z) do
 end
 for g, a in pairs(acc) do
   for m = 1, 6 do redis.call('HINCRBY', KEYS[3 + m], g, string.format('%d', a[m])) end
+  if a[9] > 0 then redis.call('HINCRBY', KEYS[10], g, string.format('%d', a[9])) end
   if a[7] > 0 then redis.call('HINCRBY', KEYS[11], g, string.format('%d', a[7])) end
   if a[8] > 0 then redis.call('HINCRBY', KEYS[12], g, string.format('%d', a[8])) end
 end
@@ -150,6 +158,7 @@ return out
 
 _group_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
+_pack = msgspec.msgpack.encode
 
 
 class RedisStorage(StorageBackend):
@@ -188,7 +197,7 @@ class RedisStorage(StorageBackend):
         seen: set[str] = set()
 
         def run(batch: list[list[Any]]) -> None:
-            dup = {x.decode() for x in self._save(keys=keys, args=[_group_encode(batch)])}
+            dup = {x.decode() for x in self._save(keys=keys, args=[_pack(batch)])}
             new.update(r[0] for r in batch if r[0] not in dup)
 
         for rec in records:
