@@ -102,3 +102,14 @@ def test_client_settings_and_env(tmp_path, monkeypatch):
         client.close(5)
     with pytest.raises(TypeError, match="config must be a TelemetryConfig"):
         TelemetryClient({"base_dir": "x"})  # type: ignore[arg-type]
+
+
+def test_unusable_files_are_a_configuration_error_naming_them(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="telemetry files .*file/raw"):
+        TelemetryClient(base_dir=str(blocker), durability="memory")
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="corrupt.sqlite"):
+        TelemetryClient(base_dir=str(tmp_path / "ok"), database_path=str(corrupt), durability="memory")

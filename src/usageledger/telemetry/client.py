@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 import traceback
@@ -124,8 +125,10 @@ class TelemetryClient:
         try:
             self.ndjson = NDJSONWriter(config.ndjson_dir)  # type: ignore[arg-type]
             self.database = DatabaseWriter(config.database_path)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise ConfigError(f"telemetry directories under {config.base_dir} cannot be used: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(
+                f"telemetry files ({config.ndjson_dir}, {config.database_path}) cannot be used: {exc}"
+            ) from None
         sinks: dict[str, Sink] = {"ndjson": NdjsonSink(self.ndjson), "sqlite": SqliteRunSink(self.database)}
         if config.api_enabled:
             sinks["collector"] = HttpSink(config.api_base, config.api_url, api_key=config.api_key,
