@@ -187,3 +187,50 @@ def test_events_never_go_to_the_collector(tmp_path, collector):
         assert ndjson_journal.stats()["delivered"] == 3
     finally:
         client.close(5)
+
+
+PRODUCER = """
+import os, signal, sys
+from usageledger.telemetry import TelemetryClient
+base, url, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+c = TelemetryClient(base_dir=base, api_base=url, durability="committed", batch_interval=0.05,
+                    max_backoff=0.5, timeout=1.0)
+for i in range(n):
+    with c.track_run("producer", "job") as ctx:
+        ctx.set_metrics(items_succeeded=i)
+print("done", flush=True)
+if mode == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+c.close(0.5)
+"""
+
+
+@pytest.mark.parametrize("mode", ["exit", "kill"])
+def test_runs_recorded_while_the_collector_was_down_arrive_from_the_next_process(tmp_path, mode):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    base = tmp_path / "telemetry"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", PRODUCER, str(base), url, "50", mode], cwd=root,
+                         capture_output=True, timeout=120)
+    assert out.stdout.strip() == b"done", out.stderr.decode()[-2000:]
+    with Collector(f"sqlite:///{tmp_path}/runs.db", port=port, log_path=tmp_path / "collector.log"):
+        client = make_client(tmp_path, url)  # the same journals: it delivers what they hold
+        try:
+            assert client.flush(60)
+            runs = client.database.get_run_stats()
+            assert runs == {"total": 50, "by_status": {"success": 50}}
+        finally:
+            client.close(5)
+        store = create_storage(f"sqlite:///{tmp_path}/runs.db")
+        try:
+            remote = store.query_runs(agent_name="producer", limit=100)
+        finally:
+            store.close()
+    assert len(remote) == 50
+    assert {r["status"] for r in remote} == {"success"}
+    assert sorted(r["items_succeeded"] for r in remote) == list(range(50))
