@@ -449,3 +449,22 @@ def test_a_file_from_a_newer_format_is_kept_and_never_overwritten(make, logs):
     assert t2.storage_path.read_bytes() == newer and "newer usageledger" in logs.text
     e.check(t2.get_summary())
     e.check(file_summary(t2))
+
+
+def test_synchronous_write_refused_everywhere_goes_to_the_journal(make, tmp_path, logs):
+    t = make(synchronous=True, journal_path=tmp_path / "j")
+    e = Expect()
+    e.many(t, 3)
+    dirs = [loc.path.parent for loc in t.sink.locations]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    with immutable(*dirs):
+        e.many(t, 4, start=3)  # returns normally: committed to the journal instead
+        st = t.stats()
+        assert st["retried_batches"] >= 4 and st["tier"] is None
+        assert st["pipeline"]["recorder"]["written"] == 4 and st["unflushed"] == 4
+        e.check(t.get_summary())
+        assert not t.flush(0.3)
+    assert t.flush(10)
+    e.check(file_summary(t))
+    assert t.stats()["duplicates_skipped"] == 0 and t.stats()["unflushed"] == 0
