@@ -44,7 +44,9 @@ class Meter:
         self.storage = storage if isinstance(storage, StorageBackend) else create_storage(storage, **kw)
         if isinstance(storage, StorageBackend) and kw:
             raise TypeError(f"storage options {sorted(kw)} given with a StorageBackend instance")
-        self.prices = prices
+        from .pricing import check_prices
+
+        self.prices = check_prices(prices)  # bad overrides fail here, not in the dispatcher
         options.setdefault("batch_interval", 0.05)
         if "journal_path" not in options and options.get("durability") != "memory":
             options["journal_path"] = self._journal_beside(self.storage)
