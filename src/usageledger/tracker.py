@@ -73,7 +73,7 @@ class UsageTracker:
         durability: str | None = None,
         journal_path: str | os.PathLike[str] | None = None,
         max_backoff: float = 30.0,
-        dedup_window: int = 10_000,
+        dedup_window: int | None = None,
         max_pending: int = 100_000,
         exit_timeout: float = 5.0,
     ):
@@ -96,6 +96,10 @@ class UsageTracker:
         self._pending: dict[str, UsageRecord] = {}
         self.recorded = 0
         self.untracked = 0  # accepted while the pending map was full: not in reads until written
+        if dedup_window is None:
+            # a redelivery follows a lost ack of the batch(es) in flight, and a journal that
+            # cannot ack cannot claim either: a few batches would do, 200 are kept
+            dedup_window = max(2_000, 4 * flush_size)
         self.sink = SummarySink(
             self.storage_path, backup_dir=backup_dir, emergency_dir=emergency_dir,
             price=self._price_record, on_applied=self._counted, dedup_window=dedup_window,

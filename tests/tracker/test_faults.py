@@ -325,6 +325,17 @@ def test_redelivery_after_a_write_whose_ack_was_lost_is_not_counted_twice(tmp_pa
     assert "not counted again" in logs.text
 
 
+def test_the_recent_ids_are_bounded_by_the_window(tmp_path):
+    sink = SummarySink(tmp_path / "s.json", backup_dir=tmp_path / "b", emergency_dir=tmp_path / "e",
+                       dedup_window=5)
+    recs = [make_usage_record("p", "m", 1, 1, cost="1") for _ in range(8)]
+    sink.send(_items(recs[:3]))
+    sink.send(_items(recs[3:]))
+    assert json.loads((tmp_path / "s.json").read_text())["recent_ids"] == [r.id for r in recs[3:]]
+    sink.send(_items(recs[3:]))  # inside the window: recognised
+    assert sink.stats()["duplicates_skipped"] == 5
+
+
 def test_a_failed_write_changes_nothing_and_returns_retry(tmp_path):
     sink = SummarySink(tmp_path / "d" / "s.json", backup_dir=tmp_path / "b", emergency_dir=tmp_path / "e")
     recs = [make_usage_record("p", "m", 1, 1, cost="1") for _ in range(3)]
