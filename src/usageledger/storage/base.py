@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from ..records import UsageRecord, to_utc
@@ -184,12 +185,23 @@ def from_us(us: int) -> datetime:
 
 def day_key(us: int) -> str:
     """``YYYY-MM-DD`` of a UTC microsecond timestamp."""
-    return (_EPOCH + timedelta(days=us // _US_PER_DAY)).strftime("%Y-%m-%d")
+    return _day_name(us // _US_PER_DAY)
 
 
 def hour_key(us: int) -> str:
     """``YYYY-MM-DDTHH:00Z`` of a UTC microsecond timestamp."""
-    return (_EPOCH + timedelta(hours=us // _US_PER_HOUR)).strftime("%Y-%m-%dT%H:00Z")
+    return _hour_name(us // _US_PER_HOUR)
+
+
+# aggregates name the same few thousand days and hours over and over: format each once
+@lru_cache(maxsize=1 << 16)
+def _day_name(day: int) -> str:
+    return (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
+
+
+@lru_cache(maxsize=1 << 18)
+def _hour_name(hour: int) -> str:
+    return (_EPOCH + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:00Z")
 
 
 def cost_nano(cost: Decimal | None) -> int | None:
