@@ -10,7 +10,8 @@
    baseline: the same drain into the bare receiver;
 3. where an ingest request's time goes, in-process per record at batch 1,000: the wire
    (decode_track: msgspec decode + checks; baseline: the bare msgspec decode of the same
-   body into UsageRecords) and the storage's save_many (SQLite, PostgreSQL).
+   body into UsageRecords), pricing of records sent without cost, and the storage's
+   save_many (SQLite, PostgreSQL).
 
 Every figure is printed with its baseline measured in the same run.
 """
@@ -142,6 +143,16 @@ def bench_breakdown(storages: dict[str, str], n: int) -> None:
     batches = [decode_track(body) for body in payloads]
     row("collector wire: decode + check, per record (batch 1,000)", f"{ours_us:.2f} µs",
         f"bare msgspec decode {bare_us:.2f} µs", f"{ours_us / bare_us:.2f}x")
+    from usageledger.pricing import price_record
+
+    unpriced = [decode_track(body) for body in bodies(records(n, priced=False), 1000)]
+    t0 = time.perf_counter()
+    for batch in unpriced:
+        for rec in batch:
+            price_record(rec, None)
+    price_us = (time.perf_counter() - t0) / n * 1e6
+    row("pricing a record sent without cost (price_record, in-process)", f"{price_us:.2f} µs",
+        f"wire decode + check {ours_us:.2f} µs", f"{price_us / ours_us:.1f}x")
     for name, url in storages.items():
         store = create_storage(url)
         try:
