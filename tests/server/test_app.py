@@ -414,3 +414,9 @@ def test_empty_filter_values_are_no_filter(client):
     assert client.get("/api/v1/summary", params={"session_id": ""}).json()["totals"]["count"] == 2
     assert client.get("/api/v1/summary", params={"session_id": "s1"}).json()["totals"]["count"] == 1
     assert client.get("/api/v1/runs", params={"status": ""}).status_code == 200
+
+
+@pytest.mark.parametrize("keys", [["ok", ""], [" padded "], ["naïve"], "one-string"])
+def test_unusable_api_keys_are_refused_at_start(store, keys):
+    with pytest.raises((ValueError, TypeError), match="key"):
+        create_app(store, api_keys=keys)

@@ -29,6 +29,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from ..pricing import price_record
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
@@ -84,16 +85,6 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _pricer() -> Callable[[UsageRecord], UsageRecord] | None:
-    """The core's pricing (genai-prices, offline) for records sent without a cost."""
-    try:
-        from ..pricing import price_record
-    except ImportError:  # pragma: no cover - pricing ships with the package
-        log.warning("usageledger.pricing is not available: records without cost stay unpriced")
-        return None
-    return lambda record: price_record(record, None)
-
-
 def create_app(
     storage: StorageBackend | str = "memory",
     api_keys: Sequence[str] | None = None,
@@ -110,15 +101,21 @@ def create_app(
     sent without a cost are priced with the offline price tables."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
-    keys = [k.encode() for k in (api_keys or ())]
-    for k in keys:
-        if not k.strip():
-            raise ValueError("api_keys must not contain empty keys")
+    if isinstance(api_keys, str):
+        raise TypeError("api_keys must be a list of keys, not one string")
+    keys = []
+    for k in api_keys or ():
+        # a header carries printable ASCII; any other key could never match
+        if not isinstance(k, str) or not k.strip() or not (k.isascii() and k.isprintable()) or k != k.strip():
+            raise ValueError(f"each API key must be a non-empty printable ASCII string without "
+                             f"surrounding spaces, got {k!r}")
+        keys.append(k.encode())
     owned = isinstance(storage, str)
     store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
     if not isinstance(store, StorageBackend):
         raise TypeError(f"storage must be a StorageBackend or a storage URL, got {storage!r}")
-    pricer = _pricer() if price else None
+    pricer: Callable[[UsageRecord], UsageRecord] | None = (
+        (lambda record: price_record(record, None)) if price else None)
     metrics = Metrics()
     limit = max_body_bytes
 
@@ -507,8 +504,9 @@ def serve(
         env = os.environ.get(API_KEYS_ENV, "")
         api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
     app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes)
+    # the collector's own logs (storage failures, this warning) in uvicorn's format
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if not api_keys:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
         log.warning(
             "NO API KEY CONFIGURED: this collector serves ONLY loopback clients (127.0.0.1, ::1) "
             "and answers 403 to everyone else. Start it with --api-key KEY (or set %s) "
