@@ -156,6 +156,12 @@ def run_demo(
     """Run the demo; returns the two summaries (``{"model": rows, "day": rows}``).
     Ctrl-C at any point stops the collector and returns cleanly."""
     console = console or Console()
+    import importlib.util
+
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"the demo's collector needs {', '.join(missing)}: "
+                           "pip install 'usageledger[server]'")
     work = Path(workdir or tempfile.mkdtemp(prefix="usageledger-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     if _port_in_use(host, port):
