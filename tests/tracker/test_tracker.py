@@ -318,3 +318,40 @@ def test_fork_child_records_its_own_and_nothing_is_counted_twice(make):
         e.by_day[next(iter(e.by_day))] += 1
     e.check(t.get_summary())
     e.check(file_summary(t))
+
+
+_WORKER = """
+import sys
+from usageledger import UsageTracker
+path, b, e, k, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+t = UsageTracker(path, backup_dir=b, emergency_dir=e, flush_interval=0.02, flush_size=20,
+                 max_backoff=0.2)
+for i in range(n):
+    t.record("gpt-4o", k, 1, provider="openai", cost="0.001")
+t.get_summary()
+t.shutdown(30)
+"""
+
+
+def test_several_processes_share_one_summary_file(tmp_path):
+    """Worker processes (gunicorn-style) on one file: they share the journal (one
+    dispatcher holds its lease) and write under the file lock; totals are exact."""
+    path = tmp_path / "usage.json"
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(path), str(tmp_path / "b"),
+                               str(tmp_path / "e"), str(k), "150"]) for k in range(1, 4)]
+    for p in procs:
+        assert p.wait(60) == 0
+    from usageledger.sinks.summary import SummarySink
+    from usageledger.tracker import _summarise
+
+    # the last worker to stop drained the shared journal: the files alone are exact
+    sink = SummarySink(path, backup_dir=tmp_path / "b", emergency_dir=tmp_path / "e")
+    on_disk = _summarise([sink.days()], None, None)
+    assert (on_disk["calls"], on_disk["cost"]) == (450, Decimal("0.450"))
+    t = UsageTracker(path, backup_dir=tmp_path / "b", emergency_dir=tmp_path / "e")
+    try:
+        assert t.flush(30)  # anything a worker left in the shared journal
+        s = t.get_summary()
+        assert (s["calls"], s["input_tokens"], s["cost"]) == (450, 150 * (1 + 2 + 3), Decimal("0.450"))
+    finally:
+        t.shutdown(5)
