@@ -30,6 +30,7 @@ __all__ = [
     "decode_run",
     "decode_run_patch",
     "decode_run_batch",
+    "RunItem",
     "read_gzip",
     "MAX_TOKENS",
     "MAX_SEQ",
@@ -119,7 +120,7 @@ def decode_body(data: bytes) -> Any:
         raise BodyError(400, f"malformed JSON: {exc}") from None
 
 
-def _shape_error(data: bytes, exc: msgspec.DecodeError, key: str) -> BodyError:
+def _shape_error(exc: msgspec.DecodeError, key: str) -> BodyError:
     if not isinstance(exc, msgspec.ValidationError):
         return BodyError(400, f"malformed JSON: {exc}")
     return BodyError(400, f'the body must be a JSON object {{"{key}": [item, ...]}}: {exc}')
@@ -144,7 +145,7 @@ def decode_track(data: bytes) -> list[UsageRecord | Refused]:
     try:
         raw = _decode_raw_batch(data)
     except msgspec.DecodeError as exc:
-        raise _shape_error(data, exc, "tracked") from None
+        raise _shape_error(exc, "tracked") from None
     return [_decode_item(item, nul) for item in raw.tracked]
 
 
@@ -391,7 +392,7 @@ def decode_run_batch(data: bytes) -> list[RunItem]:
     try:
         raw = _decode_raw_runs(data)
     except msgspec.DecodeError as exc:
-        raise _shape_error(data, exc, "runs") from None
+        raise _shape_error(exc, "runs") from None
     items = []
     for r in raw.runs:
         obj = _decode_any(r)
