@@ -163,6 +163,12 @@ def test_since_inclusive_until_exclusive_with_aware_and_naive_datetimes(store):
     assert [x.id for x in store.query(since=datetime(2025, 6, 1, 12, 0))] == [r.id]  # naive = UTC
     assert store.query(until=datetime(2025, 6, 1, 12, 0)) == []
     assert [x.id for x in store.query(until=at + timedelta(microseconds=1))] == [r.id]
+    assert store.query(since=at + timedelta(microseconds=1)) == []
+    late = rec(0, timestamp=datetime(2025, 6, 1, 23, 59, 59, 999999, tzinfo=UTC))
+    store.save_many([late])
+    assert [x.id for x in store.query(since=late.timestamp)] == [late.id]
+    assert [x.id for x in store.query(until=late.timestamp)] == [r.id]
+    assert [g["day"] for g in store.aggregate("day", since=late.timestamp)] == ["2025-06-01"]
 
 
 def test_newest_first_ties_by_id_and_pagination(store):

@@ -24,6 +24,7 @@ from .base import (
     check_page,
     day_key,
     finish_groups,
+    from_us,
     hour_key,
     make_filters,
     run_fields,
@@ -208,11 +209,11 @@ class PostgresStorage(StorageBackend):
             clauses.append(f"{k} = %s")
             params.append(v)
         if f.since is not None:
-            clauses.append("ts >= to_timestamp(%s::numeric / 1000000)")
-            params.append(f.since)
+            clauses.append("ts >= %s")
+            params.append(from_us(f.since))
         if f.until is not None:
-            clauses.append("ts < to_timestamp(%s::numeric / 1000000)")
-            params.append(f.until)
+            clauses.append("ts < %s")
+            params.append(from_us(f.until))
         if f.tags:
             clauses.append("tags @> %s")
             params.append(Jsonb(dict(f.tags)))

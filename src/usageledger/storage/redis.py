@@ -8,10 +8,11 @@ Layout under ``prefix`` (default ``usageledger:``):
   user_id, session_id and customer_key, and ``t:<len>:<key>=<value>`` per tag. A query
   intersects the sets its filters name and reads one score range of the result, newest
   first (ties by id descending), so no filter scans every record;
-- ``roll:<metric>``: hashes of totals per (hour, provider, model), so aggregates by
-  day/hour/provider/model read a few thousand fields; cost in integer nano-units
-  (``HINCRBY``: exact). Costs finer than a nano-unit are counted in ``roll:inexact`` and
-  make those aggregates sum the records' own decimal strings instead;
+- ``roll:<metric>`` and ``roll_day:<metric>``: hashes of totals per (hour or day, provider,
+  model), so aggregates by day/hour/provider/model read a few thousand fields at most;
+  cost in integer nano-units (``HINCRBY``: exact). Costs finer than a nano-unit are
+  counted in ``roll:inexact`` and make those aggregates sum the records' own decimal
+  strings instead;
 - ``run:<run_id>``: hash of the run's fields (each a JSON value) plus ``seq``; ``runs``: the
   set of run ids.
 
@@ -29,6 +30,7 @@ import msgspec
 
 from ..records import UsageRecord, decode_usage, encode
 from .base import (
+    _US_PER_DAY,
     _US_PER_HOUR,
     Aggregate,
     Aggregator,
@@ -54,14 +56,17 @@ _METRICS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cach
             "reasoning_tokens", "cost_nano", "unknown_cost", "inexact")
 _ROLLUP_KEYS = {"day", "hour", "provider", "model"}
 
-# KEYS: records, ts, registry, roll:<metric> x 9. ARGV[1]: a msgpack array with per record
-# [id, score, json, group, it, ot, cr, cw, rt, nano|"", unknown, inexact, [index keys]].
-# One msgpack argument per batch (no string escapes to undo, unlike JSON): packing millions of separate arguments costs redis-py more
-# than the script costs Redis. Scores and cost stay strings: a Lua double would round them.
+# KEYS: records, ts, registry, roll:<metric> x 9 (per hour), roll_day:<metric> x 9 (per
+# day). ARGV[1]: a msgpack array with per record
+# [id, score, json, hour group, it, ot, cr, cw, rt, nano|"", unknown, inexact, [index keys],
+#  day group].
+# One msgpack argument per batch (no string escapes to undo, unlike JSON): packing millions
+# of separate arguments costs redis-py more than the script costs Redis. Scores and cost
+# stay strings: a Lua double would round them.
 _SAVE = """
 local batch = cmsgpack.unpack(ARGV[1])
 local dup = {}
-local acc = {}
+local levels = {{base = 3, col = 4, acc = {}}, {base = 12, col = 14, acc = {}}}
 local z = {}
 local function index(key, score, id)
   local t = z[key]
@@ -74,21 +79,23 @@ for _, r in ipairs(batch) do
   if redis.call('HSETNX', KEYS[1], id, r[3]) == 1 then
     index(KEYS[2], score, id)
     for _, key in ipairs(r[13]) do index(key, score, id) end
-    local g = r[4]
-    local a = acc[g]
-    if not a then a = {0, 0, 0, 0, 0, 0, 0, 0, 0}; acc[g] = a end
-    a[1] = a[1] + 1
-    for m = 1, 5 do a[m + 1] = a[m + 1] + r[4 + m] end
-    a[7] = a[7] + r[11]
-    a[8] = a[8] + r[12]
     local nano = r[10]
-    if nano ~= '' and nano ~= '0' then
-      -- a double holds integers exactly below 2^53: sum short values here, hand the
-      -- rest (and any sum nearing the limit) to HINCRBY, which is exact in 64 bits
-      if #nano <= 15 and a[9] < 4e15 then
-        a[9] = a[9] + tonumber(nano)
-      else
-        redis.call('HINCRBY', KEYS[10], g, nano)
+    for _, level in ipairs(levels) do
+      local g = r[level.col]
+      local a = level.acc[g]
+      if not a then a = {0, 0, 0, 0, 0, 0, 0, 0, 0}; level.acc[g] = a end
+      a[1] = a[1] + 1
+      for m = 1, 5 do a[m + 1] = a[m + 1] + r[4 + m] end
+      a[7] = a[7] + r[11]
+      a[8] = a[8] + r[12]
+      if nano ~= '' and nano ~= '0' then
+        -- a double holds integers exactly below 2^53: sum short values here, hand the
+        -- rest (and any sum nearing the limit) to HINCRBY, which is exact in 64 bits
+        if #nano <= 15 and a[9] < 4e15 then
+          a[9] = a[9] + tonumber(nano)
+        else
+          redis.call('HINCRBY', KEYS[level.base + 7], g, nano)
+        end
       end
     end
   else
@@ -102,11 +109,14 @@ for key, t in pairs(z) do
   end
   if key ~= KEYS[2] then redis.call('SADD', KEYS[3], key) end
 end
-for g, a in pairs(acc) do
-  for m = 1, 6 do redis.call('HINCRBY', KEYS[3 + m], g, string.format('%d', a[m])) end
-  if a[9] > 0 then redis.call('HINCRBY', KEYS[10], g, string.format('%d', a[9])) end
-  if a[7] > 0 then redis.call('HINCRBY', KEYS[11], g, string.format('%d', a[7])) end
-  if a[8] > 0 then redis.call('HINCRBY', KEYS[12], g, string.format('%d', a[8])) end
+for _, level in ipairs(levels) do
+  local b = level.base
+  for g, a in pairs(level.acc) do
+    for m = 1, 6 do redis.call('HINCRBY', KEYS[b + m], g, string.format('%d', a[m])) end
+    if a[9] > 0 then redis.call('HINCRBY', KEYS[b + 7], g, string.format('%d', a[9])) end
+    if a[7] > 0 then redis.call('HINCRBY', KEYS[b + 8], g, string.format('%d', a[7])) end
+    if a[8] > 0 then redis.call('HINCRBY', KEYS[b + 9], g, string.format('%d', a[8])) end
+  end
 end
 return dup
 """
@@ -179,6 +189,7 @@ class RedisStorage(StorageBackend):
         p = prefix
         self._k_records, self._k_ts, self._k_registry = f"{p}records", f"{p}ts", f"{p}indexes"
         self._k_roll = [f"{p}roll:{m}" for m in _METRICS]
+        self._k_roll_day = [f"{p}roll_day:{m}" for m in _METRICS]
         self._k_runs = f"{p}runs"
 
     def _index(self, field: str, value: str) -> str:
@@ -192,7 +203,7 @@ class RedisStorage(StorageBackend):
     def save_many(self, records: Iterable[UsageRecord], *, chunk: int = 5000) -> set[str]:
         new: set[str] = set()
         batch: list[list[Any]] = []
-        keys = [self._k_records, self._k_ts, self._k_registry, *self._k_roll]
+        keys = [self._k_records, self._k_ts, self._k_registry, *self._k_roll, *self._k_roll_day]
         p = self.prefix
         seen: set[str] = set()
 
@@ -223,7 +234,7 @@ class RedisStorage(StorageBackend):
                 rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
                 rec.cache_write_tokens, rec.reasoning_tokens, "" if nano is None else str(nano),
                 1 if rec.cost is None else 0, 1 if rec.cost is not None and nano is None else 0,
-                idx,
+                idx, _group_encode([us // _US_PER_DAY, rec.provider, rec.model]).decode(),
             ])
             if len(batch) == chunk:
                 run(batch)
@@ -295,16 +306,20 @@ class RedisStorage(StorageBackend):
         return agg.rows()
 
     def _aggregate_rollup(self, keys: tuple[str, ...], f: Filters) -> dict | None:
+        # the per-day rollup has 24 times fewer fields: use it when hours are not needed
+        daily = "hour" not in keys and all(
+            t is None or t % _US_PER_DAY == 0 for t in (f.since, f.until))
+        unit = _US_PER_DAY if daily else _US_PER_HOUR
         pipe = self._r.pipeline(transaction=True)
-        for k in self._k_roll:
+        for k in self._k_roll_day if daily else self._k_roll:
             pipe.hgetall(k)
         hashes = dict(zip(_METRICS, pipe.execute(), strict=True))
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-        lo = None if f.since is None else f.since // _US_PER_HOUR
-        hi = None if f.until is None else f.until // _US_PER_HOUR
+        lo = None if f.since is None else f.since // unit
+        hi = None if f.until is None else f.until // unit
         for raw, count in hashes["count"].items():
-            hour, provider, model = _json_decode(raw)
-            if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
+            bucket, provider, model = _json_decode(raw)
+            if (lo is not None and bucket < lo) or (hi is not None and bucket >= hi):
                 continue
             if (f.provider is not None and provider != f.provider) or (
                 f.model is not None and model != f.model
@@ -312,8 +327,8 @@ class RedisStorage(StorageBackend):
                 continue
             if int(hashes["inexact"].get(raw, 0)):
                 return None  # a cost finer than a nano-unit: sum the records' own strings
-            values = {"provider": provider, "model": model,
-                      "day": day_key(hour * _US_PER_HOUR), "hour": hour_key(hour * _US_PER_HOUR)}
+            values = {"provider": provider, "model": model, "day": day_key(bucket * unit),
+                      "hour": None if daily else hour_key(bucket * unit)}
             gk = tuple(values[k] for k in keys)
             t = groups.setdefault(gk, zero_totals())
             t["count"] += int(count)
@@ -378,6 +393,7 @@ class RedisStorage(StorageBackend):
         indexes = list(self._r.smembers(self._k_registry))
         runs = [f"{self.prefix}run:{x.decode()}" for x in self._r.smembers(self._k_runs)]
         keys = [self._k_records, self._k_ts, self._k_registry, self._k_runs, *self._k_roll,
+                *self._k_roll_day,
                 *indexes, *runs]
         for i in range(0, len(keys), 1000):
             self._r.unlink(*keys[i:i + 1000])
