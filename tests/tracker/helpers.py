@@ -48,6 +48,11 @@ class Expect:
         for i in range(start, start + n):
             self.record(t, i)
 
+    def write(self, t: UsageTracker, n: int, start: int = 0) -> None:
+        """Record ``n`` calls and flush them into the file."""
+        self.many(t, n, start)
+        assert t.flush(10)
+
     def check(self, summary: dict) -> None:
         got = (summary["calls"], summary["input_tokens"], summary["output_tokens"], summary["cost"])
         want = (self.calls, self.input_tokens, self.output_tokens, self.cost)

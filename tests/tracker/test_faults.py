@@ -28,8 +28,7 @@ def test_disk_full_moves_to_backup_then_back_to_primary(make, tmp_path, logs):
     with tmpfs(tmp_path / "small", size="1m") as small:
         t = make(str(small / "usage.json"))
         e = Expect()
-        e.many(t, 10)
-        assert t.flush(10)
+        e.write(t, 10)
         filler = fill(small)
         e.many(t, 30, start=10)
         assert t.flush(10)  # the backup location took the writes
@@ -42,8 +41,7 @@ def test_disk_full_moves_to_backup_then_back_to_primary(make, tmp_path, logs):
         e.check(t.get_summary())
         e.check(file_summary(t))  # primary is older: the newer backup copy wins, not a sum
         filler.unlink()
-        e.many(t, 5, start=40)
-        assert t.flush(10)
+        e.write(t, 5, start=40)
         assert t.stats()["tier"] == "primary"
         e.check(file_summary(t))
         assert t.shutdown(5)
@@ -56,8 +54,7 @@ def test_every_location_full_keeps_records_in_the_journal_until_space_returns(ma
         # the journal on a disk with room: this test is about the summary file
         t = make(str(p / "usage.json"), backup_dir=b, emergency_dir=em, journal_path=tmp_path / "j")
         e = Expect()
-        e.many(t, 3)
-        assert t.flush(10)
+        e.write(t, 3)
         fillers = [fill(d) for d in (p, b, em)]
         e.many(t, 20, start=3)
         assert not t.flush(1.0)  # nothing can be written: False, never an exception
@@ -89,8 +86,7 @@ def test_intermittent_failures_then_success(make, tmp_path, logs):
             e.check(t.get_summary())
             for f in fillers:
                 f.unlink()
-            e.many(t, 5, start=round_ * 100 + 50)
-            assert t.flush(10)
+            e.write(t, 5, start=round_ * 100 + 50)
             e.check(file_summary(t))
         st = t.stats()
         assert st["retried_batches"] >= 4 and st["records_applied"] == e.calls
@@ -101,11 +97,9 @@ def test_intermittent_failures_then_success(make, tmp_path, logs):
 def test_read_only_file(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 5)
-    assert t.flush(10)
+    e.write(t, 5)
     with immutable(t.storage_path):
-        e.many(t, 12, start=5)
-        assert t.flush(10)
+        e.write(t, 12, start=5)
         st = t.stats()
         # access(W_OK) reports the immutable file as not writable (it would for a user
         # without write permission too): the write is refused before any rename
@@ -113,8 +107,7 @@ def test_read_only_file(make, logs):
         e.check(t.get_summary())
         e.check(file_summary(t))
         assert "the summary file is read-only" in logs.text
-    e.many(t, 3, start=50)
-    assert t.flush(10)
+    e.write(t, 3, start=50)
     assert t.stats()["tier"] == "primary"
     e.check(file_summary(t))
 
@@ -122,16 +115,13 @@ def test_read_only_file(make, logs):
 def test_read_only_directory(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 5)
-    assert t.flush(10)
+    e.write(t, 5)
     with immutable(t.storage_path.parent):
-        e.many(t, 12, start=5)
-        assert t.flush(10)
+        e.write(t, 12, start=5)
         st = t.stats()
         assert st["failures_by_error"].get("EPERM", 0) >= 1 and st["tier"] == "backup"
         e.check(file_summary(t))
-    e.many(t, 3, start=50)
-    assert t.flush(10)
+    e.write(t, 3, start=50)
     e.check(file_summary(t))
     assert t.stats()["tier"] == "primary"
 
@@ -140,8 +130,7 @@ def test_read_only_mount_from_the_start(make, tmp_path, logs):
     with tmpfs(tmp_path / "ro", ro=True) as ro:
         t = make(str(ro / "usage.json"))
         e = Expect()
-        e.many(t, 20)
-        assert t.flush(10)
+        e.write(t, 20)
         st = t.stats()
         assert st["failures_by_error"].get("EROFS", 0) >= 1 and st["tier"] == "backup"
         assert st["pipeline"]["recorder"]["fallback_active"] or "journal" in logs.text
@@ -154,12 +143,10 @@ def test_read_only_mount_from_the_start(make, tmp_path, logs):
 def test_a_directory_in_place_of_the_file(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 5)
-    assert t.flush(10)
+    e.write(t, 5)
     t.storage_path.unlink()
     (t.storage_path / "inside").mkdir(parents=True)
-    e.many(t, 10, start=5)
-    assert t.flush(10)
+    e.write(t, 10, start=5)
     st = t.stats()
     assert st["directory_in_place"] >= 1 and st["tier"] == "backup"
     assert st["failures_by_error"].get("EISDIR", 0) >= 1
@@ -167,8 +154,7 @@ def test_a_directory_in_place_of_the_file(make, logs):
     e.check(t.get_summary())
     e.check(file_summary(t))  # .bak beside the directory is older: the backup location wins
     shutil.rmtree(t.storage_path)
-    e.many(t, 2, start=20)
-    assert t.flush(10)
+    e.write(t, 2, start=20)
     assert t.stats()["tier"] == "primary"
     e.check(file_summary(t))
 
@@ -188,11 +174,9 @@ def _archives(path: Path) -> list[Path]:
 def test_corrupt_primary_while_running_is_repaired_from_memory(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 10)
-    assert t.flush(10)
+    e.write(t, 10)
     bad = _corrupt(t.storage_path, "truncate")
-    e.many(t, 10, start=10)
-    assert t.flush(10)
+    e.write(t, 10, start=10)
     st = t.stats()
     assert st["corrupt_primary"] == 1 and len(st["archived"]) == 1
     assert _archives(t.storage_path)[0].read_bytes() == bad
@@ -204,14 +188,12 @@ def test_corrupt_primary_while_running_is_repaired_from_memory(make, logs):
 def test_corrupt_backup_while_running(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 10)
-    assert t.flush(10)
+    e.write(t, 10)
     e.many(t, 1, start=10)
     assert t.flush(10)
     bak = t.storage_path.with_name("usage.json.bak")
     _corrupt(bak, "garbage")
-    e.many(t, 10, start=20)
-    assert t.flush(10)
+    e.write(t, 10, start=20)
     assert t.stats()["corrupt_backup"] == 1 and _archives(bak)
     e.check(file_summary(t))
 
@@ -219,14 +201,12 @@ def test_corrupt_backup_while_running(make, logs):
 def test_both_corrupt_while_running_loses_nothing(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 10)
-    assert t.flush(10)
+    e.write(t, 10)
     e.many(t, 1, start=10)
     assert t.flush(10)
     _corrupt(t.storage_path, "shape")
     _corrupt(t.storage_path.with_name("usage.json.bak"), "truncate")
-    e.many(t, 4, start=20)
-    assert t.flush(10)
+    e.write(t, 4, start=20)
     st = t.stats()
     assert st["corrupt_primary"] == 1 and st["corrupt_backup"] == 1 and st["fresh_starts"] == 0
     e.check(t.get_summary())
@@ -236,8 +216,7 @@ def test_both_corrupt_while_running_loses_nothing(make, logs):
 def test_corrupt_primary_at_start_uses_the_backup(make, logs):
     t = make()
     e = Expect()
-    e.many(t, 10)
-    assert t.flush(10)
+    e.write(t, 10)
     e.many(t, 10, start=10)
     assert t.shutdown(10)  # a clean stop leaves the backup with the same totals
     _corrupt(t.storage_path, "truncate")
@@ -245,8 +224,7 @@ def test_corrupt_primary_at_start_uses_the_backup(make, logs):
     st = t2.stats()
     assert st["corrupt_primary"] == 1 and st["loaded_from"].endswith("usage.json.bak")
     assert "is corrupt" in logs.text and "loaded from" in logs.text
-    e.many(t2, 5, start=30)
-    assert t2.flush(10)
+    e.write(t2, 5, start=30)
     e.check(t2.get_summary())
     e.check(file_summary(t2))
 
@@ -260,8 +238,7 @@ def test_corrupt_backup_at_start(make, logs):
     _corrupt(bak, "garbage")
     t2 = make()
     assert t2.stats()["corrupt_backup"] == 1 and _archives(bak)
-    e.many(t2, 5, start=30)
-    assert t2.flush(10)
+    e.write(t2, 5, start=30)
     e.check(file_summary(t2))
 
 
@@ -279,8 +256,7 @@ def test_both_corrupt_at_start_archive_and_start_fresh(make, logs):
     assert len(st["archived"]) == 2 and _archives(t.storage_path)[0].read_bytes() == primary_bad
     assert "starting a fresh summary" in logs.text
     e = Expect()
-    e.many(t2, 7)
-    assert t2.flush(10)
+    e.write(t2, 7)
     e.check(t2.get_summary())
     e.check(file_summary(t2))
 
@@ -288,8 +264,7 @@ def test_both_corrupt_at_start_archive_and_start_fresh(make, logs):
 def test_a_stale_emergency_copy_is_chosen_over_nothing_when_both_primary_copies_are_corrupt(make):
     t = make()
     e = Expect()
-    e.many(t, 5)
-    assert t.flush(10)
+    e.write(t, 5)
     with immutable(t.storage_path.parent):
         e.many(t, 5, start=5)
         assert t.flush(10)  # this generation lives only in the backup location
@@ -362,8 +337,7 @@ def test_a_copy_of_another_lineage_is_added_once_then_absorbed(make, tmp_path, l
     assert other.shutdown(10)
     t = make()
     e = Expect()
-    e.many(t, 4, start=100)
-    assert t.flush(10)
+    e.write(t, 4, start=100)
     emergency = t.sink.locations[-1].path
     emergency.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(other.storage_path, emergency)
@@ -373,8 +347,7 @@ def test_a_copy_of_another_lineage_is_added_once_then_absorbed(make, tmp_path, l
     total.by_day = {d: e.by_day.get(d, 0) + eo.by_day.get(d, 0) for d in {*e.by_day, *eo.by_day}}
     total.check(t.get_summary())
     assert t.stats()["lineages_merged"] == 1 and "other lineage" in logs.text
-    total.many(t, 2, start=200)
-    assert t.flush(10)
+    total.write(t, 2, start=200)
     total.check(file_summary(t))  # primary absorbed it; the emergency copy is superseded
     total.check(t.get_summary())
 
@@ -452,8 +425,7 @@ def test_a_file_from_a_newer_format_is_kept_and_never_overwritten(make, logs):
     t.storage_path.write_bytes(newer)
     t2 = make()
     e = Expect()
-    e.many(t2, 4)
-    assert t2.flush(10)
+    e.write(t2, 4)
     st = t2.stats()
     assert st["unreadable"] >= 1 and str(t2.storage_path) in st["blocked_files"]
     assert st["tier"] == "backup" and st["corrupt_primary"] == 0
