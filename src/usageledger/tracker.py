@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .pipeline import Pipeline
-from .records import KIND_USAGE, UsageRecord, check_cost, make_usage_record
+from .records import KIND_USAGE, UsageRecord, check_cost, decode_usage, make_usage_record
 from .sinks.summary import Days, Entry, SummarySink, apply_records, day_of
 
 __all__ = ["UsageTracker"]
@@ -129,7 +129,31 @@ class UsageTracker:
         _install_fork_hook()
         _live.add(self)
         with self.sink.locked():  # read the file now: corruption is reported at start
-            pass
+            self._pending_from_journal()
+
+    def _pending_from_journal(self) -> None:
+        """Records a previous process left in the journal count in reads from the start
+        (called under the sink lock: one the dispatcher writes meanwhile is either counted
+        already, and skipped here, or popped when it is)."""
+        room = self.max_pending - len(self._pending)
+        for journal in self._pipeline.recorder.journals:
+            for state in ("ready", "inflight"):
+                if room <= 0:
+                    return
+                try:
+                    items = journal.items(state, limit=room)
+                except Exception as exc:
+                    log.warning("reading %s items of journal %s failed: %s", state, journal.location, exc)
+                    continue
+                for item in items:
+                    if item["kind"] != KIND_USAGE or self.sink.is_counted(item["id"]):
+                        continue
+                    try:
+                        rec = decode_usage(item["data"])
+                    except Exception:
+                        continue  # the dispatcher will reject it
+                    if self._pending.setdefault(rec.id, rec) is rec:
+                        room -= 1
 
     @staticmethod
     def _journal_beside(path: Path) -> Path:

@@ -451,3 +451,24 @@ def test_synchronous_write_refused_everywhere_goes_to_the_journal(make, tmp_path
     assert t.flush(10)
     e.check(file_summary(t))
     assert t.stats()["duplicates_skipped"] == 0 and t.stats()["unflushed"] == 0
+
+
+def test_records_left_in_the_journal_count_in_reads_from_the_start(make, tmp_path, logs):
+    t = make(journal_path=tmp_path / "j")
+    e = Expect()
+    e.write(t, 2)
+    dirs = [loc.path.parent for loc in t.sink.locations]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    with immutable(*dirs):
+        e.many(t, 5, start=2)
+        assert not t.shutdown(0.5)  # nothing can be written: the 5 stay in the journal
+        assert "stay in the journal" in logs.text
+        t2 = make(journal_path=tmp_path / "j")
+        s = t2.get_summary()
+        e.check(s)
+        assert s["unflushed"] == 5 and t2.stats()["unflushed"] == 5
+    assert t2.flush(10)
+    e.check(t2.get_summary())
+    e.check(file_summary(t2))
+    assert t2.stats()["unflushed"] == 0
