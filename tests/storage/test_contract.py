@@ -319,3 +319,16 @@ def test_query_runs_filters_order_and_pages(store):
     assert [r["run_id"] for r in store.query_runs(status="done")] == ["r2", "r1", "r0"]
     assert [r["run_id"] for r in store.query_runs(agent_name="b", status="running")] == ["r4"]
     assert [r["run_id"] for r in store.query_runs(limit=2, offset=1)] == ["r3", "r2"]
+
+
+def test_run_fields_come_back_as_json_values_in_every_backend(store):
+    started = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert store.write_runs([RunWrite("r", {"started_at": started, "cost": Decimal("0.10"),
+                                            "n": 3, "ok": True, "none": None,
+                                            "nested": {"a": [1, "x"]}}, 1)]) == ["created"]
+    assert store.get_run("r") == {"started_at": "2025-01-02T03:04:05Z", "cost": "0.10", "n": 3,
+                                  "ok": True, "none": None, "nested": {"a": [1, "x"]},
+                                  "run_id": "r", "seq": 1}
+    with pytest.raises(TypeError, match="not JSON"):
+        store.write_runs([RunWrite("r", {"x": object()}, 2)])
+    assert store.get_run("r")["seq"] == 1

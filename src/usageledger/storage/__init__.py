@@ -76,6 +76,8 @@ def create_storage(kind: str = "memory", **kw: Any) -> StorageBackend:
             kw["url"] = name
         elif "dsn" in kw and "url" not in kw:
             kw["url"] = kw.pop("dsn")
+        if not kw.get("url"):
+            raise ValueError("postgres storage needs url='postgresql://user@host/db' (or pass the URL as kind)")
         return PostgresStorage(**kw)
     if lowered == "redis" or lowered.startswith(("redis://", "rediss://", "unix://")):
         from .redis import RedisStorage

@@ -18,6 +18,8 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+import msgspec
+
 from ..records import UsageRecord, to_utc
 
 __all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
@@ -161,6 +163,8 @@ _US_PER_DAY = 86_400_000_000
 #: cost is also kept as an integer number of nano-units wherever it fits exactly, so sums
 #: run in integer arithmetic inside the database; other costs are summed from their text
 NANO = Decimal("1e-9")
+_json_encode = msgspec.json.Encoder(decimal_format="string").encode
+_json_decode = msgspec.json.decode
 _MAX_NANO = 2**63 - 1
 
 FILTER_KEYS = ("provider", "model", "user_id", "session_id", "customer_key", "since", "until", "tags")
@@ -276,6 +280,24 @@ def check_page(limit: int | None, offset: int) -> None:
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
 
 
+#: group keys an hourly rollup (hour x provider x model) can answer
+ROLLUP_KEYS = frozenset({"day", "hour", "provider", "model"})
+
+
+def rollup_fits(keys: tuple[str, ...], f: Filters) -> bool:
+    """Whether an hourly rollup answers this aggregate exactly: groups among day, hour,
+    provider, model; filters only provider, model and hour-aligned time bounds."""
+    return (
+        set(keys) <= ROLLUP_KEYS
+        and f.user_id is None
+        and f.session_id is None
+        and f.customer_key is None
+        and not f.tags
+        and (f.since is None or f.since % _US_PER_HOUR == 0)
+        and (f.until is None or f.until % _US_PER_HOUR == 0)
+    )
+
+
 def record_matches(rec: UsageRecord, f: Filters, us: int) -> bool:
     """Whether ``rec`` (whose timestamp is ``us``) passes every filter."""
     if f.provider is not None and rec.provider != f.provider:
@@ -326,19 +348,51 @@ class Aggregator:
         t = self.groups.get(gk)
         if t is None:
             t = self.groups[gk] = zero_totals()
-        t["count"] += 1
-        t["input_tokens"] += rec.input_tokens
-        t["output_tokens"] += rec.output_tokens
-        t["cache_read_tokens"] += rec.cache_read_tokens
-        t["cache_write_tokens"] += rec.cache_write_tokens
-        t["reasoning_tokens"] += rec.reasoning_tokens
-        if rec.cost is None:
-            t["unknown_cost"] += 1
-        else:
-            t["cost"] += rec.cost
+        add_record(t, rec)
+
+    def rows_from_hourly(
+        self, hourly: Iterable[tuple[tuple[int, str, str], dict[str, Any]]], f: Filters
+    ) -> list[Aggregate]:
+        """Rows from totals per (hour, provider, model), for aggregates that
+        :func:`rollup_fits`."""
+        lo = None if f.since is None else f.since // _US_PER_HOUR
+        hi = None if f.until is None else f.until // _US_PER_HOUR
+        for (hour, provider, model), totals in hourly:
+            if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
+                continue
+            if (f.provider is not None and provider != f.provider) or (
+                f.model is not None and model != f.model
+            ):
+                continue
+            values = {"provider": provider, "model": model}
+            gk = tuple(
+                values[k] if k in values
+                else day_key(hour * _US_PER_HOUR) if k == "day" else hour_key(hour * _US_PER_HOUR)
+                for k in self.keys
+            )
+            t = self.groups.get(gk)
+            if t is None:
+                t = self.groups[gk] = zero_totals()
+            for name, value in totals.items():
+                t[name] += value
+        return self.rows()
 
     def rows(self) -> list[Aggregate]:
         return finish_groups(self.keys, self.groups)
+
+
+def add_record(t: dict[str, Any], rec: UsageRecord) -> None:
+    """Add one record to a totals dict (as :func:`zero_totals` makes)."""
+    t["count"] += 1
+    t["input_tokens"] += rec.input_tokens
+    t["output_tokens"] += rec.output_tokens
+    t["cache_read_tokens"] += rec.cache_read_tokens
+    t["cache_write_tokens"] += rec.cache_write_tokens
+    t["reasoning_tokens"] += rec.reasoning_tokens
+    if rec.cost is None:
+        t["unknown_cost"] += 1
+    else:
+        t["cost"] += rec.cost
 
 
 def finish_groups(keys: tuple[str, ...], groups: dict[tuple[Any, ...], dict[str, Any]]) -> list[Aggregate]:
@@ -359,7 +413,13 @@ def run_fields(write: RunWrite) -> dict[str, Any]:
         raise TypeError(f"RunWrite.seq must be an integer, got {write.seq!r}")
     if not isinstance(write.run_id, str) or not write.run_id:
         raise ValueError(f"RunWrite.run_id must be a non-empty string, got {write.run_id!r}")
-    return {k: v for k, v in write.fields.items() if k not in ("run_id", "seq")}
+    fields = {k: v for k, v in write.fields.items() if k not in ("run_id", "seq")}
+    # one JSON round trip: every backend then stores and returns the same values
+    # (datetimes as ISO strings, Decimals as strings), whatever the caller passed
+    try:
+        return _json_decode(_json_encode(fields))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise TypeError(f"RunWrite.fields of run {write.run_id!r} is not JSON: {exc}") from None
 
 
 def apply_run_write(stored: dict[str, Any] | None, write: RunWrite) -> tuple[str, dict[str, Any] | None]:

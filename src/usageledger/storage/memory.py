@@ -9,18 +9,22 @@ from typing import Any
 
 from ..records import UsageRecord
 from .base import (
+    _US_PER_HOUR,
     Aggregate,
     Aggregator,
     Filters,
     RunWrite,
     StorageBackend,
+    add_record,
     apply_run_write,
     check_group_by,
     check_page,
     make_filters,
     record_matches,
+    rollup_fits,
     run_sort_key,
     ts_us,
+    zero_totals,
 )
 
 __all__ = ["MemoryStorage"]
@@ -37,6 +41,8 @@ class MemoryStorage(StorageBackend):
         self._rows: list[tuple[int, str, UsageRecord]] = []
         self._sorted = True
         self._runs: dict[str, dict[str, Any]] = {}
+        # totals per (hour, provider, model): aggregates that fit read these, not every record
+        self._hourly: dict[tuple[int, str, str], dict[str, Any]] = {}
 
     # -- usage ------------------------------------------------------------------------------
     def _add(self, records: Iterable[UsageRecord]) -> list[UsageRecord]:
@@ -56,6 +62,11 @@ class MemoryStorage(StorageBackend):
             last = key
             rows.append((key[0], key[1], rec))
             new.append(rec)
+            hk = (key[0] // _US_PER_HOUR, rec.provider, rec.model)
+            t = self._hourly.get(hk)
+            if t is None:
+                t = self._hourly[hk] = zero_totals()
+            add_record(t, rec)
         return new
 
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
@@ -96,9 +107,12 @@ class MemoryStorage(StorageBackend):
             return list(islice(hits, offset, stop))
 
     def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
-        agg = Aggregator(check_group_by(group_by))
+        keys = check_group_by(group_by)
         f = make_filters(**filters)
+        agg = Aggregator(keys)
         with self._lock:
+            if rollup_fits(keys, f):
+                return agg.rows_from_hourly(self._hourly.items(), f)
             for us, rec in self._matching(f):
                 agg.add(rec, us)
         return agg.rows()
@@ -152,3 +166,4 @@ class MemoryStorage(StorageBackend):
             self._rows.clear()
             self._sorted = True
             self._runs.clear()
+            self._hourly.clear()

@@ -27,6 +27,7 @@ from .base import (
     from_us,
     hour_key,
     make_filters,
+    rollup_fits,
     run_fields,
     zero_totals,
 )
@@ -113,7 +114,6 @@ WITH ins AS (
 )
 SELECT id FROM ins"""
 _SELECT = f"SELECT {', '.join(_COLS)} FROM usage"
-_ROLLUP_KEYS = {"day", "hour", "provider", "model"}
 _RUN_COLUMNS = (
     "agent_name = ({merged})->>'agent_name', status = ({merged})->>'status', "
     "started_at = ({merged})->>'started_at'"
@@ -286,12 +286,7 @@ class PostgresStorage(StorageBackend):
     def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
         keys = check_group_by(group_by)
         f = make_filters(**filters)
-        rollup = (
-            set(keys) <= _ROLLUP_KEYS
-            and not (f.user_id or f.session_id or f.customer_key or f.tags)
-            and (f.since is None or f.since % _US_PER_HOUR == 0)
-            and (f.until is None or f.until % _US_PER_HOUR == 0)
-        )
+        rollup = rollup_fits(keys, f)
         params: list[Any] = []
         exprs = [self._group_sql(k, rollup, params) for k in keys]
         if rollup:

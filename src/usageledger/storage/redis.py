@@ -45,6 +45,7 @@ from .base import (
     hour_key,
     make_filters,
     nano_to_decimal,
+    rollup_fits,
     run_fields,
     ts_us,
     zero_totals,
@@ -54,7 +55,6 @@ __all__ = ["RedisStorage"]
 
 _METRICS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
             "reasoning_tokens", "cost_nano", "unknown_cost", "inexact")
-_ROLLUP_KEYS = {"day", "hour", "provider", "model"}
 
 # KEYS: records, ts, registry, roll:<metric> x 9 (per hour), roll_day:<metric> x 9 (per
 # day). ARGV[1]: a msgpack array with per record
@@ -291,12 +291,7 @@ class RedisStorage(StorageBackend):
     def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
         keys = check_group_by(group_by)
         f = make_filters(**filters)
-        if (
-            set(keys) <= _ROLLUP_KEYS
-            and not (f.user_id or f.session_id or f.customer_key or f.tags)
-            and (f.since is None or f.since % _US_PER_HOUR == 0)
-            and (f.until is None or f.until % _US_PER_HOUR == 0)
-        ):
+        if rollup_fits(keys, f):
             groups = self._aggregate_rollup(keys, f)
             if groups is not None:
                 return finish_groups(keys, groups)

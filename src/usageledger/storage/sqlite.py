@@ -41,6 +41,7 @@ from .base import (
     hour_key,
     make_filters,
     nano_to_decimal,
+    rollup_fits,
     run_fields,
     ts_us,
     zero_totals,
@@ -124,7 +125,6 @@ _ROLLUP_SUMS = (
     "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(inexact), "
     "SUM(unknown_cost)"
 )
-_ROLLUP_KEYS = {"day", "hour", "provider", "model"}
 
 _dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
@@ -334,20 +334,11 @@ class SQLiteStorage(StorageBackend):
         keys = check_group_by(group_by)
         f = make_filters(**filters)
         with self._lock:
-            if self._rollup_fits(keys, f):
+            if rollup_fits(keys, f):
                 groups = self._aggregate_rollup(keys, f)
                 if groups is not None:
                     return finish_groups(keys, groups)
             return finish_groups(keys, self._aggregate_scan(keys, f))
-
-    @staticmethod
-    def _rollup_fits(keys: tuple[str, ...], f: Filters) -> bool:
-        return (
-            set(keys) <= _ROLLUP_KEYS
-            and not (f.user_id or f.session_id or f.customer_key or f.tags)
-            and (f.since is None or f.since % _US_PER_HOUR == 0)
-            and (f.until is None or f.until % _US_PER_HOUR == 0)
-        )
 
     @staticmethod
     def _group_sql(key: str, column: str, params: list[Any]) -> str:
