@@ -332,3 +332,36 @@ def test_run_fields_come_back_as_json_values_in_every_backend(store):
     with pytest.raises(TypeError, match="not JSON"):
         store.write_runs([RunWrite("r", {"x": object()}, 2)])
     assert store.get_run("r")["seq"] == 1
+
+
+def test_concurrent_overlapping_batches_store_each_id_once(store):
+    """Several writers (collector replicas, the dispatcher) send the same ids in different
+    orders at once: each id is reported new by exactly one save_many and stored once."""
+    import random
+    import threading
+
+    records = [rec(i % 50, model=f"m{i % 3}", cost="0.001") for i in range(4000)]
+    reported: list[set[str]] = []
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        mine = records[:]
+        random.Random(seed).shuffle(mine)
+        try:
+            for i in range(0, len(mine), 500):
+                reported.append(store.save_many(mine[i:i + 500]))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(len(r) for r in reported) == len(records)
+    assert set().union(*reported) == {r.id for r in records}
+    assert store.count() == len(records)
+    (row,) = store.aggregate(())
+    assert row["count"] == len(records) and row["cost"] == Decimal("4.000")
+    assert sum(g["count"] for g in store.aggregate(("hour", "model"))) == len(records)

@@ -4,7 +4,9 @@ Records go in with ``COPY`` into a per-connection temp table, then one statement
 ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING RETURNING`` that also adds the newly
 stored rows to an hourly rollup (``usage_hourly``) — dedup, insert and rollup are one
 transaction, and the primary key is the only arbiter between concurrent collectors.
-Cost is NUMERIC (exact). The schema is created or migrated forward at open.
+Rows are inserted in id order, so two collectors writing overlapping batches take their
+row locks in the same order and cannot deadlock on each other. Cost is NUMERIC (exact).
+The schema is created or migrated forward at open.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ _INSERT = f"""
 WITH ins AS (
     INSERT INTO usage ({", ".join(_COLS)})
     SELECT {", ".join(c if c not in ("tags", "payload") else c + "::jsonb" for c in _COLS)}
-    FROM usage_in
+    FROM usage_in ORDER BY id
     ON CONFLICT (id) DO NOTHING
     RETURNING id, ts, provider, model, {", ".join(_TOKENS)}, cost
 ), roll AS (
