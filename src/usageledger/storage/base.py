@@ -90,6 +90,13 @@ class StorageBackend:
     ) -> list[UsageRecord]:
         """Records matching every given filter, newest first. ``since`` is inclusive,
         ``until`` exclusive; naive datetimes are taken as UTC."""
+        check_page(limit, offset)
+        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
+                         since=since, until=until, tags=tags, customer_key=customer_key)
+        return self._query(f, limit, offset)
+
+    def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
+        """What a backend implements for ``query``: the filters are checked already."""
         raise NotImplementedError
 
     def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
@@ -107,6 +114,10 @@ class StorageBackend:
         ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
         ``reasoning_tokens``, ``cost`` (Decimal; records of unknown cost add nothing) and
         ``unknown_cost`` (how many records had no cost). Sorted by the group keys."""
+        return self._aggregate(check_group_by(group_by), make_filters(**filters))
+
+    def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
+        """What a backend implements for ``aggregate``: keys and filters are checked."""
         raise NotImplementedError
 
     # -- agent runs (seed 001; served by the collector's /api/v1/runs) -----------------------
@@ -129,6 +140,12 @@ class StorageBackend:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         """Stored runs matching the filters, newest ``started_at`` first."""
+        check_page(limit, offset)
+        return self._query_runs(agent_name, status, limit, offset)
+
+    def _query_runs(
+        self, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
 
     def count(self) -> int:

@@ -17,9 +17,6 @@ from .base import (
     StorageBackend,
     add_record,
     apply_run_write,
-    check_group_by,
-    check_page,
-    make_filters,
     record_matches,
     rollup_fits,
     run_sort_key,
@@ -85,30 +82,13 @@ class MemoryStorage(StorageBackend):
             return ((us, rec) for us, _, rec in rows)
         return ((us, rec) for us, _, rec in rows if record_matches(rec, f, us))
 
-    def query(
-        self,
-        provider: str | None = None,
-        model: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        since: Any = None,
-        until: Any = None,
-        tags: dict[str, str] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        customer_key: str | None = None,
-    ) -> list[UsageRecord]:
-        check_page(limit, offset)
-        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
-                         since=since, until=until, tags=tags, customer_key=customer_key)
+    def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         with self._lock:
             hits = (rec for _, rec in self._matching(f))
             stop = None if limit is None else offset + limit
             return list(islice(hits, offset, stop))
 
-    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
-        keys = check_group_by(group_by)
-        f = make_filters(**filters)
+    def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         agg = Aggregator(keys)
         with self._lock:
             if rollup_fits(keys, f):
@@ -143,14 +123,9 @@ class MemoryStorage(StorageBackend):
             run = self._runs.get(run_id)
             return None if run is None else dict(run)
 
-    def query_runs(
-        self,
-        agent_name: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
+    def _query_runs(
+        self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
-        check_page(limit, offset)
         with self._lock:
             runs = [
                 dict(r) for r in self._runs.values()

@@ -22,8 +22,6 @@ from .base import (
     Filters,
     RunWrite,
     StorageBackend,
-    check_group_by,
-    check_page,
     day_key,
     finish_groups,
     from_us,
@@ -225,22 +223,7 @@ class PostgresStorage(StorageBackend):
     def _record(row: tuple[Any, ...]) -> UsageRecord:
         return UsageRecord(*row[:16], row[16] or {}, row[17])
 
-    def query(
-        self,
-        provider: str | None = None,
-        model: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        since: Any = None,
-        until: Any = None,
-        tags: dict[str, str] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        customer_key: str | None = None,
-    ) -> list[UsageRecord]:
-        check_page(limit, offset)
-        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
-                         since=since, until=until, tags=tags, customer_key=customer_key)
+    def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         where, params = self._where(f)
         sql = f"{_SELECT}{where} ORDER BY ts DESC, id DESC LIMIT %s OFFSET %s"
         with self._pool.connection() as conn:
@@ -285,9 +268,7 @@ class PostgresStorage(StorageBackend):
             return hour_key(value * _US_PER_HOUR)
         return value
 
-    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
-        keys = check_group_by(group_by)
-        f = make_filters(**filters)
+    def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         rollup = rollup_fits(keys, f)
         params: list[Any] = []
         exprs = [self._group_sql(k, rollup, params) for k in keys]
@@ -374,14 +355,9 @@ class PostgresStorage(StorageBackend):
             row = conn.execute("SELECT data FROM runs WHERE run_id = %s", (run_id,)).fetchone()
         return None if row is None else row[0]
 
-    def query_runs(
-        self,
-        agent_name: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
+    def _query_runs(
+        self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
-        check_page(limit, offset)
         clauses, params = [], []
         if agent_name is not None:
             clauses.append("agent_name = %s")

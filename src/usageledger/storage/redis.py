@@ -37,8 +37,6 @@ from .base import (
     Filters,
     RunWrite,
     StorageBackend,
-    check_group_by,
-    check_page,
     cost_nano,
     day_key,
     finish_groups,
@@ -183,9 +181,9 @@ class RedisStorage(StorageBackend):
         self.url = url
         self.prefix = prefix
         self._r = redis.Redis.from_url(url, **client_kw)
-        self._save = self._r.register_script(_SAVE)
-        self._query = self._r.register_script(_QUERY)
-        self._runs = self._r.register_script(_RUNS)
+        self._save_script = self._r.register_script(_SAVE)
+        self._query_script = self._r.register_script(_QUERY)
+        self._runs_script = self._r.register_script(_RUNS)
         p = prefix
         self._k_records, self._k_ts, self._k_registry = f"{p}records", f"{p}ts", f"{p}indexes"
         self._k_roll = [f"{p}roll:{m}" for m in _METRICS]
@@ -208,7 +206,7 @@ class RedisStorage(StorageBackend):
         seen: set[str] = set()
 
         def run(batch: list[list[Any]]) -> None:
-            dup = {x.decode() for x in self._save(keys=keys, args=[_pack(batch)])}
+            dup = {x.decode() for x in self._save_script(keys=keys, args=[_pack(batch)])}
             new.update(r[0] for r in batch if r[0] not in dup)
 
         for rec in records:
@@ -253,7 +251,7 @@ class RedisStorage(StorageBackend):
         scratch = f"{self.prefix}tmp:{uuid.uuid4().hex}"
         low = "-inf" if f.since is None else f.since
         high = "+inf" if f.until is None else f"({f.until}"
-        return self._query(
+        return self._query_script(
             keys=[*self._index_keys(f), scratch],
             args=[low, high, offset, -1 if limit is None else limit],
         )
@@ -264,33 +262,16 @@ class RedisStorage(StorageBackend):
                 if data is not None:  # cleared between the two calls
                     yield decode_usage(data)
 
-    def query(
-        self,
-        provider: str | None = None,
-        model: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        since: Any = None,
-        until: Any = None,
-        tags: dict[str, str] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        customer_key: str | None = None,
-    ) -> list[UsageRecord]:
-        check_page(limit, offset)
+    def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         if limit == 0:
             return []
-        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
-                         since=since, until=until, tags=tags, customer_key=customer_key)
         return list(self._fetch(self._ids(f, offset, limit)))
 
     def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
         """The matching ids once (one intersection), then the records in chunks."""
         yield from self._fetch(self._ids(make_filters(**filters)), chunk=batch_size)
 
-    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
-        keys = check_group_by(group_by)
-        f = make_filters(**filters)
+    def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         if rollup_fits(keys, f):
             groups = self._aggregate_rollup(keys, f)
             if groups is not None:
@@ -347,7 +328,7 @@ class RedisStorage(StorageBackend):
                 args += [f"f:{k}", encode(v)]
         if not writes:
             return []
-        return [x.decode() for x in self._runs(keys=[self._k_runs], args=args)]
+        return [x.decode() for x in self._runs_script(keys=[self._k_runs], args=args)]
 
     @staticmethod
     def _run_from(run_id: str, raw: dict[bytes, bytes]) -> dict[str, Any] | None:
@@ -361,16 +342,11 @@ class RedisStorage(StorageBackend):
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self._run_from(run_id, self._r.hgetall(f"{self.prefix}run:{run_id}"))
 
-    def query_runs(
-        self,
-        agent_name: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
+    def _query_runs(
+        self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
         from .base import run_sort_key
 
-        check_page(limit, offset)
         run_ids = sorted(x.decode() for x in self._r.smembers(self._k_runs))
         pipe = self._r.pipeline(transaction=False)
         for run_id in run_ids:

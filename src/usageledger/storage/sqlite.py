@@ -32,8 +32,6 @@ from .base import (
     RunWrite,
     StorageBackend,
     apply_run_write,
-    check_group_by,
-    check_page,
     cost_nano,
     day_key,
     finish_groups,
@@ -289,22 +287,7 @@ class SQLiteStorage(StorageBackend):
             None if payload is None else _loads(payload),
         )
 
-    def query(
-        self,
-        provider: str | None = None,
-        model: str | None = None,
-        user_id: str | None = None,
-        session_id: str | None = None,
-        since: Any = None,
-        until: Any = None,
-        tags: dict[str, str] | None = None,
-        limit: int | None = None,
-        offset: int = 0,
-        customer_key: str | None = None,
-    ) -> list[UsageRecord]:
-        check_page(limit, offset)
-        f = make_filters(provider=provider, model=model, user_id=user_id, session_id=session_id,
-                         since=since, until=until, tags=tags, customer_key=customer_key)
+    def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         where, params = self._where(f)
         sql = f"{_SELECT}{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
@@ -330,9 +313,7 @@ class SQLiteStorage(StorageBackend):
                 return
             after = (rows[-1][1], rows[-1][0])
 
-    def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
-        keys = check_group_by(group_by)
-        f = make_filters(**filters)
+    def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         with self._lock:
             if rollup_fits(keys, f):
                 groups = self._aggregate_rollup(keys, f)
@@ -460,14 +441,9 @@ class SQLiteStorage(StorageBackend):
         with self._lock:
             return self._get_run(run_id)
 
-    def query_runs(
-        self,
-        agent_name: str | None = None,
-        status: str | None = None,
-        limit: int | None = None,
-        offset: int = 0,
+    def _query_runs(
+        self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
-        check_page(limit, offset)
         clauses, params = [], []
         if agent_name is not None:
             clauses.append("agent_name = ?")
