@@ -20,17 +20,16 @@ An unknown model gives ``None`` and one warning per model in the log, never an e
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
-from .records import UsageRecord
+from .records import UsageRecord, check_cost
 
 __all__ = ["calculate_cost", "price_record", "check_prices", "Rates", "PRICE_KEYS"]
 
@@ -71,26 +70,17 @@ class _Checked(dict):
 
 
 def _price_value(where: str, value: Any) -> Decimal:
-    if isinstance(value, bool):
-        raise TypeError(f"{where} must be a number (Decimal, str, int or float), got {value!r}")
-    if isinstance(value, Decimal):
-        d = value
-    elif isinstance(value, int):
-        d = Decimal(value)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{where} must be finite, got {value!r}")
-        d = Decimal(repr(value))
-    elif isinstance(value, str):
-        try:
-            d = Decimal(value.strip())
-        except InvalidOperation:
-            raise ValueError(f"{where} must be a decimal number, got {value!r}") from None
-    else:
-        raise TypeError(f"{where} must be a number (Decimal, str, int or float), got {value!r}")
-    if not d.is_finite() or d < 0:
-        raise ValueError(f"{where} must be a finite non-negative price per 1M tokens, got {value!r}")
-    return d
+    # the same conversion as a record's cost (floats through their repr), named for prices
+    try:
+        price = check_cost(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(
+            f"{where} must be a finite non-negative price per 1M tokens "
+            f"(Decimal, str, int or float), got {value!r}"
+        ) from None
+    if price is None:
+        raise TypeError(f"{where} must be a price per 1M tokens, got None")
+    return price
 
 
 def check_prices(prices: Mapping[str, Mapping[str, Any]] | None) -> Mapping[str, Rates] | None:
