@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -17,6 +17,7 @@ from .base import (
     StorageBackend,
     add_record,
     apply_run_write,
+    make_filters,
     record_matches,
     rollup_fits,
     run_sort_key,
@@ -87,6 +88,14 @@ class MemoryStorage(StorageBackend):
             hits = (rec for _, rec in self._matching(f))
             stop = None if limit is None else offset + limit
             return list(islice(hits, offset, stop))
+
+    def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
+        """The matching records (references to the stored objects) taken under the lock
+        once, so deep pages cost nothing extra and writers are not held up."""
+        f = make_filters(**filters)
+        with self._lock:
+            hits = [rec for _, rec in self._matching(f)]
+        yield from hits
 
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         agg = Aggregator(keys)
