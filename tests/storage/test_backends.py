@@ -210,3 +210,13 @@ def test_jsonl_run_snapshots_last_by_seq_wins(tmp_path):
     store = JsonlStorage(path)
     assert store.get_run("r") == {"a": 1, "run_id": "r", "seq": 5}
     store.close()
+
+
+def test_sqlite_refuses_a_foreign_usage_table(tmp_path):
+    path = tmp_path / "foreign.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE usage (id TEXT PRIMARY KEY, timestamp TEXT, provider TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(ValueError, match=r"no column\(s\) \['ts', 'model'\]"):
+        SQLiteStorage(path)

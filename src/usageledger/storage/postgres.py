@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..records import UsageRecord
+from ..records import UsageRecord, encode
 from .base import (
     _US_PER_HOUR,
     Aggregate,
@@ -173,8 +173,6 @@ class PostgresStorage(StorageBackend):
 
     # -- writes -----------------------------------------------------------------------------
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
-        from ..records import encode
-
         batch: dict[str, UsageRecord] = {}
         for rec in records:
             if not isinstance(rec, UsageRecord):

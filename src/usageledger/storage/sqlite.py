@@ -138,6 +138,11 @@ class SQLiteStorage(StorageBackend):
     pipeline's dispatcher thread while other threads query."""
 
     def __init__(self, db_path: str | os.PathLike[str] | None = None, *, timeout: float = 30.0):
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old: the sqlite backend needs 3.35+ "
+                "(INSERT ... RETURNING)"
+            )
         if db_path is None:
             from ..pipeline import default_journal_path
 
@@ -168,6 +173,12 @@ class SQLiteStorage(StorageBackend):
                 c.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols})")
                 have = {row[1] for row in c.execute("PRAGMA table_info(usage)")}
                 added = [k for k in USAGE_COLUMNS if k not in have]
+                required = [k for k in ("id", "ts", "provider", "model") if k in added]
+                if required:
+                    raise ValueError(
+                        f"{self.db_path}: table 'usage' has no column(s) {required}; it was not "
+                        "written by usageledger and cannot be migrated"
+                    )
                 for k in added:
                     decl = USAGE_COLUMNS[k].replace(" PRIMARY KEY", "")
                     c.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl}")
