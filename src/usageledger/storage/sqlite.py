@@ -159,7 +159,11 @@ class SQLiteStorage(StorageBackend):
         self._conn.execute("PRAGMA cache_size=-65536")
         self._conn.execute("PRAGMA temp_store=MEMORY")
         self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            raise
         cols = ", ".join(f"{k} {v.split(' ')[0]}" for k, v in USAGE_COLUMNS.items())
         self._conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS usage_in ({cols})")
 
