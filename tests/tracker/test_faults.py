@@ -346,8 +346,12 @@ def test_a_copy_of_another_lineage_is_added_once_then_absorbed(make, tmp_path, l
     total.output_tokens, total.cost = e.output_tokens + eo.output_tokens, e.cost + eo.cost
     total.by_day = {d: e.by_day.get(d, 0) + eo.by_day.get(d, 0) for d in {*e.by_day, *eo.by_day}}
     total.check(t.get_summary())
-    assert t.stats()["lineages_merged"] == 1 and "other lineage" in logs.text
+    st = t.stats()
+    assert st["foreign_lineages"] == 1 and st["lineages_merged"] == 0 and "other lineage" in logs.text
+    total.check(file_summary(t))  # a new reader adds them up too
     total.write(t, 2, start=200)
+    st = t.stats()
+    assert st["foreign_lineages"] == 0 and st["lineages_merged"] == 1 and "absorbed into" in logs.text
     total.check(file_summary(t))  # primary absorbed it; the emergency copy is superseded
     total.check(t.get_summary())
 

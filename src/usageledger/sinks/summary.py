@@ -307,13 +307,16 @@ class SummarySink(Sink):
         self.dedup_window = dedup_window
         self.writer = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lock = threading.RLock()
-        self._doc: SummaryDoc | None = None  # our lineage, as last written (or merged)
-        self._recent: set[str] = set()
-        self._foreign: list[SummaryDoc] = []  # other lineages we may not absorb yet
+        self._doc: SummaryDoc | None = None  # the snapshot writes continue from
+        #: False while _doc is a fresh snapshot never written: it is then no copy of anything
+        self._doc_on_disk = False
+        self._recent: set[str] = set()  # ids counted in _doc or in a foreign snapshot
+        self._foreign: list[SummaryDoc] = []  # other live lineages, added in reads
+        self._unreadable: set[Path] = set()
         self._blocked: set[Path] = set()  # files we must not overwrite
-        self._dirty = False  # self._doc holds merges not yet written
         self._writes_since_load = 0
         self._sigs: tuple | None = None
+        self._stamp_seen = b""
         self._lock_fd: int | None = None
         self._lock_pid = 0
         self._tier_now: str | None = None
@@ -363,12 +366,11 @@ class SummarySink(Sink):
                 if skipped:
                     self._c["duplicates_skipped"] += skipped
                     log.info("%d records were counted already (redelivered); not counted again", skipped)
-                if not fresh and not self._dirty:
+                if not fresh:
                     self._applied(r.id for r in records)
                     return None
                 priced = [self._priced(r) for r in fresh.values()]
-                doc = self._next_doc(priced)
-                error = self._persist(doc)
+                error = self._persist(*self._next_doc(priced))
                 if error is not None:
                     self._c["retried_batches"] += 1
                     return error
@@ -385,10 +387,10 @@ class SummarySink(Sink):
         primary after a clean stop (a corrupt primary then loses nothing)."""
         with self._lock:
             try:
-                if self._doc is not None and (self._writes_since_load or self._dirty):
+                if self._doc is not None and (self._writes_since_load or self._can_absorb()):
                     with self._file_lock():
                         self._refresh()
-                        self._persist(self._next_doc([]))
+                        self._persist(*self._next_doc([]))
                     self._writes_since_load = 0
             except Exception:
                 log.exception("final summary write failed")
@@ -401,6 +403,7 @@ class SummarySink(Sink):
         """A lock held by another thread at fork time would never be released here."""
         self._lock = threading.RLock()
         self._lock_fd = None
+        self._stamp_seen = b""
 
     # -- reading -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -438,18 +441,29 @@ class SummarySink(Sink):
         if self._on_applied is not None:
             self._on_applied(ids)
 
-    def _next_doc(self, records: list[UsageRecord]) -> SummaryDoc:
+    def _can_absorb(self) -> bool:
+        # while a copy cannot be read, absorbing could take an older generation of a
+        # lineage whose newer one is in that copy: reads add the lineages up meanwhile
+        return bool(self._foreign) and not self._unreadable
+
+    def _next_doc(self, records: list[UsageRecord]) -> tuple[SummaryDoc, bool]:
+        """The snapshot to write: ours plus ``records``, plus the other live lineages when
+        they can be absorbed. Absorbing happens only here, under the file lock and in the
+        write that records it, so no other process can advance an absorbed lineage."""
         assert self._doc is not None
         doc = self._doc
+        absorb = self._can_absorb()
+        if absorb:
+            doc = self._absorb(doc, self._foreign)
         ids = doc.recent_ids
         if records and self.dedup_window:
             ids = [*ids, *(r.id for r in records)][-self.dedup_window:]
         return SummaryDoc(
             FORMAT, VERSION, doc.lineage, doc.generation + 1, _now_iso(), self.writer,
             apply_records(doc.days, records) if records else doc.days, doc.absorbed, ids,
-        )
+        ), absorb
 
-    def _persist(self, doc: SummaryDoc) -> str | None:
+    def _persist(self, doc: SummaryDoc, absorbed: bool = False) -> str | None:
         """Write ``doc`` to the first location that takes it; on success it becomes the
         snapshot in memory. Returns None, or the reason every location refused."""
         data = encode_doc(doc)
@@ -467,8 +481,13 @@ class SummarySink(Sink):
                 log.warning("summary %s location %s refused the write: %s", loc.tier, loc.path, exc)
                 continue
             self._doc = doc
-            self._recent = set(doc.recent_ids)
-            self._dirty = False
+            self._doc_on_disk = True
+            if absorbed:
+                self._c["lineages_merged"] += len(self._foreign)
+                log.warning("summary lineage(s) %s absorbed into %s (generation %d)",
+                            ", ".join(f.lineage for f in self._foreign), doc.lineage, doc.generation)
+                self._foreign = []
+            self._recent = set(doc.recent_ids).union(*(f.recent_ids for f in self._foreign))
             self._writes_since_load += 1
             self._c["writes"] += 1
             self._c["tier_writes"][loc.tier] += 1
@@ -478,6 +497,7 @@ class SummarySink(Sink):
                 log.log(level, "summary now written to the %s location %s", loc.tier, loc.path)
                 self._tier_now = loc.tier
             self._sigs = self._signatures()
+            self._stamp_seen = self._write_stamp()
             return None
         reason = "no summary location accepts writes: " + "; ".join(errors)
         log.error("%s; the records stay in the journal and are retried", reason)
@@ -548,8 +568,33 @@ class SummarySink(Sink):
         return tuple(_sig(p) for loc in self.locations for p in loc.files)
 
     def _refresh(self) -> None:
-        if self._doc is None or self._signatures() != self._sigs:
+        """Re-read the copies when any changed. The stamp in the lock file changes with
+        every write of any process (under the lock): stat alone can miss a change when a
+        freed inode is reused within one tick of the file system clock."""
+        stamp = self._read_stamp()
+        if self._doc is None or stamp != self._stamp_seen or self._signatures() != self._sigs:
             self._load()
+            self._stamp_seen = stamp
+
+    def _read_stamp(self) -> bytes:
+        fd = self._lock_fd
+        if fd is None or self._lock_pid != os.getpid():
+            return b""
+        try:
+            return os.pread(fd, 16, 0)
+        except OSError:
+            return b""
+
+    def _write_stamp(self) -> bytes:
+        fd = self._lock_fd
+        stamp = uuid.uuid4().bytes
+        if fd is None or self._lock_pid != os.getpid():
+            return b""
+        try:
+            os.pwrite(fd, stamp, 0)
+        except OSError:  # then only stat tells other processes about the change
+            return b""
+        return stamp
 
     def _read(self, path: Path) -> tuple[str, SummaryDoc | None]:
         try:
@@ -607,8 +652,8 @@ class SummarySink(Sink):
                     corrupt += 1
                 elif status == "directory" and path == loc.path:
                     log.warning("a directory is in place of summary file %s", path)
-        if self._doc is not None:
-            found.append((self._doc, None))
+        if self._doc is not None and self._doc_on_disk:
+            found.append((self._doc, None))  # newer than any copy if a copy was damaged
         newest: dict[str, tuple[SummaryDoc, Path | None]] = {}
         for doc, path in found:
             cur = newest.get(doc.lineage)
@@ -621,30 +666,38 @@ class SummarySink(Sink):
             (d, p) for d, p in newest.values()
             if not any(o.absorbed.get(d.lineage, -1) >= d.generation for o, _ in newest.values() if o is not d)
         ]
-        mine = None if self._doc is None else next((x for x in live if x[0].lineage == self._doc.lineage), None)
+        mine = None
+        if self._doc is not None and self._doc_on_disk:
+            mine = next((x for x in live if x[0].lineage == self._doc.lineage), None)
         if mine is None and live and not unreadable:
             mine = max(live, key=lambda x: x[0].generation)
+        on_disk = mine is not None
         if mine is None:
             # nothing to continue (or an unreadable copy might be newer than what we see):
             # a fresh lineage, which never claims to contain what it could not read
-            doc = new_doc(self.writer)
-            if self._doc is None and (corrupt or not live):
-                if corrupt:
-                    self._c["fresh_starts"] += 1
-                    log.error("no valid summary copy is left; starting a fresh summary (lineage %s)", doc.lineage)
-            mine = (doc, None)
+            keep = self._doc is not None and not self._doc_on_disk
+            mine = (self._doc if keep else new_doc(self.writer), None)  # type: ignore[assignment]
+            if corrupt and not live:
+                self._c["fresh_starts"] += 1
+                log.error("no valid summary copy is left; starting a fresh summary (lineage %s)",
+                          mine[0].lineage)
         doc, where = mine
         others = [d for d, _ in live if d is not doc]
+        self._unreadable = set(unreadable)
         self._blocked = set(unreadable)
-        self._foreign = []
-        if others and not unreadable:
-            doc = self._absorb(doc, others)
-        elif others:
-            self._foreign = others
+        if others and unreadable:
             foreign = {d.lineage for d in others}
             self._blocked |= {p for d, p in found if p is not None and d.lineage in foreign}
+        if others:
+            log.warning(
+                "summary copies of %d other lineage(s) found (%s); reads add them up%s",
+                len(others), ", ".join(o.lineage for o in others),
+                "" if unreadable else ", the next write absorbs them",
+            )
         self._doc = doc
-        self._recent = set(doc.recent_ids)
+        self._doc_on_disk = on_disk
+        self._foreign = others
+        self._recent = set(doc.recent_ids).union(*(o.recent_ids for o in others))
         if where is not None:
             self._c["loaded_from"] = str(where)
             if where.name.endswith(".bak") or where != self.path:
@@ -659,14 +712,8 @@ class SummarySink(Sink):
             for lineage, gen in (*o.absorbed.items(), (o.lineage, o.generation)):
                 absorbed[lineage] = max(absorbed.get(lineage, -1), gen)
             ids.extend(o.recent_ids)
-        self._c["lineages_merged"] += len(others)
-        self._dirty = True
-        log.warning(
-            "summary copies of %d other lineage(s) found (%s); their totals are added to lineage %s",
-            len(others), ", ".join(o.lineage for o in others), doc.lineage,
-        )
         return SummaryDoc(
-            FORMAT, VERSION, doc.lineage, doc.generation, _now_iso(), self.writer,
+            FORMAT, VERSION, doc.lineage, doc.generation, doc.updated_at, self.writer,
             merge_days([doc.days, *(o.days for o in others)]), absorbed,
             list(dict.fromkeys(ids))[-self.dedup_window:] if self.dedup_window else [],
         )
