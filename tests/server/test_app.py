@@ -221,7 +221,7 @@ def test_without_keys_only_loopback_clients_are_served(store):
 # -- runs --------------------------------------------------------------------------------------
 def test_run_create_is_idempotent_and_patch_is_partial(client):
     run = {"run_id": "r-1", "agent_name": "crawler", "job_type": "daily", "status": "running",
-           "started_at": "2025-03-01T10:00:00Z"}
+           "start_time": "2025-03-01T10:00:00Z"}
     first = client.post("/api/v1/runs", json=run)
     assert first.status_code == 201 and first.json() == {"run_id": "r-1", "status": "created"}
     again = client.post("/api/v1/runs", json=run)

@@ -281,7 +281,7 @@ def test_clear_removes_everything(opener):
 
 def test_run_write_outcomes(store):
     assert store.write_runs([
-        RunWrite("r1", {"agent_name": "a", "status": "running", "started_at": "2025-01-01T00:00:00Z"}, 1),
+        RunWrite("r1", {"agent_name": "a", "status": "running", "start_time": "2025-01-01T00:00:00Z"}, 1),
         RunWrite("r1", {"status": "done", "metrics": {"steps": 3}}, 2, create=False),
         RunWrite("r1", {"status": "running"}, 2, create=False),
         RunWrite("r1", {"status": "zzz"}, 1, create=True),
@@ -289,7 +289,7 @@ def test_run_write_outcomes(store):
         RunWrite("r1", {"cost": "0.5"}, 3, create=True),
     ]) == ["created", "updated", "stale", "duplicate", "missing", "updated"]
     assert store.get_run("r1") == {
-        "agent_name": "a", "status": "done", "started_at": "2025-01-01T00:00:00Z",
+        "agent_name": "a", "status": "done", "start_time": "2025-01-01T00:00:00Z",
         "metrics": {"steps": 3}, "cost": "0.5", "run_id": "r1", "seq": 3,
     }
     assert store.get_run("nope") is None
@@ -311,7 +311,7 @@ def test_reordered_run_replays_never_roll_back(store):
 def test_query_runs_filters_order_and_pages(store):
     store.write_runs([
         RunWrite(f"r{i}", {"agent_name": "a" if i % 2 else "b", "status": "done" if i < 3 else "running",
-                           "started_at": f"2025-01-0{i + 1}T00:00:00Z"}, 1)
+                           "start_time": f"2025-01-0{i + 1}T00:00:00Z"}, 1)
         for i in range(5)
     ] + [RunWrite("r-nostart", {"agent_name": "a"}, 1)])
     assert [r["run_id"] for r in store.query_runs()] == ["r4", "r3", "r2", "r1", "r0", "r-nostart"]
@@ -323,10 +323,10 @@ def test_query_runs_filters_order_and_pages(store):
 
 def test_run_fields_come_back_as_json_values_in_every_backend(store):
     started = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-    assert store.write_runs([RunWrite("r", {"started_at": started, "cost": Decimal("0.10"),
+    assert store.write_runs([RunWrite("r", {"start_time": started, "cost": Decimal("0.10"),
                                             "n": 3, "ok": True, "none": None,
                                             "nested": {"a": [1, "x"]}}, 1)]) == ["created"]
-    assert store.get_run("r") == {"started_at": "2025-01-02T03:04:05Z", "cost": "0.10", "n": 3,
+    assert store.get_run("r") == {"start_time": "2025-01-02T03:04:05Z", "cost": "0.10", "n": 3,
                                   "ok": True, "none": None, "nested": {"a": [1, "x"]},
                                   "run_id": "r", "seq": 1}
     with pytest.raises(TypeError, match="not JSON"):

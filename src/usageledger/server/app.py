@@ -409,7 +409,7 @@ def create_app(
             raise HTTPException(404, f"no run {run_id!r}")
         return _json(run)
 
-    @api.get("/runs", summary="Agent runs, newest started_at first")
+    @api.get("/runs", summary="Agent runs, newest start_time first")
     def list_runs(
         agent_name: str | None = None,
         status: str | None = None,

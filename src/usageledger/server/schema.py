@@ -98,7 +98,7 @@ def components() -> dict[str, Any]:
         "type": "object", "required": ["run_id"], "properties": run_props,
         "additionalProperties": True,
         "description": "An agent run (seed 001 RunRecord fields: agent_name, job_type, status, "
-                       "started_at, ...); every key other than run_id and seq is a field.",
+                       "start_time, ...); every key other than run_id and seq is a field.",
     }
     comps["RunPatch"] = {
         "type": "object", "properties": {"seq": run_props["seq"]}, "additionalProperties": True,

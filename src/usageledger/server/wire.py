@@ -305,10 +305,9 @@ def _short(value: Any) -> str:
 
 # -- runs ------------------------------------------------------------------------------------
 #: types of the known run fields: the client's RunRecord (one schema for client, wire and
-#: storage), plus ``started_at``, which storage orders runs by
+#: storage; storage orders runs by its ``start_time``)
 _RUN_TYPES: dict[str, Any] = {
-    **{f.name: f.type for f in msgspec.structs.fields(RunRecord) if f.name != "run_id"},
-    "started_at": str | None,
+    f.name: f.type for f in msgspec.structs.fields(RunRecord) if f.name != "run_id"
 }
 
 

@@ -139,7 +139,7 @@ class StorageBackend:
         limit: int | None = None,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        """Stored runs matching the filters, newest ``started_at`` first."""
+        """Stored runs matching the filters, newest ``start_time`` first."""
         check_page(limit, offset)
         return self._query_runs(agent_name, status, limit, offset)
 
@@ -453,7 +453,7 @@ def apply_run_write(stored: dict[str, Any] | None, write: RunWrite) -> tuple[str
 
 
 def run_sort_key(run: dict[str, Any]) -> tuple[bool, str, str]:
-    """Sorted with ``reverse=True``: newest ``started_at`` first (ISO strings order as
+    """Sorted with ``reverse=True``: newest ``start_time`` first (ISO strings order as
     times), runs without it last, ties by ``run_id`` descending."""
-    started = run.get("started_at")
+    started = run.get("start_time")
     return (started is not None, "" if started is None else str(started), run["run_id"])

@@ -116,7 +116,7 @@ SELECT id FROM ins"""
 _SELECT = f"SELECT {', '.join(_COLS)} FROM usage"
 _RUN_COLUMNS = (
     "agent_name = ({merged})->>'agent_name', status = ({merged})->>'status', "
-    "started_at = ({merged})->>'started_at'"
+    "started_at = ({merged})->>'start_time'"
 )
 
 
@@ -325,7 +325,7 @@ class PostgresStorage(StorageBackend):
                     row = conn.execute(
                         "INSERT INTO runs (run_id, seq, agent_name, status, started_at, data) "
                         "VALUES (%(run_id)s, %(seq)s, %(data)s->>'agent_name', %(data)s->>'status', "
-                        "%(data)s->>'started_at', %(data)s) "
+                        "%(data)s->>'start_time', %(data)s) "
                         "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, "
                         f"data = {merged}, {_RUN_COLUMNS.format(merged=merged)} "
                         "WHERE runs.seq < excluded.seq RETURNING (xmax = 0)",

@@ -436,7 +436,7 @@ class SQLiteStorage(StorageBackend):
                     outcome, new = apply_run_write(stored, w)
                     results.append(outcome)
                     if new is not None:
-                        started = new.get("started_at")
+                        started = new.get("start_time")
                         c.execute(
                             "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                             (w.run_id, new["seq"], new.get("agent_name"), new.get("status"),
