@@ -76,6 +76,7 @@ class UsageTracker:
         dedup_window: int | None = None,
         max_pending: int = 100_000,
         exit_timeout: float = 5.0,
+        lease_s: float = 15.0,
     ):
         if isinstance(flush_interval, bool) or not isinstance(flush_interval, int | float) or not flush_interval > 0:
             raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
@@ -122,6 +123,7 @@ class UsageTracker:
             max_backoff=float(max_backoff),
             fallback_dir=emergency / "journal",
             exit_timeout=exit_timeout,
+            lease_s=lease_s,
             name="usageledger-tracker",
         )
         self._submit = self._pipeline.submit
