@@ -94,7 +94,7 @@ def test_buffered_sigkill_loses_at_most_the_flush_window(tmp_path, server):
     lost_total = acked_total = 0
     for k in range(5):
         out = tmp_path / f"acked{k}"
-        proc = start_producer(journal, server.url, out, "--mode", "buffered")
+        proc = start_producer(journal, server.url, out, "--mode", "buffered", "--lease", "1")
         time.sleep(random.uniform(0.2, 0.5))
         killed_at = time.time()
         proc.send_signal(signal.SIGKILL)
