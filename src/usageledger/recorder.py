@@ -110,6 +110,8 @@ class Recorder:
         self._buf: collections.deque = collections.deque()
         self._held: collections.deque = collections.deque()  # encoded, refused by every journal
         self._transit = 0  # items taken from _buf/_held by a write still under way
+        self._leading = False  # a committed caller is committing for the group
+        self._waiting = 0  # committed callers waiting for the leader
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -159,13 +161,32 @@ class Recorder:
     def _submit_and_wait(self, item: tuple) -> None:
         # group commit: callers queue on the write lock; whoever gets it commits every item
         # waiting (its own and its neighbours'), so the next ones find theirs done
+        # group commit: one caller at a time leads and commits every item waiting (its own
+        # and its neighbours'); the others sleep on the condition until theirs is committed
+        # (one wake-up each, instead of each taking the write lock in turn), and one of
+        # those whose item missed the commit leads the next
         with self._cond:
             self._buf.append(item)
             self._seq += 1
             mine = self._seq
-        with self._write_lock:
-            if self._committed < mine:
-                self._write_locked()
+            while self._leading:
+                self._waiting += 1
+                self._cond.wait()
+                self._waiting -= 1
+                if self._committed >= mine:
+                    return
+            self._leading = True
+            others = self._waiting
+        if others:
+            time.sleep(0)  # let the callers just woken add their next item to this commit
+        try:
+            with self._write_lock:
+                if self._committed < mine:
+                    self._write_locked()
+        finally:
+            with self._cond:
+                self._leading = False
+                self._cond.notify_all()
 
     # -- writer -----------------------------------------------------------------------------
     def _run(self) -> None:

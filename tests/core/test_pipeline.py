@@ -49,6 +49,34 @@ def test_committed_returns_after_commit(tmp_path):
     p.stop(1)
 
 
+def test_committed_group_commit_returns_each_caller_after_its_own_commit(tmp_path):
+    import sqlite3
+    import threading
+
+    p = Pipeline(CollectSink(), journal_path=tmp_path / "j.db", durability="committed", dispatch=False)
+    missing: list[str] = []
+    done: list[str] = []
+
+    def work() -> None:
+        con = sqlite3.connect(tmp_path / "j.db")  # a reader of its own, like another process
+        for i in range(150):
+            r = make_usage_record("openai", "gpt-4o", i, 1)
+            p.submit(r.id, KIND_USAGE, r)
+            if con.execute("SELECT 1 FROM items WHERE id = ?", (r.id,)).fetchone() is None:
+                missing.append(r.id)
+            done.append(r.id)
+        con.close()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(done) == 8 * 150 and not missing, f"{len(missing)} ids not committed when submit returned"
+    assert p.stats()["queued"] == 8 * 150
+    p.stop(1)
+
+
 def test_batches_respect_max_batch_size(tmp_path):
     sink = CollectSink()
     p = Pipeline(sink, durability="memory", max_batch_size=7, batch_interval=0.02)
