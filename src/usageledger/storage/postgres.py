@@ -16,16 +16,22 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..records import UsageRecord, encode
+from ._sql import (
+    filter_clauses,
+    group_by_sql,
+    group_value,
+    keyset_pages,
+    rollup_where,
+    runs_query_sql,
+    where_sql,
+)
 from .base import (
-    _US_PER_HOUR,
     Aggregate,
     Filters,
     RunWrite,
     StorageBackend,
-    day_key,
     finish_groups,
     from_us,
-    hour_key,
     make_filters,
     rollup_fits,
     run_fields,
@@ -202,20 +208,11 @@ class PostgresStorage(StorageBackend):
     def _where(f: Filters) -> tuple[str, list[Any]]:
         from psycopg.types.json import Jsonb
 
-        clauses, params = [], []
-        for k, v in f.equalities():
-            clauses.append(f"{k} = %s")
-            params.append(v)
-        if f.since is not None:
-            clauses.append("ts >= %s")
-            params.append(from_us(f.since))
-        if f.until is not None:
-            clauses.append("ts < %s")
-            params.append(from_us(f.until))
+        clauses, params = filter_clauses(f, "%s", "ts", from_us)
         if f.tags:
             clauses.append("tags @> %s")
             params.append(Jsonb(dict(f.tags)))
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        return where_sql(clauses), params
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
@@ -224,27 +221,18 @@ class PostgresStorage(StorageBackend):
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         where, params = self._where(f)
         sql = f"{_SELECT}{where} ORDER BY ts DESC, id DESC LIMIT %s OFFSET %s"
-        with self._pool.connection() as conn:
-            rows = conn.execute(sql, [*params, limit, offset]).fetchall()
-        return [self._record(r) for r in rows]
+        return [self._record(r) for r in self._fetch(sql, [*params, limit, offset])]
 
     def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
         """Newest first in pages that continue after the last (ts, id) seen (keyset), so
         every page costs the same however deep it is."""
         where, params = self._where(make_filters(**filters))
-        after: tuple[Any, str] | None = None
-        while True:
-            sql, p = _SELECT + where, list(params)
-            if after is not None:
-                sql += (" AND " if where else " WHERE ") + "(ts, id) < (%s, %s)"
-                p += after
-            sql += " ORDER BY ts DESC, id DESC LIMIT %s"
-            with self._pool.connection() as conn:
-                rows = conn.execute(sql, [*p, batch_size]).fetchall()
+        for rows in keyset_pages(_SELECT, where, params, "%s", batch_size, self._fetch):
             yield from map(self._record, rows)
-            if len(rows) < batch_size:
-                return
-            after = (rows[-1][1], rows[-1][0])
+
+    def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as conn:
+            return conn.execute(sql, params).fetchall()
 
     @staticmethod
     def _group_sql(key: str, rollup: bool, params: list[Any]) -> str:
@@ -258,45 +246,25 @@ class PostgresStorage(StorageBackend):
             return "tags ->> %s"
         return key
 
-    @staticmethod
-    def _group_value(key: str, value: Any) -> Any:
-        if key == "day":
-            return day_key(value * 24 * _US_PER_HOUR)
-        if key == "hour":
-            return hour_key(value * _US_PER_HOUR)
-        return value
-
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         rollup = rollup_fits(keys, f)
         params: list[Any] = []
         exprs = [self._group_sql(k, rollup, params) for k in keys]
         if rollup:
-            clauses = []
-            for k, v in f.equalities():
-                clauses.append(f"{k} = %s")
-                params.append(v)
-            if f.since is not None:
-                clauses.append("hour >= %s")
-                params.append(f.since // _US_PER_HOUR)
-            if f.until is not None:
-                clauses.append("hour < %s")
-                params.append(f.until // _US_PER_HOUR)
-            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            where, wparams = rollup_where(f, "%s")
+            params += wparams
             sql = f"SELECT {', '.join([*exprs, _ROLLUP_SUMS])} FROM usage_hourly{where}"
         else:
             where, wparams = self._where(f)
             params += wparams
             sql = f"SELECT {', '.join([*exprs, _SUMS])} FROM usage{where}"
-        if keys:
-            sql += f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
-        with self._pool.connection() as conn:
-            rows = conn.execute(sql, params).fetchall()
+        rows = self._fetch(sql + group_by_sql(len(keys)), params)
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         n = len(keys)
         for row in rows:
             if not row[n]:
                 continue  # an empty table aggregated without GROUP BY
-            gk = tuple(self._group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
+            gk = tuple(group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
             t = groups.setdefault(gk, zero_totals())
             t["count"] += int(row[n])
             for i, name in enumerate(_TOKENS):
@@ -356,18 +324,8 @@ class PostgresStorage(StorageBackend):
     def _query_runs(
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
-        clauses, params = [], []
-        if agent_name is not None:
-            clauses.append("agent_name = %s")
-            params.append(agent_name)
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = (f"SELECT data FROM runs{where} ORDER BY started_at IS NOT NULL DESC, "
-               "started_at DESC, run_id DESC LIMIT %s OFFSET %s")
-        with self._pool.connection() as conn:
-            return [r[0] for r in conn.execute(sql, [*params, limit, offset]).fetchall()]
+        sql, params = runs_query_sql(agent_name, status, "%s")
+        return [r[0] for r in self._fetch(sql, [*params, limit, offset])]
 
     def clear(self) -> None:
         with self._pool.connection() as conn:

@@ -24,6 +24,15 @@ from typing import Any
 import msgspec
 
 from ..records import UsageRecord
+from ._sql import (
+    filter_clauses,
+    group_by_sql,
+    group_value,
+    keyset_pages,
+    rollup_where,
+    runs_query_sql,
+    where_sql,
+)
 from .base import (
     _US_PER_DAY,
     _US_PER_HOUR,
@@ -33,10 +42,8 @@ from .base import (
     StorageBackend,
     apply_run_write,
     cost_nano,
-    day_key,
     finish_groups,
     from_us,
-    hour_key,
     make_filters,
     nano_to_decimal,
     rollup_fits,
@@ -126,6 +133,10 @@ _ROLLUP_SUMS = (
 
 _dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
+
+
+def _same(us: int) -> int:
+    return us  # ts is stored as UTC microseconds already
 
 
 def _tag_path(key: str) -> str | None:
@@ -271,16 +282,7 @@ class SQLiteStorage(StorageBackend):
     # -- reads ------------------------------------------------------------------------------
     @staticmethod
     def _where(f: Filters) -> tuple[str, list[Any]]:
-        clauses, params = [], []
-        for k, v in f.equalities():
-            clauses.append(f"{k} = ?")
-            params.append(v)
-        if f.since is not None:
-            clauses.append("ts >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            clauses.append("ts < ?")
-            params.append(f.until)
+        clauses, params = filter_clauses(f, "?", "ts", _same)
         for k, v in f.tags:
             path = _tag_path(k)
             if path is None:
@@ -289,7 +291,7 @@ class SQLiteStorage(StorageBackend):
             else:
                 clauses.append("json_extract(tags, ?) = ?")
                 params += [path, v]
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+        return where_sql(clauses), params
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
@@ -306,27 +308,18 @@ class SQLiteStorage(StorageBackend):
         where, params = self._where(f)
         sql = f"{_SELECT}{where} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?"
         params += [-1 if limit is None else limit, offset]
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        return [self._record(r) for r in rows]
+        return [self._record(r) for r in self._fetch(sql, params)]
 
     def iter_records(self, batch_size: int = 5000, **filters: Any) -> Iterator[UsageRecord]:
         """Newest first in pages that continue after the last (ts, id) seen, so every page
         costs the same however deep it is (OFFSET would rescan the skipped rows)."""
         where, params = self._where(make_filters(**filters))
-        after: tuple[int, str] | None = None
-        while True:
-            sql, p = _SELECT + where, list(params)
-            if after is not None:
-                sql += (" AND " if where else " WHERE ") + "(ts, id) < (?, ?)"
-                p += after
-            sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-            with self._lock:
-                rows = self._conn.execute(sql, [*p, batch_size]).fetchall()
+        for rows in keyset_pages(_SELECT, where, params, "?", batch_size, self._fetch):
             yield from map(self._record, rows)
-            if len(rows) < batch_size:
-                return
-            after = (rows[-1][1], rows[-1][0])
+
+    def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
 
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         with self._lock:
@@ -351,19 +344,11 @@ class SQLiteStorage(StorageBackend):
             return "json_extract(tags, ?)"
         return key
 
-    @staticmethod
-    def _group_value(key: str, value: Any) -> Any:
-        if key == "day":
-            return day_key(value * _US_PER_DAY)
-        if key == "hour":
-            return hour_key(value * _US_PER_HOUR)
-        return value
-
     def _rows_to_groups(self, keys: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict:
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         n = len(keys)
         for row in rows:
-            gk = tuple(self._group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
+            gk = tuple(group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
             count, it, ot, cr, cw, rt, nano, inexact, unknown = row[n:]
             if not count:
                 continue
@@ -382,20 +367,10 @@ class SQLiteStorage(StorageBackend):
     def _aggregate_rollup(self, keys: tuple[str, ...], f: Filters) -> dict | None:
         params: list[Any] = []
         exprs = [self._group_sql(k, "hour", params) for k in keys]
-        clauses = []
-        for k, v in f.equalities():
-            clauses.append(f"{k} = ?")
-            params.append(v)
-        if f.since is not None:
-            clauses.append("hour >= ?")
-            params.append(f.since // _US_PER_HOUR)
-        if f.until is not None:
-            clauses.append("hour < ?")
-            params.append(f.until // _US_PER_HOUR)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, wparams = rollup_where(f, "?")
+        params += wparams
         sql = f"SELECT {', '.join([*exprs, _ROLLUP_SUMS])} FROM usage_hourly{where}"
-        if keys:
-            sql += f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+        sql += group_by_sql(len(keys))
         groups = self._rows_to_groups(keys, self._conn.execute(sql, params).fetchall())
         if sum([t.pop("_inexact", 0) for t in groups.values()]):
             return None  # some costs are beyond nano precision: sum them from the records
@@ -405,7 +380,7 @@ class SQLiteStorage(StorageBackend):
         params: list[Any] = []
         exprs = [self._group_sql(k, "ts", params) for k in keys]
         where, wparams = self._where(f)
-        group = f" GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}" if keys else ""
+        group = group_by_sql(len(keys))
         sql = f"SELECT {', '.join([*exprs, _SUMS])} FROM usage{where}{group}"
         groups = self._rows_to_groups(keys, self._conn.execute(sql, params + wparams).fetchall())
         if sum([t.pop("_inexact", 0) for t in groups.values()]):
@@ -414,7 +389,7 @@ class SQLiteStorage(StorageBackend):
                    "cost IS NOT NULL AND cost_nano IS NULL")
             n = len(keys)
             for row in self._conn.execute(sql, params + wparams):
-                gk = tuple(self._group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
+                gk = tuple(group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
                 groups[gk]["cost"] += Decimal(row[n])
         return groups
 
@@ -459,20 +434,9 @@ class SQLiteStorage(StorageBackend):
     def _query_runs(
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
-        clauses, params = [], []
-        if agent_name is not None:
-            clauses.append("agent_name = ?")
-            params.append(agent_name)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = (f"SELECT data FROM runs{where} ORDER BY started_at IS NOT NULL DESC, "
-               "started_at DESC, run_id DESC LIMIT ? OFFSET ?")
+        sql, params = runs_query_sql(agent_name, status, "?")
         params += [-1 if limit is None else limit, offset]
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
-        return [_loads(r[0]) for r in rows]
+        return [_loads(r[0]) for r in self._fetch(sql, params)]
 
     def clear(self) -> None:
         with self._lock:

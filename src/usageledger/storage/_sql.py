@@ -1,0 +1,101 @@
+"""SQL text shared by the SQL backends (sqlite, postgres): filters, grouping, keyset pages
+and run queries are written once here; a backend passes its placeholder (``?`` or ``%s``)
+and keeps only what its dialect does differently (tags, cost sums)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .base import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
+
+#: runs newest ``start_time`` first, runs without one last (as ``run_sort_key`` orders them)
+_RUNS_ORDER = "ORDER BY started_at IS NOT NULL DESC, started_at DESC, run_id DESC"
+
+
+def where_sql(clauses: list[str]) -> str:
+    """`` WHERE a AND b``, or nothing for no clauses."""
+    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+def filter_clauses(
+    f: Filters, ph: str, time_column: str, time_value: Callable[[int], Any]
+) -> tuple[list[str], list[Any]]:
+    """Clauses and parameters for the equality and time filters (not tags, which each
+    dialect stores differently); ``time_value`` turns UTC microseconds into what
+    ``time_column`` holds."""
+    clauses, params = [], []
+    for k, v in f.equalities():
+        clauses.append(f"{k} = {ph}")
+        params.append(v)
+    if f.since is not None:
+        clauses.append(f"{time_column} >= {ph}")
+        params.append(time_value(f.since))
+    if f.until is not None:
+        clauses.append(f"{time_column} < {ph}")
+        params.append(time_value(f.until))
+    return clauses, params
+
+
+def _hour_of(us: int) -> int:
+    return us // _US_PER_HOUR
+
+
+def rollup_where(f: Filters, ph: str) -> tuple[str, list[Any]]:
+    """The WHERE of a query on ``usage_hourly``, for filters that ``rollup_fits``."""
+    clauses, params = filter_clauses(f, ph, "hour", _hour_of)
+    return where_sql(clauses), params
+
+
+def group_by_sql(n: int) -> str:
+    """`` GROUP BY 1, 2, ...`` for ``n`` group keys, or nothing."""
+    return f" GROUP BY {', '.join(str(i + 1) for i in range(n))}" if n else ""
+
+
+def group_value(key: str, value: Any) -> Any:
+    """A group value as ``aggregate`` answers it: days and hours are selected as whole
+    numbers since the epoch and named here."""
+    if key == "day":
+        return day_key(value * _US_PER_DAY)
+    if key == "hour":
+        return hour_key(value * _US_PER_HOUR)
+    return value
+
+
+def keyset_pages(
+    select: str,
+    where: str,
+    params: list[Any],
+    ph: str,
+    batch_size: int,
+    fetch: Callable[[str, list[Any]], list[tuple[Any, ...]]],
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Pages of rows (whose first two columns are ``id, ts``), newest first, each page
+    continuing after the last (ts, id) seen, so every page costs the same however deep it
+    is (OFFSET would rescan the skipped rows). ``fetch(sql, params)`` runs one query."""
+    after: tuple[Any, Any] | None = None
+    while True:
+        sql, p = select + where, list(params)
+        if after is not None:
+            sql += (" AND " if where else " WHERE ") + f"(ts, id) < ({ph}, {ph})"
+            p += after
+        sql += f" ORDER BY ts DESC, id DESC LIMIT {ph}"
+        rows = fetch(sql, [*p, batch_size])
+        yield rows
+        if len(rows) < batch_size:
+            return
+        after = (rows[-1][1], rows[-1][0])
+
+
+def runs_query_sql(agent_name: str | None, status: str | None, ph: str) -> tuple[str, list[Any]]:
+    """``SELECT data FROM runs`` with the filters, newest first; the caller appends the
+    LIMIT and OFFSET parameters."""
+    clauses, params = [], []
+    if agent_name is not None:
+        clauses.append(f"agent_name = {ph}")
+        params.append(agent_name)
+    if status is not None:
+        clauses.append(f"status = {ph}")
+        params.append(status)
+    sql = f"SELECT data FROM runs{where_sql(clauses)} {_RUNS_ORDER} LIMIT {ph} OFFSET {ph}"
+    return sql, params
