@@ -159,6 +159,17 @@ class StorageBackend:
         """Release connections."""
 
 
+def unique_records(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
+    """The records by id, the first copy of each id kept; TypeError for anything that is
+    not a UsageRecord (before a backend writes any of them)."""
+    batch: dict[str, UsageRecord] = {}
+    for rec in records:
+        if not isinstance(rec, UsageRecord):
+            raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
+        batch.setdefault(rec.id, rec)
+    return batch
+
+
 def zero_totals() -> dict[str, Any]:
     return {
         "count": 0,

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ..records import UsageRecord, decode_usage, encode
-from .base import RunWrite, apply_run_write, run_fields
+from .base import RunWrite, apply_run_write, run_fields, unique_records
 from .memory import MemoryStorage
 
 __all__ = ["JsonlStorage"]
@@ -96,12 +96,7 @@ class JsonlStorage(MemoryStorage):
 
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
         with self._lock:
-            batch: dict[str, UsageRecord] = {}
-            for rec in records:
-                if not isinstance(rec, UsageRecord):
-                    raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
-                if rec.id not in self._by_id:
-                    batch.setdefault(rec.id, rec)
+            batch = {i: r for i, r in unique_records(records).items() if i not in self._by_id}
             # on disk first: what memory holds is always in the file
             self._append([encode(r) for r in batch.values()])
             self._add(batch.values())

@@ -35,6 +35,7 @@ from .base import (
     make_filters,
     rollup_fits,
     run_fields,
+    unique_records,
     zero_totals,
 )
 
@@ -179,11 +180,7 @@ class PostgresStorage(StorageBackend):
 
     # -- writes -----------------------------------------------------------------------------
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
-        batch: dict[str, UsageRecord] = {}
-        for rec in records:
-            if not isinstance(rec, UsageRecord):
-                raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
-            batch.setdefault(rec.id, rec)
+        batch = unique_records(records)
         rows = []
         for rec in batch.values():
             rows.append((

@@ -49,6 +49,7 @@ from .base import (
     rollup_fits,
     run_fields,
     ts_us,
+    unique_records,
     zero_totals,
 )
 
@@ -225,11 +226,7 @@ class SQLiteStorage(StorageBackend):
 
     # -- writes -----------------------------------------------------------------------------
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
-        batch: dict[str, UsageRecord] = {}
-        for rec in records:
-            if not isinstance(rec, UsageRecord):
-                raise TypeError(f"save_many takes UsageRecord objects, got {rec!r}")
-            batch.setdefault(rec.id, rec)
+        batch = unique_records(records)
         if not batch:
             return set()
         rows = []
