@@ -13,6 +13,7 @@ The sink only speaks its wire and reports a result per record; every policy live
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .journal import Journal, JournalError, JournalItem
@@ -42,8 +44,11 @@ class Dispatcher:
         max_backoff: float = 60.0,
         lease_s: float = 15.0,
         poll_interval: float = 1.0,
+        max_in_flight: int = 2,
         name: str = "usageledger",
     ):
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
         if max_attempts < 1:
@@ -58,6 +63,9 @@ class Dispatcher:
         self.max_backoff = max_backoff
         self.lease_s = lease_s
         self.poll_interval = poll_interval
+        # requests in flight at once, for sinks that take concurrent sends: the destination
+        # works on one batch while the next is claimed, encoded and sent
+        self.max_in_flight = max_in_flight if getattr(sink, "concurrent_sends", False) else 1
         self.name = name
         self._reset_state()
 
@@ -72,6 +80,8 @@ class Dispatcher:
         self._final_deadline: float | None = None
         self._waiting = 0  # items committed since the last drain, to wake on a full batch
         self._busy = False
+        self._pool: ThreadPoolExecutor | None = None  # never inherited across fork
+        self._settle_lock = threading.Lock()
         self.sent = 0
         self.delivered = 0
         self.retried = 0
@@ -142,6 +152,9 @@ class Dispatcher:
                 if time.time() >= self._pause_until:
                     self._drain_logged()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
             self._release_all()
             try:
                 self.sink.close()
@@ -171,6 +184,7 @@ class Dispatcher:
         settled = 0
         self._waiting = 0
         self._busy = True
+        in_flight: collections.deque[Future] = collections.deque()
         try:
             for journal in list(self._journals()):
                 while not self._stop.is_set() or deadline is not None:
@@ -181,11 +195,28 @@ class Dispatcher:
                     batch = journal.claim(self.max_batch_size, self.holder)
                     if not batch:
                         break
-                    self._send(journal, batch)
+                    if self.max_in_flight == 1:
+                        self._send(journal, batch)
+                    else:
+                        in_flight.append(self._executor().submit(self._send, journal, batch))
+                        if len(in_flight) >= self.max_in_flight:
+                            in_flight.popleft().result()
                     settled += len(batch)
+                while in_flight:  # settle this journal's sends before the next journal
+                    in_flight.popleft().result()
         finally:
             self._busy = False
+            for f in in_flight:  # after a failure above: let the others finish and settle
+                try:
+                    f.result()
+                except Exception:
+                    log.exception("a concurrent send failed")
         return settled
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"{self.name}-send")
+        return self._pool
 
     def _hold_lease(self, journal: Journal) -> bool:
         now = time.monotonic()
@@ -237,6 +268,10 @@ class Dispatcher:
         self._settle(journal, part, results)
 
     def _settle(self, journal: Journal, part: list[JournalItem], results: dict[str, Result]) -> None:
+        with self._settle_lock:  # counters and the pause are shared by concurrent sends
+            self._settle_locked(journal, part, results)
+
+    def _settle_locked(self, journal: Journal, part: list[JournalItem], results: dict[str, Result]) -> None:
         ok: list[str] = []
         dead: dict[str, list[str]] = {}
         retry: dict[tuple[str, float], list[str]] = {}

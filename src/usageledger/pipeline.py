@@ -50,6 +50,7 @@ class Pipeline:
         max_backoff: float = 60.0,
         lease_s: float = 15.0,
         poll_interval: float = 1.0,
+        max_in_flight: int = 2,
         fallback_dir: str | os.PathLike[str] | None = None,
         exit_timeout: float = EXIT_DELIVERY_TIMEOUT,
         dispatch: bool = True,
@@ -69,6 +70,7 @@ class Pipeline:
             max_backoff=max_backoff,
             lease_s=lease_s,
             poll_interval=poll_interval,
+            max_in_flight=max_in_flight,
             name=name,
         )
         self.recorder = Recorder(

@@ -203,3 +203,17 @@ def test_queue_manager_refuses_files_that_are_not_journals_and_leaves_them_alone
             PersistentQueueManager(path)
     assert (text.read_bytes(), other.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db", "notes.txt"]
+
+
+def test_two_requests_in_flight_overlap_and_settle_every_record_once(tmp_path, server):
+    server.default = server.hang(0.4)  # each answer takes 0.4 s
+    d = delivery(tmp_path, server, max_batch_size=10, max_attempts=1, timeout=5.0)
+    ids = [d.enqueue(p) for p in payloads(40)]
+    assert d.flush(30)
+    assert server.stored_ids() == set(ids) and len(server.received_ids()) == 40
+    arrivals = sorted(r.time for r in server.requests)
+    # with one request at a time every arrival is >= 0.4 s after the previous one
+    assert min(b - a for a, b in zip(arrivals, arrivals[1:], strict=False)) < 0.2, arrivals
+    s = d.stats()
+    assert (s["delivered"], s["dead"], s["queued"], s["inflight"]) == (40, 0, 0, 0)
+    d.stop(5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import os
+import threading
 import time
 import zlib
 from typing import Any
@@ -63,6 +64,8 @@ def gzip_bytes(body: bytes, level: int = 1) -> bytes:
 
 class HttpSink(Sink):
     name = "http"
+    #: send() may run in several dispatcher threads at once (httpx's pool is thread-safe)
+    concurrent_sends = True
 
     def __init__(
         self,
@@ -93,15 +96,18 @@ class HttpSink(Sink):
         if headers:
             self._headers.update(headers)
         self._http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
         self._pid = os.getpid()
 
     def _client(self) -> httpx.Client:
         if self._pid != os.getpid():
             self._http = None  # never use a connection that crossed a fork
+            self._http_lock = threading.Lock()
             self._pid = os.getpid()
-        if self._http is None:
-            self._http = httpx.Client(timeout=self.timeout, headers=self._headers)
-        return self._http
+        with self._http_lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=self.timeout, headers=self._headers)
+            return self._http
 
     def url_for(self, kind: str) -> str:
         return self.runs_url if kind == KIND_RUN else self.track_url
