@@ -16,13 +16,18 @@ the whole batch and logs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+import msgspec
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
 
-__all__ = ["Sink", "Ok", "OK", "Retry", "Reject", "Result"]
+__all__ = ["Sink", "Ok", "OK", "Retry", "Reject", "Result", "all_results", "decode_batch"]
+
+T = TypeVar("T")
 
 
 class Ok:
@@ -67,3 +72,22 @@ class Sink:
 def all_results(batch: list[JournalItem], result: Result) -> dict[str, Result]:
     """The same result for every item of a batch."""
     return {item.id: result for item in batch}
+
+
+def decode_batch(
+    batch: list[JournalItem], kind: str, decode: Callable[[bytes], T], *, taker: str, noun: str
+) -> tuple[list[tuple[str, T]], dict[str, Result]]:
+    """Decode the items of ``kind``: ``(decoded, rejects)``, where ``decoded`` holds
+    ``(item id, value)`` in batch order and every other item is rejected alone, with a
+    reason naming ``taker`` (the destination) and ``noun`` (what it takes)."""
+    decoded: list[tuple[str, T]] = []
+    rejects: dict[str, Result] = {}
+    for item in batch:
+        if item.kind != kind:
+            rejects[item.id] = Reject(f"{taker} takes {noun}s, not {item.kind!r}")
+            continue
+        try:
+            decoded.append((item.id, decode(item.data)))
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+            rejects[item.id] = Reject(f"not a {noun}: {exc}")
+    return decoded, rejects

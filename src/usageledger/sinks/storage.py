@@ -6,10 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from ..records import KIND_USAGE, UsageRecord, decode_usage
-from .base import OK, Reject, Result, Retry, Sink
+from .base import OK, Result, Retry, Sink, decode_batch
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
@@ -34,17 +32,11 @@ class StorageSink(Sink):
         self._price = price
 
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
-        results: dict[str, Result] = {}
+        decoded, results = decode_batch(
+            batch, KIND_USAGE, decode_usage, taker="a storage sink", noun="usage record"
+        )
         records: list[UsageRecord] = []
-        for item in batch:
-            if item.kind != KIND_USAGE:
-                results[item.id] = Reject(f"a storage sink takes usage records, not {item.kind!r}")
-                continue
-            try:
-                record = decode_usage(item.data)
-            except msgspec.DecodeError as exc:
-                results[item.id] = Reject(f"not a usage record: {exc}")
-                continue
+        for _, record in decoded:
             if record.cost is None and self._price is not None:
                 record = self._price(record)
             records.append(record)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from ..records import KIND_USAGE, UsageRecord, decode_usage
-from .base import OK, Reject, Result, Retry, Sink
+from .base import OK, Result, Retry, Sink, decode_batch
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
@@ -332,16 +332,10 @@ class SummarySink(Sink):
 
     # -- the Sink contract ------------------------------------------------------------------
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
-        results: dict[str, Result] = {}
-        records: list[UsageRecord] = []
-        for item in batch:
-            if item.kind != KIND_USAGE:
-                results[item.id] = Reject(f"a summary sink takes usage records, not {item.kind!r}")
-                continue
-            try:
-                records.append(decode_usage(item.data))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                results[item.id] = Reject(f"not a usage record: {exc}")
+        decoded, results = decode_batch(
+            batch, KIND_USAGE, decode_usage, taker="a summary sink", noun="usage record"
+        )
+        records = [r for _, r in decoded]
         if len(results):
             self._c["rejected"] += len(results)
         if records:

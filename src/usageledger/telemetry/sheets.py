@@ -24,7 +24,7 @@ import httpx
 import msgspec
 
 from ..records import KIND_RUN
-from ..sinks.base import OK, Reject, Result, Retry, all_results
+from ..sinks.base import OK, Result, Retry, all_results, decode_batch
 from ..sinks.http import HttpSink
 from .config import ConfigError, sheets_url_problem
 from .models import SHEET_COLUMNS, APIPayload, RunWrite
@@ -137,19 +137,11 @@ class SheetsSink(HttpSink):
         self._auth = None if token else ServiceAccountAuth(credentials, allow_insecure_local=allow_insecure_local)  # type: ignore[arg-type]
 
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
-        results: dict[str, Result] = {}
-        rows: list[list[Any]] = []
-        ids: list[str] = []
-        for item in batch:
-            if item.kind != KIND_RUN:
-                results[item.id] = Reject(f"the Sheets export takes run writes, not {item.kind!r}")
-                continue
-            try:
-                rows.append(APIPayload.from_run_record(_decode_write(item.data)).to_row())
-            except msgspec.DecodeError as exc:
-                results[item.id] = Reject(f"not a run write: {exc}")
-                continue
-            ids.append(item.id)
+        decoded, results = decode_batch(
+            batch, KIND_RUN, _decode_write, taker="the Sheets export", noun="run write"
+        )
+        rows: list[list[Any]] = [APIPayload.from_run_record(w).to_row() for _, w in decoded]
+        ids = [i for i, _ in decoded]
         if not rows:
             return results
         sent = [item for item in batch if item.id not in results]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..records import KIND_RUN
-from ..sinks.base import OK, Reject, Result, Retry, Sink
+from ..sinks.base import OK, Result, Retry, Sink, decode_batch
 from .models import RunRecord, RunWrite
 
 if TYPE_CHECKING:
@@ -210,18 +210,11 @@ class SqliteRunSink(Sink):
         self.writer = writer
 
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
-        results: dict[str, Result] = {}
-        writes: list[RunWrite] = []
-        ids: list[str] = []
-        for item in batch:
-            if item.kind != KIND_RUN:
-                results[item.id] = Reject(f"the agent_runs table takes run writes, not {item.kind!r}")
-                continue
-            try:
-                writes.append(_decode_write(item.data))
-                ids.append(item.id)
-            except msgspec.DecodeError as exc:
-                results[item.id] = Reject(f"not a run write: {exc}")
+        decoded, results = decode_batch(
+            batch, KIND_RUN, _decode_write, taker="the agent_runs table", noun="run write"
+        )
+        writes = [w for _, w in decoded]
+        ids = [i for i, _ in decoded]
         if writes:
             try:
                 self.writer.write_runs(writes)
