@@ -172,14 +172,7 @@ def check_json_object(field: str, value: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise _bad(field, value, "a JSON object (dict)", TypeError)
-    try:
-        data = _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise TypeError(f"{field} is not JSON-serialisable: {exc}") from None
-    if b"null" in data:
-        # msgspec writes non-finite floats as null; refuse them instead of altering data
-        _reject_non_finite(field, value)
-    return msgspec.json.decode(data)
+    return msgspec.json.decode(_encode_checked(field, value))
 
 
 def encode_json_object(field: str, value: Any) -> bytes:
@@ -187,11 +180,16 @@ def encode_json_object(field: str, value: Any) -> bytes:
     for what JSON cannot hold (so the caller learns now, not the dispatcher later)."""
     if type(value) is not dict:
         raise _bad(field, value, "a dict", TypeError)
+    return _encode_checked(field, value)
+
+
+def _encode_checked(field: str, value: Any) -> bytes:
     try:
         data = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"{field} is not JSON-serialisable: {exc}") from None
     if b"null" in data:
+        # msgspec writes non-finite floats as null; refuse them instead of altering data
         _reject_non_finite(field, value)
     return data
 
