@@ -8,7 +8,7 @@ import configparser
 import dataclasses
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,18 +158,43 @@ _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
           "false": False, "0": False, "no": False, "off": False}
 
 
+# value parsers shared with telemetry.config: ``bad(expected)`` builds the error naming the
+# key, the value and its source
+
+
+def parse_positive_float(value: Any, bad: Callable[[str], ConfigError]) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad("a positive number") from None
+    if isinstance(value, bool) or not number > 0 or number == float("inf"):
+        raise bad("a positive number")
+    return number
+
+
+def parse_bool(value: Any, bad: Callable[[str], ConfigError]) -> bool:
+    if isinstance(value, bool):
+        return value
+    parsed = _BOOLS.get(str(value).strip().lower())
+    if parsed is None:
+        raise bad(f"a boolean ({'/'.join(_BOOLS)})")
+    return parsed
+
+
+def parse_path(value: Any, bad: Callable[[str], ConfigError]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise bad("a path")
+    return str(Path(value).expanduser())
+
+
 def _parse(key: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key}={value!r} (from {source}) must be {expected}")
 
     if key in _POSITIVE_FLOATS:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad("a positive number") from None
-        if isinstance(value, bool) or not number > 0 or number == float("inf"):
-            raise bad("a positive number")
-        return number
+        return parse_positive_float(value, bad)
     if key in _POSITIVE_INTS or key == "max_retries":
         if value is None and key == "max_retries":
             return None
@@ -183,12 +208,7 @@ def _parse(key: str, value: Any, source: str) -> Any:
             raise bad("a whole number >= 1" if key != "max_retries" else "a whole number >= 0")
         return number
     if key == "log_bodies":
-        if isinstance(value, bool):
-            return value
-        parsed = _BOOLS.get(str(value).strip().lower())
-        if parsed is None:
-            raise bad(f"a boolean ({'/'.join(_BOOLS)})")
-        return parsed
+        return parse_bool(value, bad)
     if key == "durability":
         if value not in DURABILITIES:
             raise bad(f"one of {', '.join(DURABILITIES)}")
@@ -205,11 +225,7 @@ def _parse(key: str, value: Any, source: str) -> Any:
             raise bad("'gzip' or none")
         return value
     if key in ("db_path", "log_file"):
-        if value is None:
-            return None
-        if not isinstance(value, str | os.PathLike) or not str(value):
-            raise bad("a path")
-        return str(Path(value).expanduser())
+        return parse_path(value, bad)
     if key in ("api_base", "api_url"):
         if not isinstance(value, str):
             raise bad("a string")

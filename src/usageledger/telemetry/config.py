@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from ..config import _BOOLS, ConfigError
+from ..config import ConfigError, parse_bool, parse_path, parse_positive_float
 from ..config import _parse as _parse_delivery_key
 
 __all__ = [
@@ -183,26 +183,11 @@ def _parse(key: str, value: Any, source: str) -> Any:
     if key in _DELIVERY_KEYS:
         return _parse_delivery_key(key, value, source)
     if key in _BOOL_KEYS:
-        if isinstance(value, bool):
-            return value
-        parsed = _BOOLS.get(str(value).strip().lower())
-        if parsed is None:
-            raise bad(f"a boolean ({'/'.join(_BOOLS)})")
-        return parsed
+        return parse_bool(value, bad)
     if key == "exit_timeout":
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise bad("a positive number") from None
-        if isinstance(value, bool) or not 0 < number < float("inf"):
-            raise bad("a positive number")
-        return number
+        return parse_positive_float(value, bad)
     if key in _PATH_KEYS:
-        if value is None:
-            return None
-        if not isinstance(value, str | os.PathLike) or not str(value):
-            raise bad("a path")
-        return str(Path(value).expanduser())
+        return parse_path(value, bad)
     if key == "sheets_api_url":
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise bad("an http:// or https:// URL")
