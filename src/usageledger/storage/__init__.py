@@ -32,6 +32,15 @@ def _file_path(url: str, scheme: str, kw: dict[str, Any], keys: tuple[str, ...])
     return path
 
 
+def _path_option(name: str, scheme: str, kw: dict[str, Any], key: str, alias: str) -> None:
+    """Set ``kw[key]`` (the backend's file option) from a ``scheme:///path`` URL, or from
+    ``alias`` (the other backends' spelling) when only that was given."""
+    if name.lower() != scheme:
+        kw[key] = _file_path(name, scheme, kw, (key, alias))
+    elif alias in kw and key not in kw:
+        kw[key] = kw.pop(alias)
+
+
 def create_storage(kind: str = "memory", **kw: Any) -> StorageBackend:
     """A storage backend by name (options as keywords) or by URL.
 
@@ -56,18 +65,12 @@ def create_storage(kind: str = "memory", **kw: Any) -> StorageBackend:
     if lowered == "sqlite" or lowered.startswith("sqlite://"):
         from .sqlite import SQLiteStorage
 
-        if lowered != "sqlite":
-            kw["db_path"] = _file_path(name, "sqlite", kw, ("db_path", "path"))
-        elif "path" in kw and "db_path" not in kw:
-            kw["db_path"] = kw.pop("path")
+        _path_option(name, "sqlite", kw, "db_path", "path")
         return SQLiteStorage(**kw)
     if lowered == "jsonl" or lowered.startswith("jsonl://"):
         from .jsonl import JsonlStorage
 
-        if lowered != "jsonl":
-            kw["path"] = _file_path(name, "jsonl", kw, ("path", "db_path"))
-        elif "db_path" in kw and "path" not in kw:
-            kw["path"] = kw.pop("db_path")
+        _path_option(name, "jsonl", kw, "path", "db_path")
         return JsonlStorage(**kw)
     if lowered in ("postgres", "postgresql") or lowered.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStorage
