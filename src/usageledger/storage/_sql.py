@@ -9,6 +9,17 @@ from typing import Any
 
 from .base import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
 
+#: the same in every dialect: keyset pages on (ts, id), and each equality filter with time
+USAGE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts, id)",
+    "CREATE INDEX IF NOT EXISTS usage_provider ON usage (provider, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_model ON usage (model, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_user ON usage (user_id, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, ts)",
+    "CREATE INDEX IF NOT EXISTS usage_customer ON usage (customer_key, ts)",
+)
+RUNS_INDEX = "CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)"
+
 #: runs newest ``start_time`` first, runs without one last (as ``run_sort_key`` orders them)
 _RUNS_ORDER = "ORDER BY started_at IS NOT NULL DESC, started_at DESC, run_id DESC"
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..records import UsageRecord, encode
 from ._sql import (
+    RUNS_INDEX,
+    USAGE_INDEXES,
     filter_clauses,
     group_by_sql,
     group_value,
@@ -80,15 +82,7 @@ _SCHEMA = [
         run_id TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL, agent_name TEXT,
         status TEXT, started_at TEXT COLLATE "C", data JSONB NOT NULL)""",
 ]
-_INDEXES = [
-    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts, id)",
-    "CREATE INDEX IF NOT EXISTS usage_provider ON usage (provider, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_model ON usage (model, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_user ON usage (user_id, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_customer ON usage (customer_key, ts)",
-    "CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)",
-]
+_INDEXES = [*USAGE_INDEXES, RUNS_INDEX]
 _TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS usage_in (id TEXT, ts TIMESTAMPTZ, provider TEXT, model TEXT, "
     "input_tokens BIGINT, output_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT, "

@@ -25,6 +25,8 @@ import msgspec
 
 from ..records import UsageRecord
 from ._sql import (
+    RUNS_INDEX,
+    USAGE_INDEXES,
     filter_clauses,
     group_by_sql,
     group_value,
@@ -89,14 +91,6 @@ _SELECT = (
     "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
     "run_id, response_id, tags, payload FROM usage"
-)
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts, id)",
-    "CREATE INDEX IF NOT EXISTS usage_provider ON usage (provider, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_model ON usage (model, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_user ON usage (user_id, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, ts)",
-    "CREATE INDEX IF NOT EXISTS usage_customer ON usage (customer_key, ts)",
 )
 _ROLLUP = """CREATE TABLE IF NOT EXISTS usage_hourly (
     hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
@@ -202,7 +196,7 @@ class SQLiteStorage(StorageBackend):
                     log.info("%s: added columns %s to an older usage table", self.db_path, added)
                 if "cost_nano" in added:
                     self._backfill_cost_nano()
-                for ddl in _INDEXES:
+                for ddl in USAGE_INDEXES:
                     c.execute(ddl)
                 had_rollup = c.execute(
                     "SELECT 1 FROM sqlite_master WHERE name = 'usage_hourly'"
@@ -211,7 +205,7 @@ class SQLiteStorage(StorageBackend):
                 if not had_rollup:
                     c.execute(_ROLLUP_REBUILD)
                 c.execute(_RUNS)
-                c.execute("CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)")
+                c.execute(RUNS_INDEX)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
