@@ -463,6 +463,24 @@ def apply_run_write(stored: dict[str, Any] | None, write: RunWrite) -> tuple[str
     return "updated", {**stored, **fields, "run_id": write.run_id, "seq": write.seq}
 
 
+def page_runs(
+    runs: Iterable[dict[str, Any]],
+    agent_name: str | None,
+    status: str | None,
+    limit: int | None,
+    offset: int,
+) -> list[dict[str, Any]]:
+    """``query_runs`` for the backends that filter in Python: the runs matching
+    ``agent_name`` and ``status``, newest ``start_time`` first, one page."""
+    selected = [
+        r for r in runs
+        if (agent_name is None or r.get("agent_name") == agent_name)
+        and (status is None or r.get("status") == status)
+    ]
+    selected.sort(key=run_sort_key, reverse=True)
+    return selected[offset:None if limit is None else offset + limit]
+
+
 def run_sort_key(run: dict[str, Any]) -> tuple[bool, str, str]:
     """Sorted with ``reverse=True``: newest ``start_time`` first (ISO strings order as
     times), runs without it last, ties by ``run_id`` descending."""

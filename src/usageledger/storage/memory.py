@@ -18,9 +18,9 @@ from .base import (
     add_record,
     apply_run_write,
     make_filters,
+    page_runs,
     record_matches,
     rollup_fits,
-    run_sort_key,
     ts_us,
     zero_totals,
 )
@@ -136,13 +136,8 @@ class MemoryStorage(StorageBackend):
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
         with self._lock:
-            runs = [
-                dict(r) for r in self._runs.values()
-                if (agent_name is None or r.get("agent_name") == agent_name)
-                and (status is None or r.get("status") == status)
-            ]
-        runs.sort(key=run_sort_key, reverse=True)
-        return runs[offset:None if limit is None else offset + limit]
+            # copies of the page only: callers may change what they get
+            return [dict(r) for r in page_runs(self._runs.values(), agent_name, status, limit, offset)]
 
     def clear(self) -> None:
         with self._lock:

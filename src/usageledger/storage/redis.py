@@ -43,6 +43,7 @@ from .base import (
     hour_key,
     make_filters,
     nano_to_decimal,
+    page_runs,
     rollup_fits,
     run_fields,
     ts_us,
@@ -345,8 +346,6 @@ class RedisStorage(StorageBackend):
     def _query_runs(
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
-        from .base import run_sort_key
-
         run_ids = sorted(x.decode() for x in self._r.smembers(self._k_runs))
         pipe = self._r.pipeline(transaction=False)
         for run_id in run_ids:
@@ -354,11 +353,8 @@ class RedisStorage(StorageBackend):
         runs = [
             r for run_id, raw in zip(run_ids, pipe.execute(), strict=True)
             if (r := self._run_from(run_id, raw)) is not None
-            and (agent_name is None or r.get("agent_name") == agent_name)
-            and (status is None or r.get("status") == status)
         ]
-        runs.sort(key=run_sort_key, reverse=True)
-        return runs[offset:None if limit is None else offset + limit]
+        return page_runs(runs, agent_name, status, limit, offset)
 
     def clear(self) -> None:
         indexes = list(self._r.smembers(self._k_registry))
