@@ -12,6 +12,7 @@ model and hour-aligned time filters reads a few thousand rows instead of every r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -173,43 +174,50 @@ class SQLiteStorage(StorageBackend):
         cols = ", ".join(f"{k} {v.split(' ')[0]}" for k, v in USAGE_COLUMNS.items())
         self._conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS usage_in ({cols})")
 
-    # -- schema -----------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The connection, locked, inside ``BEGIN IMMEDIATE``: committed at the end, rolled
+        back on any exception."""
         c = self._conn
         with self._lock:
             c.execute("BEGIN IMMEDIATE")
             try:
-                cols = ", ".join(f"{k} {v}" for k, v in USAGE_COLUMNS.items())
-                c.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols})")
-                have = {row[1] for row in c.execute("PRAGMA table_info(usage)")}
-                added = [k for k in USAGE_COLUMNS if k not in have]
-                required = [k for k in ("id", "ts", "provider", "model") if k in added]
-                if required:
-                    raise ValueError(
-                        f"{self.db_path}: table 'usage' has no column(s) {required}; it was not "
-                        "written by usageledger and cannot be migrated"
-                    )
-                for k in added:
-                    decl = USAGE_COLUMNS[k].replace(" PRIMARY KEY", "")
-                    c.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl}")
-                if added:
-                    log.info("%s: added columns %s to an older usage table", self.db_path, added)
-                if "cost_nano" in added:
-                    self._backfill_cost_nano()
-                for ddl in USAGE_INDEXES:
-                    c.execute(ddl)
-                had_rollup = c.execute(
-                    "SELECT 1 FROM sqlite_master WHERE name = 'usage_hourly'"
-                ).fetchone()
-                c.execute(_ROLLUP)
-                if not had_rollup:
-                    c.execute(_ROLLUP_REBUILD)
-                c.execute(_RUNS)
-                c.execute(RUNS_INDEX)
+                yield c
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
+
+    # -- schema -----------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._transaction() as c:
+            cols = ", ".join(f"{k} {v}" for k, v in USAGE_COLUMNS.items())
+            c.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols})")
+            have = {row[1] for row in c.execute("PRAGMA table_info(usage)")}
+            added = [k for k in USAGE_COLUMNS if k not in have]
+            required = [k for k in ("id", "ts", "provider", "model") if k in added]
+            if required:
+                raise ValueError(
+                    f"{self.db_path}: table 'usage' has no column(s) {required}; it was not "
+                    "written by usageledger and cannot be migrated"
+                )
+            for k in added:
+                decl = USAGE_COLUMNS[k].replace(" PRIMARY KEY", "")
+                c.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl}")
+            if added:
+                log.info("%s: added columns %s to an older usage table", self.db_path, added)
+            if "cost_nano" in added:
+                self._backfill_cost_nano()
+            for ddl in USAGE_INDEXES:
+                c.execute(ddl)
+            had_rollup = c.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'usage_hourly'"
+            ).fetchone()
+            c.execute(_ROLLUP)
+            if not had_rollup:
+                c.execute(_ROLLUP_REBUILD)
+            c.execute(_RUNS)
+            c.execute(RUNS_INDEX)
 
     def _backfill_cost_nano(self) -> None:
         rows = self._conn.execute(
@@ -234,40 +242,33 @@ class SQLiteStorage(StorageBackend):
                 _dumps(rec.tags).decode() if rec.tags else "{}",
                 None if rec.payload is None else _dumps(rec.payload).decode(),
             ))
-        c = self._conn
-        with self._lock:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                # staged, then one INSERT ... ON CONFLICT (id) DO NOTHING RETURNING: the primary
-                # key alone decides what is new, in the transaction that inserts it
-                c.execute("DELETE FROM temp.usage_in")
-                c.executemany(_STAGE, rows)
-                new = {r[0] for r in c.execute(_INSERT_NEW)}
-                rollup: dict[tuple[int, str, str], list[int]] = {}
-                for row in rows:
-                    if row[0] not in new:
-                        continue
-                    key = (row[1] // _US_PER_HOUR, row[2], row[3])
-                    t = rollup.get(key)
-                    if t is None:
-                        t = rollup[key] = [0] * 9
-                    t[0] += 1
-                    t[1] += row[4]
-                    t[2] += row[5]
-                    t[3] += row[6]
-                    t[4] += row[7]
-                    t[5] += row[8]
-                    if row[9] is None:
-                        t[8] += 1
-                    elif row[10] is None:
-                        t[7] += 1
-                    else:
-                        t[6] += row[10]
-                c.executemany(_ROLLUP_UPSERT, [(*k, *v) for k, v in rollup.items()])
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        with self._transaction() as c:
+            # staged, then one INSERT ... ON CONFLICT (id) DO NOTHING RETURNING: the primary
+            # key alone decides what is new, in the transaction that inserts it
+            c.execute("DELETE FROM temp.usage_in")
+            c.executemany(_STAGE, rows)
+            new = {r[0] for r in c.execute(_INSERT_NEW)}
+            rollup: dict[tuple[int, str, str], list[int]] = {}
+            for row in rows:
+                if row[0] not in new:
+                    continue
+                key = (row[1] // _US_PER_HOUR, row[2], row[3])
+                t = rollup.get(key)
+                if t is None:
+                    t = rollup[key] = [0] * 9
+                t[0] += 1
+                t[1] += row[4]
+                t[2] += row[5]
+                t[3] += row[6]
+                t[4] += row[7]
+                t[5] += row[8]
+                if row[9] is None:
+                    t[8] += 1
+                elif row[10] is None:
+                    t[7] += 1
+                else:
+                    t[6] += row[10]
+            c.executemany(_ROLLUP_UPSERT, [(*k, *v) for k, v in rollup.items()])
         return new
 
     # -- reads ------------------------------------------------------------------------------
@@ -393,25 +394,18 @@ class SQLiteStorage(StorageBackend):
         for w in writes:
             run_fields(w)  # validate everything before the transaction
         results: list[str] = []
-        c = self._conn
-        with self._lock:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                for w in writes:
-                    stored = self._get_run(w.run_id)
-                    outcome, new = apply_run_write(stored, w)
-                    results.append(outcome)
-                    if new is not None:
-                        started = new.get("start_time")
-                        c.execute(
-                            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                            (w.run_id, new["seq"], new.get("agent_name"), new.get("status"),
-                             None if started is None else str(started), _dumps(new).decode()),
-                        )
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
+        with self._transaction() as c:
+            for w in writes:
+                stored = self._get_run(w.run_id)
+                outcome, new = apply_run_write(stored, w)
+                results.append(outcome)
+                if new is not None:
+                    started = new.get("start_time")
+                    c.execute(
+                        "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                        (w.run_id, new["seq"], new.get("agent_name"), new.get("status"),
+                         None if started is None else str(started), _dumps(new).decode()),
+                    )
         return results
 
     def _get_run(self, run_id: str) -> dict[str, Any] | None:
@@ -430,15 +424,9 @@ class SQLiteStorage(StorageBackend):
         return [_loads(r[0]) for r in self._fetch(sql, params)]
 
     def clear(self) -> None:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for table in ("usage", "usage_hourly", "runs"):
-                    self._conn.execute(f"DELETE FROM {table}")
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as c:
+            for table in ("usage", "usage_hourly", "runs"):
+                c.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
         with self._lock:
