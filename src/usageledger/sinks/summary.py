@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from .._files import write_all
 from ..records import KIND_USAGE, UsageRecord, decode_usage
 from .base import OK, Result, Retry, Sink, decode_batch
 
@@ -511,10 +512,7 @@ class SummarySink(Sink):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
+                write_all(fd, data)
             finally:
                 os.close(fd)
             if path.is_file():

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from .._files import write_all
 from ..records import UsageRecord, decode_usage, encode
 from .base import RunWrite, apply_run_write, run_fields, unique_records
 from .memory import MemoryStorage
@@ -85,11 +86,7 @@ class JsonlStorage(MemoryStorage):
         data = b"\n".join(lines) + b"\n"
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-            os.fsync(self._fd)
+            write_all(self._fd, data)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._needs_newline = False

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._files import write_all
 from ..records import KIND_RUN, encode
 from ..sinks.base import OK, Reject, Result, Retry, Sink
 from .models import RunEvent, RunRecord
@@ -100,10 +101,7 @@ class NDJSONWriter:
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 # a writer died mid-line: end that line so ours stays whole
                 body = b"\n" + body
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            write_all(fd, body)
         finally:
             os.close(fd)  # closing releases the lock
 
