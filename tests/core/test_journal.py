@@ -126,3 +126,28 @@ def test_journal_schema_is_readable_by_plain_sqlite(tmp_path):
     con = sqlite3.connect(tmp_path / "q.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("SELECT count(*) FROM items").fetchone()[0] == 2
+
+
+def _open_and_append(path: str, start_at: float, i: int) -> None:
+    time.sleep(max(start_at - time.time(), 0))
+    j = SqliteJournal(path)
+    j.append([(f"id{i}", "raw", b"{}")])
+    j.close()
+
+
+def test_many_processes_creating_one_new_journal_at_once(tmp_path):
+    # switching a new file to WAL can answer "database is locked" without waiting for the
+    # busy timeout: every opener must retry rather than fail
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        path = str(tmp_path / f"new{round_}.db")
+        start_at = time.time() + 1.0
+        procs = [ctx.Process(target=_open_and_append, args=(path, start_at, i)) for i in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0] * 6
+        assert SqliteJournal(path).stats()["ready"] == 6

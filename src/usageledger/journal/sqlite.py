@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._sqlite import connect_wal
 from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem, state_code
 
 log = logging.getLogger("usageledger.journal")
@@ -95,21 +96,8 @@ class SqliteJournal(Journal):
             self._claims_lock = threading.Lock()
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            new = not self.path.exists()
-            if new:
-                # 0600: usage data can name customers; create it private before sqlite opens it
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-                os.close(fd)
-            try:
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
-                conn.executescript(_SCHEMA)
-            except sqlite3.Error:
-                with contextlib.suppress(Exception):
-                    conn.close()  # type: ignore[union-attr]
-                raise
+            conn = connect_wal(self.path, busy_timeout_ms=self.busy_timeout_ms,
+                               synchronous="FULL" if self.fsync else "NORMAL", schema=_SCHEMA)
             self._local.conn = conn
         return conn
 

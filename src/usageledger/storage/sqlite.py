@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from .._sqlite import connect_wal
 from ..records import UsageRecord
 from ._sql import (
     RUNS_INDEX,
@@ -157,15 +158,9 @@ class SQLiteStorage(StorageBackend):
         self.db_path = Path(os.fspath(db_path)).expanduser()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.db_path, timeout=timeout, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
         # index maintenance on large tables thrashes the default 2 MB page cache
-        self._conn.execute("PRAGMA cache_size=-65536")
-        self._conn.execute("PRAGMA temp_store=MEMORY")
-        self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+        self._conn = connect_wal(self.db_path, busy_timeout_ms=int(timeout * 1000),
+                                 pragmas=("cache_size=-65536", "temp_store=MEMORY"))
         try:
             self._migrate()
         except BaseException:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._sqlite import connect_wal
 from ..records import KIND_RUN
 from ..sinks.base import OK, Result, Retry, Sink, decode_batch
 from .models import RunRecord, RunWrite
@@ -73,12 +74,8 @@ class DatabaseWriter:
             self._conn = None  # never use a handle that crossed a fork
             self._pid = os.getpid()
         if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            self._conn = conn
+            self._conn = connect_wal(self.path, busy_timeout_ms=self.busy_timeout_ms,
+                                     synchronous="FULL")
         return self._conn
 
     @staticmethod
