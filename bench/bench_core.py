@@ -30,6 +30,7 @@ from usageledger.delivery import PersistentDelivery  # noqa: E402
 from usageledger.journal import SqliteJournal  # noqa: E402
 from usageledger.pipeline import Pipeline  # noqa: E402
 from usageledger.records import encode, make_usage_record  # noqa: E402
+from usageledger.sinks.base import Sink  # noqa: E402
 from usageledger.sinks.http import HttpSink  # noqa: E402
 
 PAYLOAD = {"api_id": "openai", "service_key": "openai::gpt-4o", "payload": {"input_tokens": 120, "output_tokens": 48}}
@@ -125,7 +126,7 @@ def bench_side_by_side(url: str, tmp: Path, n: int, ours_ns: float) -> None:
     row("persist-queue SQLiteAckQueue.put", f"median {med/1000:.2f} us", f"ours {ours_ns/1000:.2f} us", f"{med/ours_ns:.0f}x")
 
 
-class _NullSink:
+class _NullSink(Sink):
     name = "null"
 
     def send(self, batch):

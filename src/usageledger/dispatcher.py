@@ -65,7 +65,7 @@ class Dispatcher:
         self.poll_interval = poll_interval
         # requests in flight at once, for sinks that take concurrent sends: the destination
         # works on one batch while the next is claimed, encoded and sent
-        self.max_in_flight = max_in_flight if getattr(sink, "concurrent_sends", False) else 1
+        self.max_in_flight = max_in_flight if sink.concurrent_sends else 1
         self.name = name
         self._reset_state()
 

@@ -60,6 +60,10 @@ class Sink:
 
     #: a short name for logs and stats
     name: str = "sink"
+    #: True when ``send`` may run in several dispatcher threads at once; the dispatcher
+    #: then keeps up to ``max_in_flight`` batches in flight (the destination works on one
+    #: while the next is claimed and encoded)
+    concurrent_sends: bool = False
 
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
         """Deliver ``batch``; return a result for every item id."""

@@ -108,6 +108,9 @@ class SheetsSink(HttpSink):
     """Run writes -> rows of :data:`SHEET_COLUMNS` (see ``APIPayload.to_row``)."""
 
     name = "sheets"
+    #: rows are appended in the order runs end, and the service-account token is
+    #: refreshed by one sender at a time: one request in flight
+    concurrent_sends = False
 
     def __init__(
         self,
