@@ -410,14 +410,18 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
-def main(argv: list[str] | None = None, prog_name: str = "usageledger") -> int:
-    """Run the command line; returns the exit status (the console script exits with it)."""
+def main(argv: list[str] | None = None, prog_name: str = "usageledger", *, only: str | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it).
+    ``only`` runs that one command as the whole program (``queue-monitor`` is ``monitor``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
-    if debug:
+    command = typer.main.get_command(app)
+    if only is not None:
+        command = command.commands[only]  # type: ignore[attr-defined]
+        args = [a for a in args if a != "--debug"]  # the group's option: handled here
+    elif debug:
         # accepted anywhere on the line: move it before the command, where the group takes it
         args = ["--debug", *(a for a in args if a != "--debug")]
-    command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except typer.TyperException as exc:  # typer's (vendored click's) usage errors
@@ -453,7 +457,7 @@ def _describe(exc: BaseException) -> str:
 def queue_monitor_main(argv: list[str] | None = None) -> int:
     """`queue-monitor DB`: the name seed 000 documents for `usageledger monitor DB`."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return main(["monitor", *args], prog_name="queue-monitor")
+    return main(args, prog_name="queue-monitor", only="monitor")
 
 
 if __name__ == "__main__":

@@ -167,3 +167,12 @@ def test_frame_shows_a_failed_refresh(journal_db):
     text = console.export_text()
     assert "refresh failed, showing" in text and "database is locked" in text
     assert "retry backlog: 2" in text  # the last good read is still on screen
+
+
+def test_queue_monitor_is_its_own_program(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert queue_monitor_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "queue-monitor [OPTIONS] DB" in out.replace("{db}", "DB") and "queue-monitor monitor" not in out
+    assert queue_monitor_main(["/nonexistent/q.db", "--debug", "--once"]) == 1
+    assert "no journal at /nonexistent/q.db" in capsys.readouterr().err
