@@ -213,9 +213,12 @@ def test_state_tracker_is_atomic_under_concurrency(make_store):
 
 def test_state_tracker_ttl(make_store):
     async def body(s: KVStore):
-        tracker = StateTracker(s, "ttl", ttl=0.2)
+        tracker = StateTracker(s, "ttl", ttl=1.0)
         await tracker.increment_counter("c")
         await tracker.record_processing_time("op", 0.1)
+        # recorded first: a tracker that stored nothing would pass the expiry check below
+        assert await tracker.get_counter("c") == 1
+        assert (await tracker.get_processing_stats("op"))["count"] == 1
 
         async def expired() -> bool:
             return await tracker.get_counter("c") == 0 and (await tracker.get_processing_stats("op"))["count"] == 0

@@ -503,19 +503,25 @@ def test_sigkill_while_writing_then_another_process_takes_over(tmp_path, logs):
     progress = tmp_path / "progress"
     proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WORKER, str(path), str(tmp_path),
                              str(progress)], stderr=subprocess.DEVNULL)
+    generation = 0
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until it has written the file a few times
             try:
-                if json.loads(path.read_bytes())["generation"] >= 20:
-                    break
+                generation = json.loads(path.read_bytes())["generation"]
             except (OSError, ValueError, KeyError):
-                pass
+                pass  # not written yet, or caught mid-replace: read again
+            if generation >= 20:
+                break
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+    # otherwise the kill landed before any writing and the checks below prove nothing
+    assert generation >= 20, f"the worker wrote the file {generation} times in 30 s"
+    assert proc.returncode == -signal.SIGKILL
     returned = len(progress.read_text().splitlines())
+    assert returned > 0, "no record() returned before the kill"
     from usageledger import UsageTracker
 
     t = UsageTracker(path, backup_dir=tmp_path / "b", emergency_dir=tmp_path / "e", lease_s=1.0)
