@@ -131,8 +131,11 @@ def test_max_attempts_dead_letters(tmp_path):
 def test_poison_is_dead_lettered_while_others_flow(tmp_path):
     sink = CollectSink()
     p = Pipeline(sink, durability="memory", batch_interval=0.01)
-    ids = submit_n(p, 10)
-    sink.reject = {ids[3]}
+    records = [make_usage_record("openai", "gpt-4o", i, 1) for i in range(10)]
+    ids = [r.id for r in records]
+    sink.reject = {ids[3]}  # before submitting: the dispatcher may send within 10 ms
+    for r in records:
+        p.submit(r.id, KIND_USAGE, r)
     assert p.flush(10)
     assert sink.ids == set(ids) - {ids[3]}
     assert [d["id"] for d in p.journal.items("dead")] == [ids[3]]

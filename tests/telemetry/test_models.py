@@ -6,6 +6,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import pytest
 
 from usageledger.telemetry import (
@@ -42,6 +43,9 @@ def test_run_record_from_dict_ignores_bookkeeping_and_parses_metrics_strings():
          "metrics_json": '{"a": 1}'}
     rec = RunRecord.from_dict(d)
     assert rec.metrics_json == {"a": 1}
+    # every other field kept as given, the bookkeeping keys dropped
+    assert rec == msgspec.structs.replace(full_record(), metrics_json={"a": 1})
+    assert not hasattr(rec, "seq") and not hasattr(rec, "create")
 
 
 def test_run_record_from_dict_bad_types_name_the_field():
