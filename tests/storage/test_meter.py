@@ -29,6 +29,9 @@ def test_record_then_query_summary_and_cost(kind, tmp_path):
         got = meter.query()
         assert [r.id for r in got] == [ids[2], ids[1], ids[0]]  # flushed, newest first
         assert got[2].cost == calculate_cost("gpt-4o", 1000, 100, provider="openai")
+        # gpt-4o list prices per million: input $2.50, cached input $1.25, output $10; cache
+        # tokens are apart from input_tokens (docs/storage.md)
+        assert [r.cost for r in got] == [Decimal("0.5"), Decimal("0.005625"), Decimal("0.0035")]
         assert [r.id for r in meter.query(user_id="u1", tags={"team": "a"})] == [ids[0]]
         summary = meter.summary(("day", "model"))
         assert [(g["day"], g["model"], g["count"]) for g in summary] == [
