@@ -62,7 +62,9 @@ def test_file_format_is_documented_shape(make):
     assert doc["format"] == "usageledger-summary" and doc["version"] == 1
     day = datetime.now(UTC).date().isoformat()
     gpt = doc["days"][day]["openai"]["gpt-4o"]
-    expected = Decimal("0.25") + t.calculate_cost("gpt-4o", 1, 1, provider="openai")
+    # the second call priced at gpt-4o list prices ($2.50 / $10 per million tokens)
+    expected = Decimal("0.25") + Decimal("0.0000125")
+    assert t.calculate_cost("gpt-4o", 1, 1, provider="openai") == Decimal("0.0000125")
     assert gpt["calls"] == 2 and gpt["cache_read_tokens"] == 3 and Decimal(gpt["cost"]) == expected
     assert isinstance(gpt["cost"], str)
     assert doc["days"][day]["acme"]["no-such-model-xyz"]["unpriced_calls"] == 1
@@ -121,7 +123,7 @@ def test_calculate_cost_known_unknown_and_overrides(make, logs):
     t = make(prices={"my-model": {"input": "2", "output": "8"}})
     assert t.calculate_cost("my-model", 1_000_000, 500_000) == Decimal(6)
     known = t.calculate_cost("gpt-4o", 1000, 1000, provider="openai")
-    assert isinstance(known, Decimal) and known > 0
+    assert known == Decimal("0.0125")  # list prices: $2.50 in, $10 out per million
     assert t.calculate_cost("openai/gpt-4o", 1000, 1000) == known
     assert t.calculate_cost("definitely-not-a-model", 10, 10) is None
     assert "definitely-not-a-model" in logs.text
@@ -277,7 +279,8 @@ def test_litellm_success_callback_records_usage(make, logs):
     gpt = s["by_model"]["openai/gpt-4o"]
     assert (gpt["calls"], gpt["input_tokens"], gpt["cache_read_tokens"], gpt["output_tokens"],
             gpt["reasoning_tokens"]) == (1, 70, 30, 20, 5)
-    assert gpt["cost"] == t.calculate_cost("gpt-4o", 70, 20, provider="openai", cache_read_tokens=30)
+    # list prices per million: input $2.50, cached input $1.25, output $10
+    assert gpt["cost"] == Decimal("0.0004125")
     claude = s["by_model"]["anthropic/claude-3-5-sonnet-20241022"]
     assert (claude["input_tokens"], claude["cache_read_tokens"], claude["cache_write_tokens"]) == (300, 600, 100)
     assert s["by_model"]["vllm/my-private-model"]["cost"] == Decimal("0.125")
