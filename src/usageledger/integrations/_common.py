@@ -1,0 +1,92 @@
+"""What the provider integrations share: reading SDK objects or dicts, and handing the
+extracted fields to a Meter, UsageTracker or PersistentDelivery."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..records import TOKEN_FIELDS, make_usage_record
+
+__all__ = ["get", "count", "record_to"]
+
+
+def get(obj: Any, key: str) -> Any:
+    """``obj[key]`` for a mapping, ``obj.key`` otherwise; None when absent (SDK objects
+    and their ``model_dump()`` dicts read the same way)."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def count(field: str, value: Any) -> int:
+    """A token count from a response: None (not reported) is 0; anything but a
+    non-negative int raises, naming ``field``."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def response_id(response: Any) -> str | None:
+    value = get(response, "id")
+    return value if isinstance(value, str) and value else None
+
+
+def model_of(response: Any, provider: str) -> str:
+    model = get(response, "model")
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"{provider} response has no model name: model={model!r}")
+    return model
+
+
+def record_to(target: Any, fields: dict[str, Any]) -> str:
+    """Record ``fields`` (make_usage_record keywords) with ``target``'s own API; returns
+    the record id.
+
+    A :class:`~usageledger.delivery.PersistentDelivery` gets the seed-000 ``/track`` item
+    (``api_id`` = provider, ``service_key`` = model, token counts in ``payload``), which
+    the collector reads back into the same record (server/wire.py)."""
+    from ..delivery import PersistentDelivery
+    from ..meter import Meter
+    from ..tracker import UsageTracker
+
+    if isinstance(target, Meter | UsageTracker):
+        return target.record(**fields)
+    if isinstance(target, PersistentDelivery):
+        return target.enqueue(track_item(fields))
+    raise TypeError(
+        "target must be a Meter, UsageTracker or PersistentDelivery, "
+        f"got {type(target).__name__}"
+    )
+
+
+def track_item(fields: dict[str, Any]) -> dict[str, Any]:
+    """The seed-000 ``/track`` item for ``fields``, validated now by make_usage_record
+    (a bad value raises in the caller's thread, not at the collector)."""
+    rec = make_usage_record(**fields)
+    payload: dict[str, Any] = dict(rec.payload or {})
+    for name in TOKEN_FIELDS:
+        payload[name] = getattr(rec, name)
+    item: dict[str, Any] = {
+        "id": rec.id,
+        "api_id": rec.provider,
+        "service_key": rec.model,
+        "timestamp": rec.timestamp.isoformat(),
+        "payload": payload,
+    }
+    for name in ("user_id", "session_id", "customer_key", "run_id", "response_id"):
+        value = getattr(rec, name)
+        if value is not None:
+            item[name] = value
+    if rec.cost is not None:
+        item["cost"] = str(rec.cost)
+        item["currency"] = rec.currency
+    if rec.tags:
+        item["tags"] = rec.tags
+    return item

@@ -1,0 +1,78 @@
+"""Usage of OpenAI responses as usageledger record fields.
+
+Works on the ``openai`` SDK's objects (``ChatCompletion``, a final ``ChatCompletionChunk``
+with usage, ``responses.Response``, a ``response.completed`` stream event) and on plain
+dicts of the same shape (``model_dump()`` or parsed JSON); the SDK itself is not imported.
+
+Token convention: OpenAI counts cached prompt tokens inside ``prompt_tokens`` /
+``input_tokens``; a usageledger record's ``input_tokens`` excludes them (see
+:mod:`usageledger.pricing`), so ``input_tokens = prompt - cached - cache_write`` and the
+cache counts go to ``cache_read_tokens`` / ``cache_write_tokens``: cached input is never
+counted (or charged) twice. ``output_tokens`` includes reasoning tokens, which are also
+given as ``reasoning_tokens``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._common import count, get, model_of, record_to, response_id
+
+__all__ = ["usage_from_openai", "record_openai"]
+
+PROVIDER = "openai"
+
+
+def usage_from_openai(response: Any) -> dict[str, Any]:
+    """``make_usage_record`` / ``Meter.record`` keywords for one OpenAI response: provider,
+    model, the five token counts and ``response_id``. Raises ValueError for a response
+    without usage (a stream read without ``stream_options={"include_usage": True}``, for
+    instance) or with cache counts above the prompt total."""
+    usage = get(response, "usage")
+    if usage is None and get(response, "response") is not None:
+        response = get(response, "response")  # a Responses stream event
+        usage = get(response, "usage")
+    if usage is None:
+        raise ValueError(
+            f"OpenAI response {response_id(response)!r} has no usage; for a stream, pass "
+            "stream_options={'include_usage': True} (Chat Completions) or the final response"
+        )
+    if get(usage, "prompt_tokens") is not None:  # Chat Completions
+        names = ("prompt_tokens", "completion_tokens", "prompt_tokens_details",
+                 "completion_tokens_details")
+    elif get(usage, "input_tokens") is not None:  # Responses API
+        names = ("input_tokens", "output_tokens", "input_tokens_details",
+                 "output_tokens_details")
+    else:
+        raise ValueError(
+            f"OpenAI usage has neither prompt_tokens nor input_tokens: {usage!r}"
+        )
+    total_name, output_name, in_details, out_details = names
+    total = count(f"usage.{total_name}", get(usage, total_name))
+    details = get(usage, in_details)
+    cached = count(f"usage.{in_details}.cached_tokens", get(details, "cached_tokens"))
+    cache_write = count(f"usage.{in_details}.cache_write_tokens",
+                        get(details, "cache_write_tokens"))
+    if cached + cache_write > total:
+        raise ValueError(
+            f"usage.{total_name}={total} must include the cached tokens "
+            f"(cached_tokens={cached}, cache_write_tokens={cache_write})"
+        )
+    return {
+        "provider": PROVIDER,
+        "model": model_of(response, "OpenAI"),
+        "input_tokens": total - cached - cache_write,
+        "output_tokens": count(f"usage.{output_name}", get(usage, output_name)),
+        "cache_read_tokens": cached,
+        "cache_write_tokens": cache_write,
+        "reasoning_tokens": count(f"usage.{out_details}.reasoning_tokens",
+                                  get(get(usage, out_details), "reasoning_tokens")),
+        "response_id": response_id(response),
+    }
+
+
+def record_openai(target: Any, response: Any, **fields: Any) -> str:
+    """Record the usage of ``response`` with ``target`` (a Meter, UsageTracker or
+    PersistentDelivery); returns the record id. ``fields`` add to or override the
+    extracted ones (``user_id``, ``tags``, ``cost``, ``provider="azure"``...)."""
+    return record_to(target, {**usage_from_openai(response), **fields})
