@@ -187,7 +187,9 @@ def test_log_file_gets_records_and_is_private(tmp_path, restore_logger):
     d = PersistentDelivery(db_path=tmp_path / "q.db", api_base="http://127.0.0.1:9", log_file=log_file,
                            log_level="DEBUG", max_attempts=1, batch_interval=0.02, timeout=0.2)
     d.enqueue({"api_id": "a", "service_key": "b"})
-    d.flush(3)
+    assert d.flush(10)  # nothing listens on port 9 and max_attempts=1: dead-lettered at once
+    assert d.stats()["dead"] == 1
     d.stop(1)
     assert log_file.exists() and (log_file.stat().st_mode & 0o777) == 0o600
-    assert "dead-lettered" in log_file.read_text() or "network error" in log_file.read_text()
+    text = log_file.read_text()
+    assert "dead-lettered 1 records" in text and "network error" in text
