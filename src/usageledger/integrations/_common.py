@@ -8,7 +8,7 @@ from typing import Any
 
 from ..records import TOKEN_FIELDS, make_usage_record
 
-__all__ = ["get", "count", "record_to"]
+__all__ = ["get", "count", "response_id", "model_of", "record_to", "track_item"]
 
 
 def get(obj: Any, key: str) -> Any:
