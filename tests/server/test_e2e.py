@@ -119,6 +119,8 @@ def test_two_collectors_on_one_postgres_store_each_id_once(postgres_server, pg_c
             t.start()
         for t in threads:
             t.join()
+        # an exception in a thread is only printed: every post must have answered in full
+        assert len(answers) == 4 and all(len(ans["results"]) == 2000 for ans in answers)
         accepted = [r["id"] for ans in answers for r in ans["results"] if r["status"] == "accepted"]
         assert sorted(accepted) == sorted(item["id"] for item in batch["tracked"])
         summary = httpx.get(b.url + "/api/v1/summary", params={"group_by": "provider"}).json()
