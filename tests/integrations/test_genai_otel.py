@@ -7,6 +7,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from usageledger.integrations.genai import (
+    TOKEN_USAGE_BUCKETS,
     TOKEN_USAGE_METRIC,
     from_genai_attributes,
     to_genai_attributes,
@@ -97,6 +98,7 @@ def test_otel_sink_histogram_sums_per_token_type_through_a_pipeline():
         key = (point.attributes["gen_ai.provider.name"], point.attributes["gen_ai.response.model"],
                point.attributes["gen_ai.token.type"])
         assert point.attributes["gen_ai.request.model"] == key[1]
+        assert tuple(point.explicit_bounds) == TOKEN_USAGE_BUCKETS
         sums[key] = point.sum
         counts[key] = point.count
     assert sums == {
