@@ -7,8 +7,8 @@ from decimal import Decimal
 import msgspec
 import pytest
 from anthropic.types import Message
-from openai.types.chat import ChatCompletion
-from openai.types.responses import Response
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.responses import Response, ResponseCompletedEvent
 
 from usageledger.delivery import PersistentDelivery
 from usageledger.integrations.anthropic import record_anthropic, usage_from_anthropic
@@ -78,6 +78,22 @@ def test_chat_completion_without_details_has_no_cache_tokens():
     assert fields["cache_read_tokens"] == fields["reasoning_tokens"] == 0
 
 
+def test_last_stream_chunk_with_usage():
+    chunks = [
+        ChatCompletionChunk(id="chatcmpl-2", object="chat.completion.chunk", created=1,
+                            model="gpt-4o-mini", choices=[{"index": 0, "delta": {"content": "hi"}}]),
+        ChatCompletionChunk(id="chatcmpl-2", object="chat.completion.chunk", created=1,
+                            model="gpt-4o-mini", choices=[],
+                            usage={"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27,
+                                   "prompt_tokens_details": {"cached_tokens": 16}}),
+    ]
+    with pytest.raises(ValueError, match="include_usage"):
+        usage_from_openai(chunks[0])
+    fields = usage_from_openai(chunks[-1])
+    assert (fields["model"], fields["input_tokens"], fields["cache_read_tokens"],
+            fields["output_tokens"]) == ("gpt-4o-mini", 4, 16, 7)
+
+
 def test_openai_cache_writes_are_taken_out_of_input_too():
     usage = {**CHAT_USAGE, "prompt_tokens_details": {"cached_tokens": 400,
                                                      "cache_write_tokens": 100}}
@@ -99,7 +115,9 @@ def test_responses_api_usage():
     assert usage_from_openai(response) == expected
     assert usage_from_openai(response.model_dump()) == expected
     # the response.completed stream event carries the final response
-    assert usage_from_openai({"type": "response.completed", "response": response}) == expected
+    event = ResponseCompletedEvent(type="response.completed", response=response,
+                                   sequence_number=7)
+    assert usage_from_openai(event) == expected
 
 
 @pytest.mark.parametrize("response", [chat_completion(None), responses_response(None)])
@@ -214,6 +232,21 @@ def test_record_openai_into_persistent_delivery_reads_back_as_the_same_record(tm
         id_, "openai", "gpt-4o", 600, 300, 400, 120)
     assert (rec.customer_key, rec.response_id, rec.cost) == ("c1", "chatcmpl-1",
                                                             Decimal("0.25"))
+
+
+def test_record_anthropic_into_persistent_delivery_keeps_cache_writes(tmp_path):
+    sink = CaptureSink()
+    delivery = PersistentDelivery(db_path=tmp_path / "queue.db", sink=sink)
+    try:
+        id_ = record_anthropic(delivery, anthropic_message(ANTHROPIC_USAGE),
+                               tags={"team": "search"})
+        assert delivery.flush(10)
+    finally:
+        delivery.stop(10)
+    rec = record_from_dict(msgspec.json.decode(sink.items[id_]))
+    assert (rec.provider, rec.model, rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
+            rec.cache_write_tokens, rec.response_id, rec.tags) == (
+        "anthropic", "claude-sonnet-4-20250514", 50, 200, 3000, 700, "msg_1", {"team": "search"})
 
 
 def test_record_into_an_unknown_target_names_the_type():
