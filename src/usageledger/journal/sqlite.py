@@ -239,12 +239,15 @@ class SqliteJournal(Journal):
         return bool(self._read("SELECT EXISTS(SELECT 1 FROM items)")[0][0])
 
     def stats(self) -> dict[str, Any]:
-        counts = dict(self._read("SELECT state, count(*) FROM items GROUP BY state"))
-        counts[DEAD] = self._read("SELECT count(*) FROM dead")[0][0]
-        counters = dict(self._read("SELECT name, value FROM counters"))
-        oldest = self._read("SELECT min(created) FROM items WHERE state=0")[0][0]
-        nxt = self._read("SELECT min(not_before) FROM items WHERE state=0 AND not_before>0")[0][0]
-        lease = self._read("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,))
+        # one read transaction: a snapshot, so an ack between two reads cannot make the
+        # counts disagree (an item both in flight and delivered, or in neither)
+        with self._tx(immediate=False) as c:
+            counts = dict(c.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+            counts[DEAD] = c.execute("SELECT count(*) FROM dead").fetchone()[0]
+            counters = dict(c.execute("SELECT name, value FROM counters").fetchall())
+            oldest = c.execute("SELECT min(created) FROM items WHERE state=0").fetchone()[0]
+            nxt = c.execute("SELECT min(not_before) FROM items WHERE state=0 AND not_before>0").fetchone()[0]
+            lease = c.execute("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,)).fetchall()
         return {
             "ready": counts.get(READY, 0),
             "inflight": counts.get(INFLIGHT, 0),
