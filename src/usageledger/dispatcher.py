@@ -195,10 +195,11 @@ class Dispatcher:
                     batch = journal.claim(self.max_batch_size, self.holder)
                     if not batch:
                         break
-                    if self.max_in_flight == 1:
+                    future = None if self._stop.is_set() else self._submit(journal, batch)
+                    if future is None:
                         self._send(journal, batch)
                     else:
-                        in_flight.append(self._executor().submit(self._send, journal, batch))
+                        in_flight.append(future)
                         if len(in_flight) >= self.max_in_flight:
                             in_flight.popleft().result()
                     settled += len(batch)
@@ -213,10 +214,18 @@ class Dispatcher:
                     log.exception("a concurrent send failed")
         return settled
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _submit(self, journal: Journal, batch: list[JournalItem]) -> Future | None:
+        """Send ``batch`` on a sender thread; None means "send it here": one request at a
+        time, or a final drain (at stop and at interpreter exit, when concurrent.futures
+        has already shut down and refuses new work)."""
+        if self.max_in_flight == 1:
+            return None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"{self.name}-send")
-        return self._pool
+        try:
+            return self._pool.submit(self._send, journal, batch)
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            return None
 
     def _hold_lease(self, journal: Journal) -> bool:
         now = time.monotonic()
