@@ -16,12 +16,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import queue
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 from .journal import Journal, JournalError, JournalItem
@@ -80,7 +81,7 @@ class Dispatcher:
         self._final_deadline: float | None = None
         self._waiting = 0  # items committed since the last drain, to wake on a full batch
         self._busy = False
-        self._pool: ThreadPoolExecutor | None = None  # never inherited across fork
+        self._pool: _SenderThreads | None = None  # never inherited across fork
         self._settle_lock = threading.Lock()
         self.sent = 0
         self.delivered = 0
@@ -153,7 +154,7 @@ class Dispatcher:
                     self._drain_logged()
         finally:
             if self._pool is not None:
-                self._pool.shutdown(wait=True)
+                self._pool.shutdown()
                 self._pool = None
             self._release_all()
             try:
@@ -215,17 +216,13 @@ class Dispatcher:
         return settled
 
     def _submit(self, journal: Journal, batch: list[JournalItem]) -> Future | None:
-        """Send ``batch`` on a sender thread; None means "send it here": one request at a
-        time, or a final drain (at stop and at interpreter exit, when concurrent.futures
-        has already shut down and refuses new work)."""
+        """Send ``batch`` on a sender thread; None means "send it here" (one request at a
+        time)."""
         if self.max_in_flight == 1:
             return None
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"{self.name}-send")
-        try:
-            return self._pool.submit(self._send, journal, batch)
-        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
-            return None
+            self._pool = _SenderThreads(self.max_in_flight, f"{self.name}-send")
+        return self._pool.submit(self._send, journal, batch)
 
     def _hold_lease(self, journal: Journal) -> bool:
         now = time.monotonic()
@@ -351,3 +348,37 @@ class Dispatcher:
             "paused_for_s": round(max(self._pause_until - time.time(), 0.0), 3),
             "last_error": self.last_error,
         }
+
+
+class _SenderThreads:
+    """Daemon threads running sends. Not a ThreadPoolExecutor: its workers hold up
+    interpreter exit until their request ends (a hung destination would delay exit past
+    every deadline), and it refuses new work once exit has begun."""
+
+    def __init__(self, n: int, name: str):
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for i in range(n):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+        self._n = n
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        for _ in range(self._n):
+            self._jobs.put(None)
