@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--end", default="wait", choices=["stop", "exit", "wait"])
     ap.add_argument("--lease", type=float, default=15.0)
     ap.add_argument("--dispatch-timeout", type=float, default=10.0)
+    ap.add_argument("--linger", type=float, default=0.0, help="seconds to wait before the end")
     args = ap.parse_args()
     d = PersistentDelivery(db_path=args.journal, api_base=args.url, durability=args.mode,
                            batch_interval=0.05, lease_s=args.lease, timeout=args.dispatch_timeout,
@@ -36,6 +37,7 @@ def main() -> None:
         os.write(fd, f"{id_} {time.time():.6f}\n".encode())
     os.close(fd)
     print("done", flush=True)
+    time.sleep(args.linger)
     if args.end == "stop":
         d.stop(30)
     elif args.end == "wait":

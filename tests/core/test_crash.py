@@ -153,3 +153,19 @@ def test_four_processes_one_journal(tmp_path, server):
     received = server.received_ids()
     assert len(received) == len(set(received)), "a record was delivered twice"
 
+
+
+def test_exit_with_a_hung_destination_ends_by_its_deadline_and_keeps_the_records(tmp_path, server):
+    server.default = server.hang(60)
+    out = tmp_path / "acked"
+    t0 = time.monotonic()
+    proc = start_producer(tmp_path / "hung.db", server.url, out, "--mode", "buffered",
+                          "--count", "300", "--end", "exit", "--dispatch-timeout", "30", "--lease", "1",
+                          "--linger", "1")  # long enough for requests to be in flight at exit
+    assert proc.wait(60) == 0
+    # the exit hook waits exit_timeout (2 s) for delivery, not the 30 s request timeout
+    assert time.monotonic() - t0 < 15
+    assert len(acked(out)) == 300
+    server.default = server.ok()
+    drain(tmp_path / "hung.db", server.url)
+    assert set(acked(out)) <= server.stored_ids()
