@@ -196,7 +196,7 @@ class Dispatcher:
                     batch = journal.claim(self.max_batch_size, self.holder)
                     if not batch:
                         break
-                    future = None if self._stop.is_set() else self._submit(journal, batch)
+                    future = self._submit(journal, batch)
                     if future is None:
                         self._send(journal, batch)
                     else:
@@ -216,9 +216,9 @@ class Dispatcher:
         return settled
 
     def _submit(self, journal: Journal, batch: list[JournalItem]) -> Future | None:
-        """Send ``batch`` on a sender thread; None means "send it here" (one request at a
-        time)."""
-        if self.max_in_flight == 1:
+        """Send ``batch`` on a sender thread; None means "send it here": one request at a
+        time, or a final drain (stop, interpreter exit), which ends the sender threads."""
+        if self.max_in_flight == 1 or self._stop.is_set():
             return None
         if self._pool is None:
             self._pool = _SenderThreads(self.max_in_flight, f"{self.name}-send")

@@ -159,8 +159,6 @@ class Recorder:
             self.write_pending()
 
     def _submit_and_wait(self, item: tuple) -> None:
-        # group commit: callers queue on the write lock; whoever gets it commits every item
-        # waiting (its own and its neighbours'), so the next ones find theirs done
         # group commit: one caller at a time leads and commits every item waiting (its own
         # and its neighbours'); the others sleep on the condition until theirs is committed
         # (one wake-up each, instead of each taking the write lock in turn), and one of

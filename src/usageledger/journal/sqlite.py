@@ -52,6 +52,16 @@ INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('retried', 0);
 
 _LEASE = "dispatcher"
 
+#: what items(), retrying() and recent_dead() return per row; dead rows have no backoff
+#: and no owner
+_ITEM_KEYS = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner")
+_ITEM_COLS = ", ".join(_ITEM_KEYS)
+_DEAD_COLS = "id, kind, data, attempts, created, 0, last_error, NULL"
+
+
+def _dicts(rows: list[tuple], keys: tuple[str, ...] = _ITEM_KEYS) -> list[dict[str, Any]]:
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
 
 class SqliteJournal(Journal):
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False, busy_timeout_ms: int = 10_000):
@@ -202,38 +212,28 @@ class SqliteJournal(Journal):
             return c.execute(f"DELETE FROM {table} WHERE {cond}", params).rowcount
 
     def items(self, state: str | int, limit: int = 100) -> list[dict[str, Any]]:
-        keys = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner")
         code = state_code(state)
         if code == DEAD:
-            sql = ("SELECT id, kind, data, attempts, created, 0, last_error, NULL FROM dead"
-                   " ORDER BY rowid LIMIT ?")
-            rows = self._read(sql, (limit,))
+            rows = self._read(f"SELECT {_DEAD_COLS} FROM dead ORDER BY rowid LIMIT ?", (limit,))
         else:
             rows = self._read(
-                "SELECT id, kind, data, attempts, created, not_before, last_error, owner FROM items"
-                " WHERE state=? ORDER BY not_before, rowid LIMIT ?",
+                f"SELECT {_ITEM_COLS} FROM items WHERE state=? ORDER BY not_before, rowid LIMIT ?",
                 (code, limit),
             )
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return _dicts(rows)
 
     def retrying(self, limit: int = 10) -> tuple[int, list[dict[str, Any]]]:
-        keys = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner")
         n = self._read("SELECT count(*) FROM items WHERE state=0 AND not_before>0")[0][0]
         rows = self._read(
-            "SELECT id, kind, data, attempts, created, not_before, last_error, owner FROM items"
-            " WHERE state=0 AND not_before>0 ORDER BY not_before, rowid LIMIT ?",
+            f"SELECT {_ITEM_COLS} FROM items WHERE state=0 AND not_before>0"
+            " ORDER BY not_before, rowid LIMIT ?",
             (limit,),
         )
-        return n, [dict(zip(keys, r, strict=True)) for r in rows]
+        return n, _dicts(rows)
 
     def recent_dead(self, limit: int = 10) -> list[dict[str, Any]]:
-        keys = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner", "died")
-        rows = self._read(
-            "SELECT id, kind, data, attempts, created, 0, last_error, NULL, died FROM dead"
-            " ORDER BY rowid DESC LIMIT ?",
-            (limit,),
-        )
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        rows = self._read(f"SELECT {_DEAD_COLS}, died FROM dead ORDER BY rowid DESC LIMIT ?", (limit,))
+        return _dicts(rows, (*_ITEM_KEYS, "died"))
 
     def has_pending(self) -> bool:
         return bool(self._read("SELECT EXISTS(SELECT 1 FROM items)")[0][0])
