@@ -19,13 +19,13 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import msgspec
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import Response
 from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
@@ -33,8 +33,10 @@ from ..pricing import price_record
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
-from . import dashboard, schema
-from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware
+from . import schema
+from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
+from .pages import install_pages
+from .session import COOKIE_NAME, SessionSigner
 from .wire import (
     BodyError,
     Refused,
@@ -117,6 +119,8 @@ def create_app(
     pricer: Callable[[UsageRecord], UsageRecord] | None = (
         (lambda record: price_record(record, None)) if price else None)
     metrics = Metrics()
+    metrics.registry.register(UsageTotals(store))
+    signer = SessionSigner(keys)
     limit = max_body_bytes
 
     @asynccontextmanager
@@ -131,6 +135,8 @@ def create_app(
         description="Receives LLM usage records and agent runs, exactly once per id; "
                     "answers queries, summaries, a dashboard and Prometheus metrics.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_pages from the package's own assets (no CDN)
+        redoc_url=None,
     )
     app.state.storage = store
     app.state.metrics = metrics
@@ -183,6 +189,8 @@ def create_app(
                     403, "no API key is configured on this collector, so it serves only "
                          "loopback clients: start it with --api-key to accept others")
             return
+        if request.method in ("GET", "HEAD") and signer.verify(request.cookies.get(COOKIE_NAME)):
+            return  # a browser session from the login page: reads only (SameSite=Strict)
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         given = token.strip().encode() if scheme.lower() == "bearer" else b""
@@ -429,15 +437,15 @@ def create_app(
         return _json({"status": "ok"})
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=Response)
-    async def prometheus() -> Response:
+    def prometheus() -> Response:
+        # a plain def: the usage totals are read from storage, off the event loop
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)],
-             summary="Dashboard: cost per day and model")
-    def home(days: Annotated[int, Query(ge=1, le=366)] = 30) -> HTMLResponse:
-        since = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=days)
-        rows = call(store.aggregate, ("day", "model"), since=since)
-        return HTMLResponse(dashboard.render(rows, days))
+    install_pages(
+        app, store=store, call=call, signer=signer,
+        open_access=lambda request: _is_loopback(request.client.host if request.client else None),
+        counters=metrics.record_counts,
+    )
 
     return app
 

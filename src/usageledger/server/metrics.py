@@ -4,13 +4,19 @@ counters; each collector process exposes its own (scrape every replica)."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
-__all__ = ["Metrics", "MetricsMiddleware", "CONTENT_TYPE_LATEST"]
+__all__ = ["Metrics", "MetricsMiddleware", "UsageTotals", "CONTENT_TYPE_LATEST"]
+
+log = logging.getLogger("usageledger.server")
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -32,6 +38,69 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def record_counts(self) -> dict[str, float]:
+        """This process's record counters by result (for the dashboard's delivery view)."""
+        return {name: counter._value.get() for name, counter in (
+            ("received", self.received), ("accepted", self.accepted),
+            ("duplicates", self.duplicates), ("rejected", self.rejected))}
+
+
+_TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
+
+
+class UsageTotals:
+    """Tokens and cost by provider and model, read from storage at scrape time.
+
+    The figures are the storage's exact totals (every replica answers the same, so scrape
+    one), and labels stay bounded: the ``top_n`` provider/model pairs by tokens keep their
+    own labels, the rest are summed under ``provider="other", model="other"``. Reading them
+    is one aggregate over the rollups, a few milliseconds at 10^6 records."""
+
+    def __init__(self, store: Any, top_n: int = 20):
+        self.store = store
+        self.top_n = top_n
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily("usageledger_tokens", "", labels=["provider", "model", "type"]),
+                CounterMetricFamily("usageledger_cost", "", labels=["provider", "model", "currency"])]
+
+    def collect(self) -> Iterator[Metric]:
+        tokens = CounterMetricFamily(
+            "usageledger_tokens", "Stored tokens by provider, model and token type "
+            "(top pairs by tokens, the rest as other)", labels=["provider", "model", "type"])
+        cost = CounterMetricFamily(
+            "usageledger_cost", "Stored cost by provider, model and currency "
+            "(top pairs by tokens, the rest as other)", labels=["provider", "model", "currency"])
+        try:
+            rows = self.store.aggregate(("provider", "model"))
+        except Exception as exc:  # a scrape must still answer the process's own metrics
+            log.warning("usage totals for /metrics unavailable: %r", exc)
+            rows = []
+        pairs: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in rows:
+            p = pairs.setdefault((r["provider"], r["model"]), {"costs": {}, "tokens": dict.fromkeys(_TOKEN_KINDS, 0)})
+            for kind in _TOKEN_KINDS:
+                p["tokens"][kind] += r[f"{kind}_tokens"]
+            cur = r.get("currency") or "USD"
+            p["costs"][cur] = p["costs"].get(cur, Decimal(0)) + r["cost"]
+        ranked = sorted(pairs, key=lambda k: (-sum(pairs[k]["tokens"].values()), k))
+        shown: dict[tuple[str, str], dict[str, Any]] = {k: pairs[k] for k in ranked[:self.top_n]}
+        if len(ranked) > self.top_n:
+            other: dict[str, Any] = {"costs": {}, "tokens": dict.fromkeys(_TOKEN_KINDS, 0)}
+            for k in ranked[self.top_n:]:
+                for kind, n in pairs[k]["tokens"].items():
+                    other["tokens"][kind] += n
+                for cur, v in pairs[k]["costs"].items():
+                    other["costs"][cur] = other["costs"].get(cur, Decimal(0)) + v
+            shown[("other", "other")] = other
+        for (provider, model), p in shown.items():
+            for kind, n in p["tokens"].items():
+                tokens.add_metric([provider, model, kind], n)
+            for cur, v in p["costs"].items():
+                cost.add_metric([provider, model, cur], float(v))
+        yield tokens
+        yield cost
 
 
 class MetricsMiddleware:
