@@ -69,21 +69,72 @@ def _money(value: Decimal) -> str:
     return f"${value:,.2f}"
 
 
-def render_table(keys: tuple[str, ...], rows: list[dict[str, Any]], total: dict[str, Any]) -> Table:
+#: value columns given up first when a table is wider than the terminal; cost never is
+_DROP_ORDER = ("unknown_cost", "reasoning_tokens", "cache_write_tokens", "cache_read_tokens",
+               "count", "output_tokens", "input_tokens")
+
+
+def render_table(keys: tuple[str, ...], rows: list[dict[str, Any]], total: dict[str, Any],
+                 width: int | None = None) -> Table:
     """Group columns, then calls, input, output and cost; the other token columns and the
-    count of records without a price only when some row has them (terminals are narrow)."""
+    count of records without a price only when some row has them.
+
+    Figures are never cut: number columns do not wrap and keep their full width. When the
+    table is wider than ``width`` (the terminal, or 80 columns for a pipe or a file), group
+    labels wrap first, then value columns are dropped in :data:`_DROP_ORDER` (the cost
+    column always stays), and the caption says which were left out."""
     shown = [k for k in VALUE_KEYS if k in _ALWAYS or total[k]]
+    table = _table(keys, rows, total, shown)
+    if width is None:
+        return table
+    dropped = []
+    for k in _DROP_ORDER:
+        if _min_width(table) <= width:
+            break
+        if k in shown:
+            shown.remove(k)
+            dropped.append(_HEADERS[k])
+            table = _table(keys, rows, total, shown)
+    if dropped:
+        table.caption = (f"left out to fit {width} columns: {', '.join(dropped)} "
+                         "(widen the terminal, or use --format csv)")
+    return table
+
+
+#: a group label folds onto more lines rather than narrow below this
+_LABEL_MIN = 16
+
+
+def _min_width(table: Table) -> int:
+    """The narrowest the table can be: value columns at full width, labels folded to
+    :data:`_LABEL_MIN` (rich's own measure treats a long model name as one unbreakable word)."""
+    inner = 0
+    for col in table.columns:
+        if col.no_wrap:
+            inner += col.min_width or 0
+        else:
+            inner += min(_LABEL_MIN, max([len(str(c)) for c in col.cells] + [len(str(col.header)), 1]))
+    return inner + 3 * len(table.columns) + 1  # one space each side, one border between
+
+
+def _table(keys: tuple[str, ...], rows: list[dict[str, Any]], total: dict[str, Any],
+           shown: list[str]) -> Table:
     table = Table(show_footer=True, footer_style="bold", header_style="bold")
     for i, k in enumerate(keys):
-        table.add_column(k, footer="total" if i == 0 else "", no_wrap=True)
+        # labels may wrap (fold), so long model names give way before any figure
+        table.add_column(k, footer="total" if i == 0 else "", overflow="fold", min_width=4)
     if not keys:
         table.add_column("", footer="total")
+    cells_by_key = {k: [_money(row[k]) if k == "cost" else f"{row[k]:,}" for row in rows]
+                    for k in shown}
     for k in shown:
         text = _money(total[k]) if k == "cost" else f"{total[k]:,}"
-        table.add_column(_HEADERS[k], justify="right", footer=text, no_wrap=True)
-    for row in rows:
+        widest = max([len(text), len(_HEADERS[k]), *(len(c) for c in cells_by_key[k])])
+        table.add_column(_HEADERS[k], justify="right", footer=text, no_wrap=True,
+                         min_width=widest)
+    for i, row in enumerate(rows):
         cells = [str(row[k]) if row[k] is not None else "—" for k in keys] or [""]
-        cells += [_money(row[k]) if k == "cost" else f"{row[k]:,}" for k in shown]
+        cells += [cells_by_key[k][i] for k in shown]
         table.add_row(*cells)
     return table
 
@@ -141,6 +192,6 @@ def print_report(
     elif fmt == "json":
         console.file.write(to_json(keys, rows, total) + "\n")
     else:
-        console.print(render_table(keys, rows, total))
+        console.print(render_table(keys, rows, total, width=console.width))
         console.print()
         console.print(render_chart(per_day, width=max(10, min(60, console.width - 30))))

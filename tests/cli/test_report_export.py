@@ -148,3 +148,49 @@ def test_failed_export_leaves_no_file(cli, store_url, tmp_path):
     assert r.code == 1
     assert r.err == f"error: cannot write {target}: no directory {target.parent}\n"
     assert not target.parent.exists()
+
+
+def _narrow_store(tmp_path):
+    from datetime import UTC, datetime
+
+    from usageledger.records import make_usage_record
+
+    store = create_storage(f"sqlite:///{tmp_path / 'narrow.db'}")
+    recs = []
+    for i, cost in enumerate(("123456789.12", "0.000123", "98765.43", "7")):
+        recs.append(make_usage_record(
+            "openai", "a-very-long-fine-tuned-model-name-for-the-acme-corporation-v" + str(i),
+            input_tokens=123_456_789 + i, output_tokens=98_765_432, cache_read_tokens=11_111_111,
+            cache_write_tokens=2_222_222, reasoning_tokens=3_333_333, cost=Decimal(cost),
+            user_id=f"user-with-a-long-identifier-{i}",
+            timestamp=datetime(2026, 3, 1 + i, tzinfo=UTC)))
+    store.save_many(recs)
+    store.close()
+    return f"sqlite:///{tmp_path / 'narrow.db'}"
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_report_in_a_narrow_terminal_never_cuts_figures(cli, tmp_path, monkeypatch, columns):
+    url = _narrow_store(tmp_path)
+    monkeypatch.setenv("COLUMNS", str(columns))
+    r = cli("report", "--storage", url, "--group-by", "day,provider,model,user_id")
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert all(len(line) <= columns for line in lines), max(lines, key=len)
+    table = r.out.split("cost per day")[0]
+    assert "…" not in table
+    # every cost, whole, as the wide table prints it
+    for cost in ("$123,456,789.12", "$0.000123", "$98,765.43", "$7.00", "$123,555,561.55"):
+        assert cost in table, cost
+    assert "left out to fit" in r.out  # says which columns it gave up
+
+
+def test_report_wide_terminal_keeps_every_column(cli, tmp_path, monkeypatch):
+    url = _narrow_store(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
+    r = cli("report", "--storage", url, "--group-by", "day,model")
+    assert r.code == 0, r.err
+    assert "left out" not in r.out
+    for header in ("calls", "input", "output", "cache read", "cache write", "reasoning", "cost"):
+        assert header in r.out
+    assert "123,456,789" in r.out
