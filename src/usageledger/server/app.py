@@ -119,7 +119,7 @@ def create_app(
     pricer: Callable[[UsageRecord], UsageRecord] | None = (
         (lambda record: price_record(record, None)) if price else None)
     metrics = Metrics()
-    metrics.registry.register(UsageTotals(store))
+    usage_totals = UsageTotals(store)
     signer = SessionSigner(keys)
     limit = max_body_bytes
 
@@ -437,9 +437,16 @@ def create_app(
         return _json({"status": "ok"})
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=Response)
-    def prometheus() -> Response:
-        # a plain def: the usage totals are read from storage, off the event loop
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    def prometheus(request: Request) -> Response:
+        """Process metrics for anyone; stored tokens and cost by provider and model only for
+        a caller that could read them through the API (a plain def: they come from storage,
+        off the event loop)."""
+        try:
+            authorize(request)
+            usage: UsageTotals | None = usage_totals
+        except HTTPException:
+            usage = None
+        return Response(metrics.render(usage), media_type=CONTENT_TYPE_LATEST)
 
     install_pages(
         app, store=store, call=call, signer=signer,

@@ -36,8 +36,12 @@ class Metrics:
             ["route", "method"], buckets=_BUCKETS, registry=r,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, usage: UsageTotals | None = None) -> bytes:
+        """The process's own metrics, plus the stored usage totals when given."""
+        text = generate_latest(self.registry)
+        if usage is not None:
+            text += generate_latest(usage.registry)
+        return text
 
     def record_counts(self) -> dict[str, float]:
         """This process's record counters by result (for the dashboard's delivery view)."""
@@ -60,6 +64,10 @@ class UsageTotals:
     def __init__(self, store: Any, top_n: int = 20):
         self.store = store
         self.top_n = top_n
+        # a registry of its own: these totals are stored data, shown only to a caller with
+        # a key (or a loopback caller of a keyless collector), unlike the process metrics
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
 
     def describe(self) -> list[Metric]:
         return [CounterMetricFamily("usageledger_tokens", "", labels=["provider", "model", "type"]),
