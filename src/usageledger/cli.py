@@ -202,6 +202,10 @@ def stats(
     _out().print(table)
 
 
+#: below this width `failed` prints one block per item instead of a table
+_WIDE_FAILED = 120
+
+
 @app.command()
 def failed(
     db: str = _DB,
@@ -211,6 +215,7 @@ def failed(
 ) -> None:
     """Dead-lettered items with their error."""
     from rich.table import Table
+    from rich.text import Text
 
     mgr = _journal(db, lock_timeout)
     try:
@@ -224,6 +229,17 @@ def failed(
     console = _out()
     if not items:
         console.print("no failed items")
+        return
+    if console.width < _WIDE_FAILED:
+        # one block per item: the id and the error whole, nothing squeezed into a column
+        console.print(f"failed items: {len(items)} of {total}", style="bold")
+        for it in items:
+            payload = "" if it["payload"] is None else json.dumps(it["payload"])
+            console.print()
+            console.print(Text.assemble((it["id"], "bold"), f"  {it['kind']}  attempts "
+                                        f"{it['attempts']}  created {_when(it['created'])}"))
+            console.print(f"  error: {it['last_error'] or ''}", markup=False, overflow="fold")
+            console.print(f"  payload: {payload}", markup=False, overflow="fold")
         return
     table = Table(title=f"failed items: {len(items)} of {total}", title_justify="left")
     for col in ("id", "kind", "attempts", "created", "error", "payload"):

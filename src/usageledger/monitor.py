@@ -86,13 +86,22 @@ def _rate(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}/s"
 
 
-def _item_table(title: str, when: str, error: str) -> Table:
+def _item_table(title: str, when: str, error: str, when_width: int) -> Table:
+    """One line per item, so five rows of each table fit an 80x24 terminal: the id, count
+    and time never wrap (the id gives way at its start, whose time prefix is shared by
+    neighbours), the error is cut with an ellipsis (`usageledger failed` shows it whole)."""
     table = Table(title=title, title_justify="left", title_style="bold", show_edge=False)
-    table.add_column("id")
-    table.add_column("attempts", justify="right")
-    table.add_column(when)
-    table.add_column(error)
+    table.add_column("id", no_wrap=True, min_width=13)
+    table.add_column("attempts", justify="right", no_wrap=True, min_width=8)
+    table.add_column(when, no_wrap=True, min_width=when_width)
+    table.add_column(error, no_wrap=True, overflow="ellipsis", min_width=10)
     return table
+
+
+def _tail_id(item_id: str, width: int = 13) -> str:
+    """The end of an id: a UUIDv7 starts with its time, the same for items enqueued together,
+    and ends with random bits that tell them apart."""
+    return item_id if len(item_id) <= width else "…" + item_id[-(width - 1):]
 
 
 def render(
@@ -101,6 +110,7 @@ def render(
     location: str,
     interval: float | None,
     problem: str | None = None,
+    max_rows: int | None = None,
 ) -> Group:
     """One frame. ``prev`` (the previous refresh) gives the rates; None shows them as —.
     ``problem``: why the last refresh failed (the frame then shows the last good read)."""
@@ -141,20 +151,38 @@ def render(
     top = Table.grid(padding=(0, 6))
     top.add_row(counts, flow)
 
-    backlog = _item_table(f"retry backlog: {snap.retry_count:,}", "next attempt", "last error")
-    for r in snap.retrying:
+    backlog = _item_table(f"retry backlog: {snap.retry_count:,}", "next attempt", "last error",
+                          len("00:00:00 (in 59m 59s)"))
+    for r in snap.retrying[:max_rows]:
         due = r["not_before"] - snap.at
         when = f"{_clock(r['not_before'])} ({'in ' + format_age(due) if due > 0 else 'due'})"
-        backlog.add_row(r["id"], str(r["attempts"]), when, _short(r["last_error"]))
+        backlog.add_row(_tail_id(r["id"]), str(r["attempts"]), when, _short(r["last_error"]))
 
-    failures = _item_table(f"recent failures (dead: {s['dead']:,})", "died", "error")
-    for r in snap.failures:
-        failures.add_row(r["id"], str(r["attempts"]), _clock(r.get("died")), _short(r["last_error"]))
+    failures = _item_table(f"recent failures (dead: {s['dead']:,})", "died", "error",
+                           len("00:00:00"))
+    for r in snap.failures[:max_rows]:
+        failures.add_row(_tail_id(r["id"]), str(r["attempts"]), _clock(r.get("died")),
+                         _short(r["last_error"]))
 
-    parts: list[Any] = [head, Text("")]
+    parts: list[Any] = [head]
     if problem:
         parts.insert(1, Text(f"refresh failed, showing {_clock(snap.at)}: {problem}", style="bold red"))
     return Group(Panel(Group(*parts, top), expand=False), backlog, failures)
+
+
+def fit(console: Console, snap: Snapshot, prev: Snapshot | None, location: str,
+        interval: float | None, problem: str | None = None) -> Group:
+    """The frame, with as many item rows as let it fit the terminal's height (a frame
+    taller than the screen would scroll its top away on every refresh). Into a pipe or a
+    file the whole frame is printed."""
+    frame = render(snap, prev, location, interval, problem)
+    if not console.is_terminal:
+        return frame
+    shown = max(len(snap.retrying), len(snap.failures))
+    while shown > 1 and len(console.render_lines(frame, pad=False)) > console.height:
+        shown -= 1
+        frame = render(snap, prev, location, interval, problem, max_rows=shown)
+    return frame
 
 
 def run_monitor(
@@ -172,7 +200,7 @@ def run_monitor(
     location = mgr.journal.location
     snap = take_snapshot(mgr, rows)
     if once:
-        console.print(render(snap, None, location, None))
+        console.print(fit(console, snap, None, location, None))
         return
     restore = _sigterm_as_interrupt()
     try:
@@ -206,9 +234,10 @@ def _live(console: Console, mgr: PersistentQueueManager, snap: Snapshot, locatio
           interval: float, rows: int) -> None:
     from rich.live import Live
 
-    with Live(render(snap, None, location, interval), console=console, auto_refresh=False) as live:
+    with Live(fit(console, snap, None, location, interval), console=console,
+              auto_refresh=False) as live:
         for now, prev, problem in _refreshes(mgr, snap, interval, rows):
-            live.update(render(now, prev, location, interval, problem), refresh=True)
+            live.update(fit(console, now, prev, location, interval, problem), refresh=True)
 
 
 def _log(console: Console, mgr: PersistentQueueManager, snap: Snapshot, location: str,

@@ -140,3 +140,57 @@ def test_monitor_into_a_file_logs_frames_and_stops_on_sigterm(tmp_path, journal_
     assert len(frames) >= 4
     ready = [int(re.search(r"ready\s+([\d,]+)", f).group(1).replace(",", "")) for f in frames]
     assert ready[0] >= 6 and ready[-1] > ready[0]  # each frame printed after the last
+
+
+def _journal_with_failures(path) -> list[str]:
+    from usageledger.journal.sqlite import SqliteJournal
+    from usageledger.records import new_id
+
+    j = SqliteJournal(path)
+    ids = [new_id() for _ in range(12)]
+    j.append([(i, "usage", b'{"provider":"openai","model":"gpt-4o"}') for i in ids])
+    items = j.claim(12, "test")
+    j.dead([i.id for i in items[:6]], "HTTP 400: model 'gpt-4o-2024-08-06-a-very-long-deployment-"
+                                      "name' is not allowed for this key; ask your administrator")
+    j.retry([i.id for i in items[6:]], "ConnectError: [Errno 111] Connection refused while "
+                                        "connecting to http://collector.internal:8765", time.time() + 60)
+    j.close()
+    return ids
+
+
+def test_monitor_fits_an_80x24_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from usageledger.delivery import PersistentQueueManager
+    from usageledger.monitor import run_monitor
+
+    db = tmp_path / "queue.db"
+    _journal_with_failures(db)
+    out = io.StringIO()
+    console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
+    mgr = PersistentQueueManager(db)
+    try:
+        run_monitor(mgr, once=True, console=console)
+    finally:
+        mgr.close()
+    lines = _ANSI.sub("", out.getvalue()).splitlines()
+    assert all(len(ln) <= 80 for ln in lines), max(lines, key=len)
+    assert len(lines) <= 24, "\n".join(lines)
+    rows = [ln for ln in lines if "HTTP 400" in ln or "ConnectError" in ln]
+    assert len(rows) >= 6 and all(ln.count("│") == 3 for ln in rows)  # one line per item
+    assert all(re.search(r"\d\d:\d\d:\d\d", ln) for ln in rows)  # times never cut
+
+
+def test_failed_at_80_columns_shows_whole_ids_and_errors(cli, tmp_path, monkeypatch):
+    db = tmp_path / "queue.db"
+    ids = _journal_with_failures(db)
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("failed", str(db))
+    assert r.code == 0, r.err
+    assert all(len(line) <= 80 for line in r.out.splitlines())
+    for i in ids[:6]:
+        assert i in r.out  # whole, copyable for `usageledger requeue`
+    flat = " ".join(r.out.split())
+    assert "ask your administrator" in flat and '"model": "gpt-4o"' in flat
