@@ -4,8 +4,8 @@
 
 Measured per run (start_run + end_run, perf_counter_ns around the pair), median and p99,
 against two baselines measured in the same process:
-- the seed's pattern: a synchronous SQLite insert at start and update at end (WAL,
-  synchronous=FULL as the seed's DatabaseWriter) in the caller's thread;
+- the original client's pattern: a synchronous SQLite insert at start and update at end (WAL,
+  synchronous=FULL as the original client's DatabaseWriter) in the caller's thread;
 - a bare dict build of the same fields (the least any client can do).
 The client delivers to NDJSON, SQLite and a collector URL nobody listens on (the
 collector journal keeps its writes), so the dispatcher threads are busy as in real use.
@@ -56,7 +56,7 @@ def bench_client(tmp: str, n: int, durability: str) -> list[int]:
 
 
 def bench_sqlite_sync(tmp: str, n: int) -> list[int]:
-    conn = sqlite3.connect(os.path.join(tmp, "seed.sqlite"), isolation_level=None)
+    conn = sqlite3.connect(os.path.join(tmp, "original.sqlite"), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE agent_runs (run_id TEXT PRIMARY KEY, agent_name TEXT, job_type TEXT,"
@@ -99,14 +99,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
             ("bare dict build (floor)", bench_dict(n)),
-            ("seed pattern: sync SQLite insert+update", bench_sqlite_sync(tmp, min(n, 2000))),
+            ("original pattern: sync SQLite insert+update", bench_sqlite_sync(tmp, min(n, 2000))),
             ("TelemetryClient, buffered", bench_client(tmp, n, "buffered")),
             ("TelemetryClient, memory journals", bench_client(tmp, n, "memory")),
         ]
     floor = statistics.median(rows[0][1])
     seed = statistics.median(rows[1][1])
-    print(f"start_run + end_run in the caller's thread, {n:,} runs (seed pattern: {min(n, 2000):,})")
-    print("| what | median µs | p99 µs | median / dict floor | seed pattern / median |")
+    print(f"start_run + end_run in the caller's thread, {n:,} runs (original pattern: {min(n, 2000):,})")
+    print("| what | median µs | p99 µs | median / dict floor | original pattern / median |")
     print("|---|---:|---:|---:|---:|")
     for name, samples in rows:
         med = statistics.median(samples)

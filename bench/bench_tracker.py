@@ -2,7 +2,7 @@
 `.venv/bin/python bench/bench_tracker.py [--quick] [--dir DIR]`.
 
 For a summary holding 10 and 10,000 days, in the same run:
-- baseline: the pattern the seed replaced, a synchronous read-modify-write of the whole
+- baseline: the pattern the original UsageTracker used, a synchronous read-modify-write of the whole
   JSON file per call (``json.loads(path.read_text())``, update, ``path.write_text(
   json.dumps(data, indent=2))``, no fsync);
 - ``UsageTracker.record()`` per call (defaults: flush_interval=5 s, flush_size=10), each
@@ -59,7 +59,7 @@ def seed_baseline_file(path: Path, n_days: int) -> None:
 
 
 def baseline_record(path: Path, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
-    """What the seed's UsageTracker.record() did on every call."""
+    """What the original UsageTracker.record() did on every call."""
     data = json.loads(path.read_text())
     day = date.today().isoformat()
     d = data["daily"].setdefault(day, {"models": {}, "total_cost": 0.0})
@@ -119,7 +119,7 @@ def run(base: Path, n_days: int, n_base: int, n_rec: int, n_sync: int) -> None:
     ts.shutdown(60)
 
     label = f"{n_days:,} days ({size_kb:,.0f} KiB file)"
-    row(f"{label}: seed pattern, read-modify-write per call (median)", fmt_ns(b_med), "baseline", "1×")
+    row(f"{label}: original pattern, read-modify-write per call (median)", fmt_ns(b_med), "baseline", "1×")
     r_med, r_mean = statistics.median(r), statistics.fmean(r)
     row(f"{label}: `record()` median / p99 / mean", f"{fmt_ns(r_med)} / {fmt_ns(p99(r))} / {fmt_ns(r_mean)}",
         fmt_ns(b_med), f"{b_med / r_med:,.0f}× faster (median), {b_med / r_mean:,.0f}× (mean)")

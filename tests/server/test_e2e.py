@@ -136,7 +136,7 @@ def pg_clean(postgres_server):
 
 
 def test_telemetry_client_runs_reach_the_collector(tmp_path):
-    """Seed 001: TelemetryClient -> journal -> HttpSink -> /api/v1/runs/batch -> storage."""
+    """TelemetryClient -> journal -> HttpSink -> /api/v1/runs/batch -> storage."""
     from usageledger.telemetry import TelemetryClient, TelemetryConfig
 
     with Collector(f"sqlite:///{tmp_path}/runs.db") as collector:

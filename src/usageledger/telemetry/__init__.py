@@ -1,4 +1,4 @@
-"""Agent-run telemetry (seed 001): ``TelemetryClient``, ``RunRecord``, ``RunEvent``,
+"""Agent-run telemetry: ``TelemetryClient``, ``RunRecord``, ``RunEvent``,
 ``APIPayload`` and the local writers. See docs/telemetry.md."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TelemetryClient (seed 001): agent runs and their events, recorded without slowing the
+"""TelemetryClient: agent runs and their events, recorded without slowing the
 agent and delivered to every destination through the core pipeline.
 
 The caller's thread only validates, builds the run's record and appends it to one

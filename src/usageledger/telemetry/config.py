@@ -1,4 +1,4 @@
-"""TelemetryConfig: keyword arguments > ``USAGELEDGER_TELEMETRY_<KEY>`` > the seed's
+"""TelemetryConfig: keyword arguments > ``USAGELEDGER_TELEMETRY_<KEY>`` > the original client's
 environment names > defaults. A bad value fails at construction with a ``ConfigError``
 naming the key, the value and where it came from."""
 
@@ -25,7 +25,7 @@ __all__ = [
 
 ENV_PREFIX = "USAGELEDGER_TELEMETRY_"
 #: other environment names read for a key when ``USAGELEDGER_TELEMETRY_<KEY>`` is unset,
-#: in order: the seed's names, and the collector settings shared with PersistentDelivery
+#: in order: the original client's names, and the collector settings shared with PersistentDelivery
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "base_dir": ("TELEMETRY_BASE_DIR", "AGENT_METRICS_DIR"),
     "database_path": ("TELEMETRY_DB_PATH",),

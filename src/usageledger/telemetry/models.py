@@ -1,4 +1,4 @@
-"""Agent-run records (seed 001): ``RunRecord``, ``RunEvent``, ``APIPayload`` and helpers.
+"""Agent-run records: ``RunRecord``, ``RunEvent``, ``APIPayload`` and helpers.
 
 One schema for client, journal, NDJSON, SQLite and collector: a run write on every wire
 is the flat JSON object of a :class:`RunRecord` plus ``id`` (a fresh UUIDv7 per write),
@@ -33,7 +33,7 @@ __all__ = [
     "SETTABLE_FIELDS",
 ]
 
-#: v3 of the seed's agent_runs schema (insight_id, product_family, subdomain), plus error_details
+#: v3 of the original client's agent_runs schema (insight_id, product_family, subdomain), plus error_details
 SCHEMA_VERSION = 3
 RUN_STATUSES = ("running", "success", "failed", "partial", "timeout", "cancelled")
 #: a run id longer than this is refused (it names files and primary keys)
@@ -121,7 +121,7 @@ class RunEvent(msgspec.Struct):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunEvent:
-        """Accepts the seed's ``payload_json`` (a JSON string) as well as ``payload``."""
+        """Accepts the original client's ``payload_json`` (a JSON string) as well as ``payload``."""
         if not isinstance(data, dict):
             raise TypeError(f"RunEvent.from_dict needs a dict, got {data!r}")
         known = {k: v for k, v in data.items() if k in _EVENT_FIELDS}
