@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._sqlite import connect_wal
+from .._sqlite import connect_wal, fork_gate
 from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem, state_code
 
 log = logging.getLogger("usageledger.journal")
@@ -81,7 +81,8 @@ class SqliteJournal(Journal):
     def _open_checked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn()
+            with fork_gate:
+                self._conn()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
                 raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
@@ -95,7 +96,8 @@ class SqliteJournal(Journal):
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
-            self._conn()
+            with fork_gate:
+                self._conn()
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -113,6 +115,13 @@ class SqliteJournal(Journal):
 
     @contextlib.contextmanager
     def _tx(self, immediate: bool = True):
+        # every SQLite call of the journal runs inside the fork gate (see ForkGate)
+        with fork_gate:
+            with self._tx_ungated(immediate) as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _tx_ungated(self, immediate: bool):
         try:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -262,7 +271,8 @@ class SqliteJournal(Journal):
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
-            return self._conn().execute(sql, params).fetchall()
+            with fork_gate:
+                return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
@@ -297,7 +307,7 @@ class SqliteJournal(Journal):
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._pid == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
+            with fork_gate, contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
 
