@@ -30,6 +30,9 @@ from .sinks.base import Ok, Reject, Result, Retry, Sink, all_results
 
 log = logging.getLogger("usageledger.dispatcher")
 
+#: how often a final drain looks again while another process holds the lease
+_FINAL_POLL_S = 0.05
+
 
 class Dispatcher:
     def __init__(
@@ -165,12 +168,34 @@ class Dispatcher:
     def _final_drain(self) -> None:
         deadline = self._final_deadline
         if deadline is None:
-            deadline = float("inf")
-        # one more try even when paused, if the pause ends before the deadline
-        if time.time() < self._pause_until and self._pause_until - time.time() < deadline - time.monotonic():
-            time.sleep(self._pause_until - time.time())
-        if time.monotonic() < deadline:
+            # no deadline: one pass over what is ready now (a failing destination or a
+            # lease held elsewhere must not make stop(None) wait forever)
+            if time.time() >= self._pause_until:
+                self._drain_logged(float("inf"))
+            return
+        # deliver until the deadline: wait out a pause (Retry-After, an outage probe) and a
+        # lease held by another process (it may be hung, or have just died), and look again
+        while time.monotonic() < deadline:
+            pause = self._pause_until - time.time()
+            if pause > 0:
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                continue
             self._drain_logged(deadline)
+            if not self._pending():
+                return
+            time.sleep(min(_FINAL_POLL_S, max(deadline - time.monotonic(), 0.0)))
+
+    def _pending(self) -> bool:
+        try:
+            return any(journal.has_pending() for journal in self._journals())
+        except JournalError:
+            return False
+
+    def abandon(self) -> None:
+        """After a stop whose deadline passed with sends hung in flight: give the lease
+        up now, from the caller's thread, so the claims of the hung sends return to ready
+        for the next dispatcher (this process's late answers then settle nothing)."""
+        self._release_all()
 
     def _drain_logged(self, deadline: float | None = None) -> None:
         try:

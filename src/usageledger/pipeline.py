@@ -143,8 +143,8 @@ class Pipeline:
         self._check_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         self.recorder.stop(_remaining(deadline))
-        if self._dispatch:
-            self.dispatcher.stop(_remaining(deadline))
+        if self._dispatch and not self.dispatcher.stop(_remaining(deadline)):
+            self.dispatcher.abandon()  # sends hung in flight: their claims back to ready
         self._stopped = True
         _live.discard(self)
         try:

@@ -106,12 +106,26 @@ class Journal:
         raise NotImplementedError
 
     def acquire(self, holder: str, lease_s: float) -> bool:
-        """Take or renew the dispatcher lease. On taking over an expired lease of
-        another holder, that holder's in-flight items return to ready."""
+        """Take or renew the dispatcher lease for ``lease_s`` seconds; never blocks.
+
+        ``holder`` names one dispatcher; dispatchers name themselves ``host:pid:tag``.
+        The lease is refused while another holder's lease has not expired, *unless* the
+        journal can tell that holder is dead (the SQLite journal: its process no longer
+        holds the OS lock on ``<journal>.lease`` and its pid is gone from this host); a
+        backend without such a signal uses the expiry alone. On taking over:
+
+        - from a dead holder, or where no lease was recorded (released): that holder's
+          in-flight items return to ready with the attempt of their claim undone (the
+          claim got no answer, so it must not count towards ``max_attempts``);
+        - from a live holder whose lease expired (hung): its in-flight items return to
+          ready, attempts kept.
+
+        A live holder's in-flight rows are never reset."""
         raise NotImplementedError
 
     def release(self, holder: str) -> None:
-        """Give the lease up; this holder's in-flight items return to ready."""
+        """Give the lease up; this holder's in-flight items return to ready (attempts
+        kept), and answers to its earlier claims that arrive later settle nothing."""
         raise NotImplementedError
 
     def close(self) -> None:
