@@ -74,6 +74,7 @@ class PersistentDelivery:
             max_batch_bytes=config.max_batch_bytes,
             batch_interval=config.batch_interval,
             max_attempts=config.max_attempts,
+            max_retry_age=config.max_retry_age,
             base_delay=config.immediate_pause_seconds,
             max_backoff=config.max_backoff,
             poll_interval=config.poll_interval,

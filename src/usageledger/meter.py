@@ -19,7 +19,7 @@ __all__ = ["Meter"]
 
 _PIPELINE_OPTIONS = (
     "durability", "journal_path", "flush_interval", "max_buffer", "max_batch_size",
-    "batch_interval", "max_attempts", "max_backoff", "exit_timeout",
+    "batch_interval", "max_attempts", "max_retry_age", "max_backoff", "exit_timeout",
 )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._sqlite import fork_gate
-from .dispatcher import Dispatcher
+from .dispatcher import DEFAULT_MAX_RETRY_AGE, Dispatcher
 from .recorder import Recorder
 from .sinks.base import Sink
 
@@ -46,7 +46,8 @@ class Pipeline:
         max_batch_size: int = 100,
         max_batch_bytes: int = 4 * 1024 * 1024,
         batch_interval: float = 0.5,
-        max_attempts: int = 10,
+        max_attempts: int | None = None,
+        max_retry_age: float = DEFAULT_MAX_RETRY_AGE,
         base_delay: float = 0.5,
         max_backoff: float = 60.0,
         lease_s: float = 15.0,
@@ -67,6 +68,7 @@ class Pipeline:
             max_batch_bytes=max_batch_bytes,
             batch_interval=batch_interval,
             max_attempts=max_attempts,
+            max_retry_age=max_retry_age,
             base_delay=base_delay,
             max_backoff=max_backoff,
             lease_s=lease_s,
