@@ -19,6 +19,7 @@ from typing import Any
 
 from ._sqlite import fork_gate
 from .dispatcher import DEFAULT_MAX_RETRY_AGE, Dispatcher
+from .journal import Journal, JournalError, SqliteJournal
 from .recorder import Recorder
 from .sinks.base import Sink
 
@@ -57,12 +58,13 @@ class Pipeline:
         exit_timeout: float = EXIT_DELIVERY_TIMEOUT,
         dispatch: bool = True,
         name: str = "usageledger",
+        drain_also: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]
     ):
         if durability == "memory":
             journal_path = None
         self.exit_timeout = exit_timeout
         self.dispatcher = Dispatcher(
-            lambda: self.recorder.journals,
+            lambda: self.journals,
             sink,
             max_batch_size=max_batch_size,
             max_batch_bytes=max_batch_bytes,
@@ -85,7 +87,10 @@ class Pipeline:
             on_commit=self.dispatcher.notify,
             on_fork=self._after_fork_child,
             name=name,
+            destination=sink.destination,
         )
+        #: journals only drained, never written: e.g. one under a name an older version used
+        self._drained = self._open_drained(drain_also, sink.destination) if journal_path else []
         #: the hot path: the recorder's own method, no extra call layer
         self.submit = self.recorder.submit
         self.journal = self.recorder.journals[0]
@@ -98,6 +103,24 @@ class Pipeline:
         if dispatch:
             self.dispatcher.start()
         self._pid = os.getpid()
+
+    @staticmethod
+    def _open_drained(paths: Any, destination: str | None) -> list[Journal]:
+        out: list[Journal] = []
+        for path in paths:
+            if not Path(path).is_file():
+                continue
+            try:
+                out.append(SqliteJournal(path, destination=destination))
+            except JournalError as exc:
+                log.warning("journal %s is not drained by this pipeline: %s", path, exc)
+        return out
+
+    @property
+    def journals(self) -> list[Journal]:
+        """Every journal this pipeline delivers from: the writer's chain (primary, then
+        fallbacks), then journals it only drains."""
+        return self.recorder.journals + self._drained
 
     def start_dispatch(self) -> None:
         """Start delivering from a pipeline made with ``dispatch=False``."""
@@ -137,7 +160,7 @@ class Pipeline:
     def _settled(self) -> bool:
         if self.recorder.pending:
             return False
-        return not any(journal.has_pending() for journal in self.recorder.journals)
+        return not any(journal.has_pending() for journal in self.journals)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Write the buffer to the journal, deliver until ``timeout``, end the threads.
@@ -184,7 +207,7 @@ class Pipeline:
             js = journal.stats()
         except Exception as exc:
             js = {"ready": None, "inflight": None, "dead": None, "error": str(exc)}
-        for extra in self.recorder.journals[1:]:
+        for extra in self.journals[1:]:
             try:
                 es = extra.stats()
             except Exception:

@@ -18,6 +18,7 @@ refuses writes: a fallback journal in another directory, then memory up to
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .journal import Journal, JournalError, MemoryJournal, SqliteJournal
+from .journal import Journal, JournalDestinationError, JournalError, MemoryJournal, SqliteJournal
 from .records import encode
 
 log = logging.getLogger("usageledger.recorder")
@@ -51,6 +52,7 @@ class Recorder:
         on_commit: Callable[[int], None] | None = None,
         on_fork: Callable[[], None] | None = None,
         name: str = "usageledger",
+        destination: str | None = None,
     ):
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
@@ -67,7 +69,9 @@ class Recorder:
         self._on_commit = on_commit
         # a fork made without os.register_at_fork hooks is seen here, on the hot path
         self._on_fork = on_fork or self.after_fork_child
+        self._destination = destination
         self.journals: list[Journal] = [self._open_primary()]
+        self.journals.extend(self._existing_fallbacks())
         self._reset_state()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -75,7 +79,9 @@ class Recorder:
         if self._journal_path is None:
             return MemoryJournal()
         try:
-            return SqliteJournal(self._journal_path, fsync=self.durability == "fsync")
+            return self._sqlite(self._journal_path)
+        except JournalDestinationError:
+            raise  # a mistake in the set-up, not a disk failure: say so to the caller
         except (JournalError, OSError) as exc:
             log.error("journal %s cannot be opened (%s); using the fallback location", self._journal_path, exc)
             fallback = self._open_fallback()
@@ -84,9 +90,14 @@ class Recorder:
                 return MemoryJournal()
             return fallback
 
-    def _open_fallback(self) -> Journal | None:
+    def _sqlite(self, path: Path) -> SqliteJournal:
+        return SqliteJournal(path, fsync=self.durability == "fsync", destination=self._destination)
+
+    def fallback_paths(self) -> list[Path]:
+        """Where this journal's fallback journal may be: ``<fallback dir>/<name>``, or,
+        when that one belongs to another destination, ``<name>-<hash of the primary path>``."""
         if self._journal_path is None:
-            return None
+            return []
         if self._fallback_dir is not None:
             base = Path(self._fallback_dir)
         else:
@@ -95,14 +106,49 @@ class Recorder:
             base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
         if base.resolve() == self._journal_path.parent.resolve():
             base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
-        path = base / self._journal_path.name
-        try:
-            journal = SqliteJournal(path, fsync=self.durability == "fsync")
-        except (JournalError, OSError) as exc:
-            log.error("fallback journal %s cannot be opened either: %s", path, exc)
-            return None
-        log.error("writing to fallback journal %s while %s refuses writes", path, self._journal_path)
-        return journal
+        name = self._journal_path.name
+        digest = hashlib.sha1(str(self._journal_path.absolute()).encode()).hexdigest()[:10]
+        return [base / name, base / f"{name}-{digest}"]
+
+    def _open_fallback(self) -> Journal | None:
+        for path in self.fallback_paths():
+            try:
+                journal = self._sqlite(path)
+            except JournalDestinationError as exc:
+                log.info("fallback journal %s is another destination's: %s", path, exc)
+                continue
+            except (JournalError, OSError) as exc:
+                log.error("fallback journal %s cannot be opened either: %s", path, exc)
+                return None
+            log.error("writing to fallback journal %s while %s refuses writes", path, self._journal_path)
+            return journal
+        return None
+
+    def _existing_fallbacks(self) -> list[Journal]:
+        """Fallback journals of this destination left by earlier processes (or this one):
+        opened at start so the dispatcher drains them and stats() counts them; nothing
+        accepted stays stranded there once the primary works again."""
+        if self._destination is None:
+            return []  # a sink that names no destination: nothing tells which are ours
+        open_at = {j.location for j in self.journals}
+        found: list[Journal] = []
+        for path in self.fallback_paths():
+            if str(path) in open_at or not path.is_file():
+                continue
+            try:
+                # opened without a destination: only looks, so another's stays untouched
+                journal = SqliteJournal(path, fsync=self.durability == "fsync")
+            except (JournalError, OSError) as exc:
+                log.warning("fallback journal %s cannot be opened to drain it: %s", path, exc)
+                continue
+            if journal.destination != self._destination:
+                # another destination's, or one older than recorded destinations (whose
+                # records may be anyone's): not ours to deliver
+                journal.close()
+                continue
+            log.info("draining fallback journal %s left for %s", path, self._journal_path)
+            found.append(journal)
+        return found
 
     def _reset_state(self) -> None:
         """Fresh buffer, locks and thread: at start and in a forked child."""

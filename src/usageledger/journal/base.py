@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Journal", "JournalItem", "JournalError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
+__all__ = ["Journal", "JournalItem", "JournalError", "JournalDestinationError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
 
 READY, INFLIGHT, DEAD = 0, 1, 2
 STATE_NAMES = {READY: "ready", INFLIGHT: "inflight", DEAD: "dead"}
@@ -30,6 +30,11 @@ class JournalItem(NamedTuple):
 
 class JournalError(Exception):
     """The journal could not do what was asked (disk full, read-only, corrupt...)."""
+
+
+class JournalDestinationError(JournalError):
+    """The journal belongs to another destination than the pipeline opening it: two
+    destinations on one journal would deliver each other's records."""
 
 
 def state_code(state: str | int) -> int:

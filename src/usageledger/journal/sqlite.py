@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from .._sqlite import connect_wal, fork_gate
-from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem, state_code
+from .base import (
+    DEAD,
+    INFLIGHT,
+    READY,
+    Journal,
+    JournalDestinationError,
+    JournalError,
+    JournalItem,
+    state_code,
+)
 
 log = logging.getLogger("usageledger.journal")
 
@@ -52,6 +61,8 @@ INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('retried', 0);
 """
 
 _LEASE = "dispatcher"
+#: key/value facts about the journal; ``destination`` names where its records go
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 #: what items(), retrying() and recent_dead() return per row; dead rows have no backoff
 #: and no owner
@@ -65,7 +76,14 @@ def _dicts(rows: list[tuple], keys: tuple[str, ...] = _ITEM_KEYS) -> list[dict[s
 
 
 class SqliteJournal(Journal):
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False, busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        busy_timeout_ms: int = 10_000,
+        destination: str | None = None,
+    ):
         self.path = Path(path).expanduser()
         self.location = str(self.path)
         #: sidecar file whose OS lock the lease holder's process keeps (see acquire)
@@ -79,6 +97,8 @@ class SqliteJournal(Journal):
         self._claims: dict[str, list[int]] = {}
         self._claims_lock = threading.Lock()
         self._open_checked()
+        #: where this journal's records go (recorded in its meta table; None: unknown)
+        self.destination = self._claim_destination(destination)
 
     # -- connections -------------------------------------------------------------------
     def _open_checked(self) -> None:
@@ -136,6 +156,29 @@ class SqliteJournal(Journal):
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def _claim_destination(self, destination: str | None) -> str | None:
+        """Record ``destination`` in a journal that has none (a new journal, or one made
+        before journals recorded it: adopted), or check it against the recorded one."""
+        if destination is None:  # only look: tools inspecting a journal change nothing
+            has_meta = self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
+            if not has_meta:
+                return None
+            row = self._read("SELECT value FROM meta WHERE key='destination'")
+            return row[0][0] if row else None
+        with self._tx() as c:
+            c.execute(_META_SCHEMA)
+            row = c.execute("SELECT value FROM meta WHERE key='destination'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta(key, value) VALUES ('destination', ?)", (destination,))
+                return destination
+            if row[0] != destination:
+                raise JournalDestinationError(
+                    f"journal {self.path} belongs to {row[0]}, not to {destination}: records of one"
+                    " destination would be delivered to the other. Give this pipeline its own"
+                    " journal (journal_path= / db_path=)"
+                )
+            return destination
 
     # -- contract ---------------------------------------------------------------------
     def append(self, items: list[tuple[str, str, bytes]]) -> None:
