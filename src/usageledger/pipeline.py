@@ -173,9 +173,12 @@ class Pipeline:
         self._stopped = True
         _live.discard(self)
         try:
-            return self._settled()
+            settled = self._settled()
         except Exception:
             return False
+        if not settled:
+            self.warn_undelivered()
+        return settled
 
     close = stop
 
@@ -199,6 +202,44 @@ class Pipeline:
             self.dispatcher.start()
 
     # -- introspection -------------------------------------------------------------------------
+    def undelivered(self) -> tuple[int, list[str]]:
+        """Records accepted but not delivered yet (ready or in flight in every journal this
+        pipeline delivers from, plus any held in memory), and the journals holding them."""
+        n = self.recorder.pending
+        where: list[str] = []
+        for journal in self.journals:
+            try:
+                s = journal.stats()
+            except Exception:
+                continue
+            k = (s.get("ready") or 0) + (s.get("inflight") or 0)
+            if k:
+                n += k
+                where.append(journal.location)
+        return n, where
+
+    def warn_undelivered(self) -> None:
+        """One WARNING when records wait undelivered (at stop, and so at exit): how many,
+        where, and the command that shows them. A script whose collector is down must not
+        exit silently."""
+        try:
+            n, where = self.undelivered()
+        except Exception:
+            return
+        if not n:
+            return
+        if not where or self.durability == "memory":
+            log.warning(
+                "%d records are not delivered and are lost when this process exits: they are held"
+                " only in memory (durability=%r)", n, self.durability,
+            )
+            return
+        log.warning(
+            "%d records are not delivered yet: they wait in %s and go out with the next process"
+            " that uses this journal (or run one to deliver them). See them with `usageledger stats %s`",
+            n, " and ".join(where), where[0],
+        )
+
     def stats(self) -> dict[str, Any]:
         self._check_fork()
         journal = self.recorder.journals[0]
