@@ -219,6 +219,8 @@ def stats(
     table.add_column()
     for key in ("ready", "inflight", "dead", "delivered", "retried"):
         table.add_row(key, f"{s[key]:,}")
+    for fb in s.get("fallback_journals", []):
+        table.add_row("in fallback", f"{fb['waiting']:,} in {fb['path']}")
     table.add_row("oldest queued", format_age(s["oldest_queued_age_s"]))
     table.add_row("next retry", _when(s["next_not_before"]))
     holder = s["lease_holder"]

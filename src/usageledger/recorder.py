@@ -40,6 +40,53 @@ _PRIMARY_RETRY_S = 5.0
 HIGH_WATER = 10_000
 
 
+def fallback_paths(journal_path: str | os.PathLike[str], fallback_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where the fallback journal of ``journal_path`` may be: ``<fallback dir>/<name>``, or,
+    when that one belongs to another destination, ``<name>-<hash of the primary path>``.
+    The fallback dir defaults to ``<user cache dir>/usageledger/fallback`` (a per-user
+    folder in /tmp when that is the journal's own folder)."""
+    primary = Path(journal_path).expanduser()
+    if fallback_dir is not None:
+        base = Path(fallback_dir).expanduser()
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
+    if base.resolve() == primary.parent.resolve():
+        base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
+    digest = hashlib.sha1(str(primary.absolute()).encode()).hexdigest()[:10]
+    return [base / primary.name, base / f"{primary.name}-{digest}"]
+
+
+def open_fallbacks(
+    journal_path: str | os.PathLike[str],
+    destination: str | None,
+    fallback_dir: str | os.PathLike[str] | None = None,
+    *,
+    fsync: bool = False,
+    skip: set[str] | None = None,
+) -> list[SqliteJournal]:
+    """The fallback journals of ``journal_path`` that exist and record ``destination``
+    (only look: another destination's, or one older than recorded destinations whose
+    records may be anyone's, is left untouched)."""
+    if destination is None:
+        return []  # a sink that names no destination: nothing tells which are ours
+    found: list[SqliteJournal] = []
+    for path in fallback_paths(journal_path, fallback_dir):
+        if (skip and str(path) in skip) or not path.is_file():
+            continue
+        try:
+            journal = SqliteJournal(path, fsync=fsync)
+        except (JournalError, OSError) as exc:
+            log.warning("fallback journal %s cannot be opened to drain it: %s", path, exc)
+            continue
+        if journal.destination != destination:
+            journal.close()
+            continue
+        found.append(journal)
+    return found
+
+
 class Recorder:
     def __init__(
         self,
@@ -94,21 +141,7 @@ class Recorder:
         return SqliteJournal(path, fsync=self.durability == "fsync", destination=self._destination)
 
     def fallback_paths(self) -> list[Path]:
-        """Where this journal's fallback journal may be: ``<fallback dir>/<name>``, or,
-        when that one belongs to another destination, ``<name>-<hash of the primary path>``."""
-        if self._journal_path is None:
-            return []
-        if self._fallback_dir is not None:
-            base = Path(self._fallback_dir)
-        else:
-            import platformdirs
-
-            base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
-        if base.resolve() == self._journal_path.parent.resolve():
-            base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
-        name = self._journal_path.name
-        digest = hashlib.sha1(str(self._journal_path.absolute()).encode()).hexdigest()[:10]
-        return [base / name, base / f"{name}-{digest}"]
+        return [] if self._journal_path is None else fallback_paths(self._journal_path, self._fallback_dir)
 
     def _open_fallback(self) -> Journal | None:
         for path in self.fallback_paths():
@@ -125,30 +158,16 @@ class Recorder:
         return None
 
     def _existing_fallbacks(self) -> list[Journal]:
-        """Fallback journals of this destination left by earlier processes (or this one):
-        opened at start so the dispatcher drains them and stats() counts them; nothing
-        accepted stays stranded there once the primary works again."""
-        if self._destination is None:
-            return []  # a sink that names no destination: nothing tells which are ours
-        open_at = {j.location for j in self.journals}
-        found: list[Journal] = []
-        for path in self.fallback_paths():
-            if str(path) in open_at or not path.is_file():
-                continue
-            try:
-                # opened without a destination: only looks, so another's stays untouched
-                journal = SqliteJournal(path, fsync=self.durability == "fsync")
-            except (JournalError, OSError) as exc:
-                log.warning("fallback journal %s cannot be opened to drain it: %s", path, exc)
-                continue
-            if journal.destination != self._destination:
-                # another destination's, or one older than recorded destinations (whose
-                # records may be anyone's): not ours to deliver
-                journal.close()
-                continue
-            log.info("draining fallback journal %s left for %s", path, self._journal_path)
-            found.append(journal)
-        return found
+        """Fallback journals of this destination left by earlier processes: opened at
+        start so the dispatcher drains them and stats() counts them; nothing accepted
+        stays stranded there once the primary works again."""
+        if self._journal_path is None:
+            return []
+        found = open_fallbacks(self._journal_path, self._destination, self._fallback_dir,
+                               fsync=self.durability == "fsync", skip={j.location for j in self.journals})
+        for journal in found:
+            log.info("draining fallback journal %s left for %s", journal.location, self._journal_path)
+        return list(found)
 
     def _reset_state(self) -> None:
         """Fresh buffer, locks and thread: at start and in a forked child."""
