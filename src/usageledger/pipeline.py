@@ -272,6 +272,7 @@ class Pipeline:
             enqueue_rate=round(rs["written"] / elapsed, 1),
             delivery_rate=ds["delivery_rate"] or round(ds["delivered_here"] / elapsed, 1),
             durability=self.durability,
+            tier=rs["tier"],
             journal=journal.location,
             lease_holder=js.get("lease_holder"),
             is_dispatcher=js.get("lease_holder") == self.dispatcher.holder,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Journal", "JournalItem", "JournalError", "JournalDestinationError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
+__all__ = ["Journal", "JournalItem", "JournalError", "JournalDestinationError", "JournalUnavailableError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
 
 READY, INFLIGHT, DEAD = 0, 1, 2
 STATE_NAMES = {READY: "ready", INFLIGHT: "inflight", DEAD: "dead"}
@@ -35,6 +35,12 @@ class JournalError(Exception):
 class JournalDestinationError(JournalError):
     """The journal belongs to another destination than the pipeline opening it: two
     destinations on one journal would deliver each other's records."""
+
+
+class JournalUnavailableError(JournalError):
+    """No journal on disk accepts the record, and the durability level asked for
+    (``committed``, ``fsync``) acknowledges only records on disk: raised by
+    ``enqueue()``/``record()`` instead of acknowledging."""
 
 
 def state_code(state: str | int) -> int:
