@@ -65,8 +65,11 @@ def test_a_long_outage_dead_letters_nothing_probes_sparingly_and_recovers_at_onc
         steps += 1
     bound = steps + OUTAGE / CAP + 3
     assert len(during) <= bound, f"{len(during)} requests during a {OUTAGE:g}s outage (bound {bound:.0f})"
-    # the backlog is delivered within one probe interval (at most CAP) of the end, plus margin
-    assert recovered <= CAP + 2.0, f"backlog delivered {recovered:.1f}s after the outage ended"
+    # the first probe after the end comes within one probe interval (at most CAP); the
+    # backlog follows at full speed (a wide margin for sending 900 records on a loaded box)
+    first_after = min(r.time for r in server.requests if r.time >= end)
+    assert first_after - end <= CAP + 1.0, f"first request {first_after - end:.1f}s after the end"
+    assert recovered <= CAP + 4.0, f"backlog delivered {recovered:.1f}s after the outage ended"
 
 
 def test_a_short_outage_backlog_flows_within_the_probe_interval(tmp_path, server):
@@ -83,7 +86,9 @@ def test_a_short_outage_backlog_flows_within_the_probe_interval(tmp_path, server
         recovered = time.time() - end
     finally:
         d.stop(5)
-    assert recovered <= 1.7 + 1.5, f"backlog delivered {recovered:.1f}s after the outage ended"
+    # within the probe interval plus a margin for a loaded box (the previous per-record
+    # backoffs took 7.4 s here)
+    assert recovered <= 1.7 + 3.0, f"backlog delivered {recovered:.1f}s after the outage ended"
 
 
 def test_retry_after_spaces_the_probes(tmp_path, server):

@@ -60,6 +60,10 @@ class Journal:
 
     #: where the journal lives, for messages (a path or a description)
     location: str = "memory"
+    #: where its records go (a sink's ``destination``), recorded by a persistent journal
+    #: when first opened for a pipeline; a journal opened for another destination raises
+    #: JournalDestinationError. None: not recorded (memory journals, older files)
+    destination: str | None = None
 
     def append(self, items: list[tuple[str, str, bytes]]) -> None:
         """Store ``(id, kind, data)`` items as ready, in one transaction (durable as the
