@@ -27,6 +27,9 @@ _LAZY = {
     "RunEvent": "usageledger.telemetry",
     "UsageTracker": "usageledger.tracker",
     "calculate_cost": "usageledger.pricing",
+    "JournalError": "usageledger.journal",
+    "JournalDestinationError": "usageledger.journal",
+    "JournalUnavailableError": "usageledger.journal",
 }
 
 __all__ = ["UsageRecord", "new_id", "__version__", *_LAZY]

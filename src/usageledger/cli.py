@@ -7,9 +7,12 @@ non-zero exit; ``--debug`` (anywhere on the command line) shows the traceback in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +42,31 @@ def serve(
     port: int = typer.Option(8765, help="port to listen on"),
     api_key: list[str] = typer.Option(None, "--api-key", help="accepted bearer key (repeatable); none: loopback only"),
 ) -> None:
-    """Run the collector service."""
+    """Run the collector service. SIGTERM (and Ctrl-C) stop it cleanly: requests under
+    way finish, the storage is closed, the exit status is 0."""
     from .server.app import serve as run
 
-    run(storage, host=host, port=port, api_keys=api_key or None)
+    with _exit_cleanly_on_sigterm():
+        run(storage, host=host, port=port, api_keys=api_key or None)
+
+
+@contextlib.contextmanager
+def _exit_cleanly_on_sigterm() -> Iterator[None]:
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the
+    # handler it found: with the default one the process dies of it (status 143). This
+    # handler turns it into a normal exit; before uvicorn starts it ends startup cleanly.
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (embedded): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -195,6 +219,8 @@ def stats(
     table.add_column()
     for key in ("ready", "inflight", "dead", "delivered", "retried"):
         table.add_row(key, f"{s[key]:,}")
+    for fb in s.get("fallback_journals", []):
+        table.add_row("in fallback", f"{fb['waiting']:,} in {fb['path']}")
     table.add_row("oldest queued", format_age(s["oldest_queued_age_s"]))
     table.add_row("next retry", _when(s["next_not_before"]))
     holder = s["lease_holder"]

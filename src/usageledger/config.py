@@ -92,7 +92,11 @@ class DeliveryConfig:
     poll_interval: float = 1.0
     batch_interval: float = 0.5
     immediate_pause_seconds: float = 0.5
-    max_attempts: int = 10
+    #: None: transient failures retry until ``max_retry_age``; a number dead-letters a record
+    #: after that many attempts as well
+    max_attempts: int | None = None
+    #: seconds (or "90s", "30m", "12h", "3d") a record keeps retrying transient failures
+    max_retry_age: float = 3 * 86400.0
     max_retries: int | None = None
     max_batch_size: int = 100
     durability: str = "buffered"
@@ -151,6 +155,7 @@ class DeliveryConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(DeliveryConfig) if f.name != "sources"}
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _POSITIVE_FLOATS = {"timeout", "poll_interval", "batch_interval", "immediate_pause_seconds",
                     "flush_interval", "max_backoff"}
 _POSITIVE_INTS = {"max_attempts", "max_batch_size", "max_buffer", "max_batch_bytes"}
@@ -170,6 +175,24 @@ def parse_positive_float(value: Any, bad: Callable[[str], ConfigError]) -> float
     if isinstance(value, bool) or not number > 0 or number == float("inf"):
         raise bad("a positive number")
     return number
+
+
+def parse_duration(value: Any, bad: Callable[[str], ConfigError]) -> float:
+    """Seconds, as a number or text with an optional unit: ``"90"``, ``"90s"``, ``"30m"``,
+    ``"12h"``, ``"3d"``."""
+    expected = "a positive duration (seconds, or a number with s, m, h or d)"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:]) if text else None
+        if unit is not None:
+            try:
+                return parse_positive_float(text[:-1], bad) * unit
+            except ConfigError:
+                raise bad(expected) from None
+    try:
+        return parse_positive_float(value, bad)
+    except ConfigError:
+        raise bad(expected) from None
 
 
 def parse_bool(value: Any, bad: Callable[[str], ConfigError]) -> bool:
@@ -195,8 +218,10 @@ def _parse(key: str, value: Any, source: str) -> Any:
 
     if key in _POSITIVE_FLOATS:
         return parse_positive_float(value, bad)
+    if key == "max_retry_age":
+        return parse_duration(value, bad)
     if key in _POSITIVE_INTS or key == "max_retries":
-        if value is None and key == "max_retries":
+        if value is None and key in ("max_retries", "max_attempts"):
             return None
         if isinstance(value, bool) or isinstance(value, float):
             raise bad("a whole number")

@@ -14,6 +14,7 @@ from .journal import SqliteJournal
 from .journal.sqlite import check_journal_file
 from .logs import configure_logging, log_body
 from .pipeline import Pipeline
+from .recorder import open_fallbacks
 from .records import KIND_RAW, encode_json_object, new_id
 from .sinks.http import HttpSink
 
@@ -74,6 +75,7 @@ class PersistentDelivery:
             max_batch_bytes=config.max_batch_bytes,
             batch_interval=config.batch_interval,
             max_attempts=config.max_attempts,
+            max_retry_age=config.max_retry_age,
             base_delay=config.immediate_pause_seconds,
             max_backoff=config.max_backoff,
             poll_interval=config.poll_interval,
@@ -135,7 +137,8 @@ class PersistentDelivery:
 class PersistentQueueManager:
     """Inspect and repair a journal file: stats, failures, requeue, purge."""
 
-    def __init__(self, db_path: str | Path, *, busy_timeout_ms: int = 10_000):
+    def __init__(self, db_path: str | Path, *, busy_timeout_ms: int = 10_000,
+                 fallback_dir: str | Path | None = None):
         path = Path(db_path).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"no journal at {path}")
@@ -143,6 +146,7 @@ class PersistentQueueManager:
         # named by mistake: refuse anything that is not already a journal
         check_journal_file(path)
         self.journal = SqliteJournal(path, busy_timeout_ms=busy_timeout_ms)
+        self._fallback_dir = fallback_dir
 
     def stats(self) -> dict[str, Any]:
         s = self.journal.stats()
@@ -150,6 +154,18 @@ class PersistentQueueManager:
         s["queued"] = s["ready"]
         s["failed"] = s["dead"]
         s["oldest_queued_age_s"] = None if oldest is None else round(time.time() - oldest, 3)
+        # records of this journal's destination waiting in its fallback journals (written
+        # while this file refused writes): the next pipeline on this journal delivers them
+        s["fallback_waiting"] = 0
+        s["fallback_journals"] = []
+        for fb in open_fallbacks(self.journal.path, self.journal.destination, self._fallback_dir):
+            try:
+                fs = fb.stats()
+            finally:
+                fb.close()
+            waiting = fs["ready"] + fs["inflight"]
+            s["fallback_waiting"] += waiting
+            s["fallback_journals"].append({"path": fb.location, "waiting": waiting, "dead": fs["dead"]})
         return s
 
     def failed(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -6,12 +6,17 @@ The collector keeps running (dashboard, API docs) until Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -154,7 +159,8 @@ def run_demo(
     console: Console | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Run the demo; returns the two summaries (``{"model": rows, "day": rows}``).
-    Ctrl-C at any point stops the collector and returns cleanly."""
+    Ctrl-C or SIGTERM at any point stops the collector and returns cleanly; a temporary
+    folder the demo made (no ``workdir``) is removed at the end."""
     console = console or Console()
     import importlib.util
 
@@ -164,6 +170,45 @@ def run_demo(
                            "pip install 'usageledger[server]'")
     work = Path(workdir or tempfile.mkdtemp(prefix="usageledger-demo-"))
     work.mkdir(parents=True, exist_ok=True)
+    with _stop_on_sigterm():
+        try:
+            return _run(console, host, port, n, days, keep_running, work)
+        finally:
+            if workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the demo as Ctrl-C does (collector stopped, folder removed), instead
+    of ending this process and leaving its collector running."""
+    active = True
+
+    def stop(signum: int, frame: Any) -> None:
+        if active:
+            raise KeyboardInterrupt
+        # after the demo (a handler installed later may chain to this one): as before it
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        active = False
+        if signal.getsignal(signal.SIGTERM) is stop:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(console: Console, host: str, port: int, n: int, days: int, keep_running: bool,
+         work: Path) -> dict[str, list[dict[str, Any]]]:
     if _port_in_use(host, port):
         free = _free_port(host)
         console.print(f"[yellow]{host}:{port} is already in use (another collector?): "
@@ -189,7 +234,7 @@ def run_demo(
             proc.wait()
             if proc.returncode:
                 console.print(f"[red]the collector exited with code {proc.returncode}[/]\n{_tail(log)}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see _stop_on_sigterm)
         console.print("\nstopping the collector")
     finally:
         if proc.poll() is None:

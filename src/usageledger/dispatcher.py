@@ -3,8 +3,16 @@
 The sink only speaks its wire and reports a result per record; every policy lives here:
 - batches of up to ``max_batch_size`` items and ``max_batch_bytes`` bytes, sent when a
   full batch waits or every ``batch_interval``;
-- transient failures: exponential backoff with full jitter capped at ``max_backoff``, or
-  exactly the server's ``Retry-After``; ``max_attempts`` then dead-letter;
+- transient failures of some records: exponential backoff with full jitter capped at
+  ``max_backoff``; a record retries until it is older than ``max_retry_age`` (and, only
+  when a user sets it, until ``max_attempts``), then it is dead-lettered;
+- a failure of the destination as a whole (the sink gives every record of a batch one
+  Retry: network error, 5xx, 408/425/429, a storage that is down) is an outage: the
+  dispatcher pauses as a whole and sends one probe batch at a time, at an interval that
+  grows from ``base_delay`` by half each time up to ``max_backoff`` (or exactly the
+  server's ``Retry-After``); the first probe that succeeds ends the outage and the backlog
+  flows at full speed at once (the records of failed probes wait no longer than the
+  probe interval);
 - a batch refused whole without per-record results is split in halves until the bad
   records are isolated, so one poison record never sinks the rest;
 - claims are released (ack/retry/dead) as soon as a send returns: the dispatcher never
@@ -30,6 +38,16 @@ from .sinks.base import Ok, Reject, Result, Retry, Sink, all_results
 
 log = logging.getLogger("usageledger.dispatcher")
 
+#: records whose transient failures go on longer than this are dead-lettered (3 days)
+DEFAULT_MAX_RETRY_AGE = 3 * 86400.0
+#: growth of the probe interval per failed probe during an outage: slow enough that the
+#: wait after the destination returns stays a fraction of the outage (at most a third of
+#: it, until ``max_backoff``), fast enough that a long outage costs few requests
+_PROBE_GROWTH = 1.5
+
+#: how often a final drain looks again while another process holds the lease
+_FINAL_POLL_S = 0.05
+
 
 class Dispatcher:
     def __init__(
@@ -40,7 +58,8 @@ class Dispatcher:
         max_batch_size: int = 100,
         max_batch_bytes: int = 4 * 1024 * 1024,
         batch_interval: float = 0.5,
-        max_attempts: int = 10,
+        max_attempts: int | None = None,
+        max_retry_age: float = DEFAULT_MAX_RETRY_AGE,
         base_delay: float = 0.5,
         max_backoff: float = 60.0,
         lease_s: float = 15.0,
@@ -52,14 +71,17 @@ class Dispatcher:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        if max_attempts is not None and max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1 or None, got {max_attempts!r}")
+        if not max_retry_age > 0:
+            raise ValueError(f"max_retry_age must be a positive number of seconds, got {max_retry_age!r}")
         self._journals = journals
         self.sink = sink
         self.max_batch_size = max_batch_size
         self.max_batch_bytes = max_batch_bytes
         self.batch_interval = batch_interval
         self.max_attempts = max_attempts
+        self.max_retry_age = max_retry_age
         self.base_delay = base_delay
         self.max_backoff = max_backoff
         self.lease_s = lease_s
@@ -78,6 +100,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
         self._leases: dict[int, float] = {}  # id(journal) -> when we last renewed
         self._pause_until = 0.0
+        self._probe_interval = 0.0  # > 0 while the destination is out: the next probe's wait
         self._final_deadline: float | None = None
         self._waiting = 0  # items committed since the last drain, to wake on a full batch
         self._busy = False
@@ -165,12 +188,34 @@ class Dispatcher:
     def _final_drain(self) -> None:
         deadline = self._final_deadline
         if deadline is None:
-            deadline = float("inf")
-        # one more try even when paused, if the pause ends before the deadline
-        if time.time() < self._pause_until and self._pause_until - time.time() < deadline - time.monotonic():
-            time.sleep(self._pause_until - time.time())
-        if time.monotonic() < deadline:
+            # no deadline: one pass over what is ready now (a failing destination or a
+            # lease held elsewhere must not make stop(None) wait forever)
+            if time.time() >= self._pause_until:
+                self._drain_logged(float("inf"))
+            return
+        # deliver until the deadline: wait out a pause (Retry-After, an outage probe) and a
+        # lease held by another process (it may be hung, or have just died), and look again
+        while time.monotonic() < deadline:
+            pause = self._pause_until - time.time()
+            if pause > 0:
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                continue
             self._drain_logged(deadline)
+            if not self._pending():
+                return
+            time.sleep(min(_FINAL_POLL_S, max(deadline - time.monotonic(), 0.0)))
+
+    def _pending(self) -> bool:
+        try:
+            return any(journal.has_pending() for journal in self._journals())
+        except JournalError:
+            return False
+
+    def abandon(self) -> None:
+        """After a stop whose deadline passed with sends hung in flight: give the lease
+        up now, from the caller's thread, so the claims of the hung sends return to ready
+        for the next dispatcher (this process's late answers then settle nothing)."""
+        self._release_all()
 
     def _drain_logged(self, deadline: float | None = None) -> None:
         try:
@@ -196,6 +241,12 @@ class Dispatcher:
                     batch = journal.claim(self.max_batch_size, self.holder)
                     if not batch:
                         break
+                    if self._probe_interval:  # the destination is out: one probe, alone
+                        while in_flight:
+                            in_flight.popleft().result()
+                        self._send(journal, batch)
+                        settled += len(batch)
+                        continue
                     future = self._submit(journal, batch)
                     if future is None:
                         self._send(journal, batch)
@@ -282,30 +333,35 @@ class Dispatcher:
         dead: dict[str, list[str]] = {}
         retry: dict[tuple[str, float], list[str]] = {}
         now = time.time()
-        retry_after: float | None = None
-        all_retry = True
+        verdicts = {id(r) for r in results.values()}
+        first = results.get(part[0].id)
+        # one Retry object for every record (``all_results``): the destination failed as a
+        # whole, not these records
+        outage = isinstance(first, Retry) and len(verdicts) == 1 and len(results) >= len(part)
+        if outage:
+            not_before = self._enter_outage(first, now)  # type: ignore[arg-type]
         for item in part:
             result = results.get(item.id) or Retry(None, "no result for this id")
             if isinstance(result, Ok):
                 ok.append(item.id)
-                all_retry = False
             elif isinstance(result, Reject):
                 dead.setdefault(result.reason, []).append(item.id)
-                all_retry = False
             else:
-                if item.attempts >= self.max_attempts:
-                    reason = f"gave up after {item.attempts} attempts: {result.reason}"
-                    dead.setdefault(reason, []).append(item.id)
+                given_up = self._give_up(item, now)
+                if given_up:
+                    dead.setdefault(f"{given_up}: {result.reason}", []).append(item.id)
                     continue
-                delay = self._delay(item.attempts, result.after)
-                if result.after is not None:
-                    retry_after = max(retry_after or 0.0, result.after)
-                retry.setdefault((result.reason, round(now + delay, 3)), []).append(item.id)
+                when = not_before if outage else round(now + self._delay(item.attempts, result.after), 3)
+                retry.setdefault((result.reason, when), []).append(item.id)
         if ok:
             journal.ack(ok)
             self.delivered += len(ok)
-        for (reason, not_before), ids in retry.items():
-            journal.retry(ids, reason, not_before)
+            if self._probe_interval:
+                log.warning("%s answers again: delivering the backlog", self.sink.name)
+            self._probe_interval = 0.0  # the destination answers: full speed at once
+            self._pause_until = 0.0
+        for (reason, not_before_), ids in retry.items():
+            journal.retry(ids, reason, not_before_)
             self.retried += len(ids)
             self.last_error = reason
         for reason, ids in dead.items():
@@ -315,9 +371,33 @@ class Dispatcher:
             log.error("dead-lettered %d records: %s", len(ids), reason)
         self.sent += len(part)
         self._update_rate()
-        if retry and all_retry:
-            # the destination is failing as a whole: pause all sends, not just these ids
-            self._pause_until = min(t for _, t in retry) if retry_after is None else now + retry_after
+
+    def _enter_outage(self, result: Retry, now: float) -> float:
+        """The destination failed as a whole: pause every send until the next probe and
+        return when the failed records may go again (the same moment)."""
+        if result.after is not None:
+            wait = max(result.after, 0.0)  # the server said when: exactly that
+        else:
+            if not self._probe_interval:
+                log.warning("%s is failing as a whole (%s): probing it with one batch at a time",
+                            self.sink.name, result.reason)
+                self._probe_interval = self.base_delay
+            else:
+                self._probe_interval = min(self._probe_interval * _PROBE_GROWTH, self.max_backoff)
+            wait = self._probe_interval
+        self._probe_interval = self._probe_interval or self.base_delay
+        self._pause_until = max(self._pause_until, now + wait)
+        return round(now + wait, 3)
+
+    def _give_up(self, item: JournalItem, now: float) -> str | None:
+        """Why a record that failed again is dead-lettered, or None to retry it."""
+        created = _created(item)
+        if created is not None and now - created > self.max_retry_age:
+            return (f"gave up after {item.attempts} attempts over {now - created:.0f}s"
+                    f" (older than max_retry_age={self.max_retry_age:g}s)")
+        if self.max_attempts is not None and item.attempts >= self.max_attempts:
+            return f"gave up after {item.attempts} attempts"
+        return None
 
     def _delay(self, attempts: int, after: float | None) -> float:
         if after is not None:
@@ -346,8 +426,25 @@ class Dispatcher:
             "requests": self.requests,
             "delivery_rate": round(self.delivery_rate, 1),
             "paused_for_s": round(max(self._pause_until - time.time(), 0.0), 3),
+            "outage": bool(self._probe_interval),
+            "probe_interval_s": round(self._probe_interval, 3),
             "last_error": self.last_error,
         }
+
+
+def _created(item: JournalItem) -> float | None:
+    """When a record was made (epoch seconds): the journal's ``created`` when it gives
+    one, else the time in a UUIDv7 id (every id the library makes); None for other ids."""
+    created = getattr(item, "created", None)
+    if created:
+        return created
+    id_ = item.id
+    if len(id_) == 36 and id_[14] == "7" and id_[8] == "-":
+        try:
+            return int(id_[:8] + id_[9:13], 16) / 1000.0
+        except ValueError:
+            return None
+    return None
 
 
 class _SenderThreads:

@@ -19,7 +19,7 @@ __all__ = ["Meter"]
 
 _PIPELINE_OPTIONS = (
     "durability", "journal_path", "flush_interval", "max_buffer", "max_batch_size",
-    "batch_interval", "max_attempts", "max_backoff", "exit_timeout",
+    "batch_interval", "max_attempts", "max_retry_age", "max_backoff", "exit_timeout",
 )
 
 
@@ -48,13 +48,18 @@ class Meter:
 
         self.prices = check_prices(prices)  # bad overrides fail here, not in the dispatcher
         options.setdefault("batch_interval", 0.05)
+        drain_also: list[Path] = []
         if "journal_path" not in options and options.get("durability") != "memory":
             options["journal_path"] = self._journal_beside(self.storage)
             if options["journal_path"] is None:
                 options["durability"] = "memory"
+            else:  # the name older versions derived (`u.journal` for `u.db`): drain it too
+                derived = options["journal_path"]
+                drain_also.append(derived.with_name(derived.name.removesuffix(".journal")).with_suffix(".journal"))
         self._pipeline = Pipeline(
             StorageSink(self.storage, price=self._price),
             name="usageledger-meter",
+            drain_also=drain_also,
             **options,
         )
         self._submit = self._pipeline.submit
@@ -66,7 +71,9 @@ class Meter:
             return None
         where = getattr(storage, "path", None) or getattr(storage, "db_path", None)
         if where is not None:
-            return Path(os.fspath(where)).expanduser().with_suffix(".journal")
+            # the whole file name: `u.db` and `u.jsonl` in one folder get two journals
+            path = Path(os.fspath(where)).expanduser()
+            return path.with_name(path.name + ".journal")
         return default_journal_path(f"meter-{kind}.journal")
 
     def _price(self, record: UsageRecord) -> UsageRecord:

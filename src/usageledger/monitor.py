@@ -131,6 +131,8 @@ def render(
     counts.add_row("dead", Text(f"{s['dead']:,}", style="red" if s["dead"] else ""))
     counts.add_row("delivered", f"{s['delivered']:,}")
     counts.add_row("retried", f"{s['retried']:,}")
+    if s.get("fallback_waiting"):  # written to a fallback journal while this one refused
+        counts.add_row("in fallback", Text(f"{s['fallback_waiting']:,}", style="yellow"))
 
     flow = Table(box=None, show_header=False, pad_edge=False)
     flow.add_column(style="bold")

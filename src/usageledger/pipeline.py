@@ -17,7 +17,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from .dispatcher import Dispatcher
+from ._sqlite import fork_gate
+from .dispatcher import DEFAULT_MAX_RETRY_AGE, Dispatcher
+from .journal import Journal, JournalError, SqliteJournal
 from .recorder import Recorder
 from .sinks.base import Sink
 
@@ -45,7 +47,8 @@ class Pipeline:
         max_batch_size: int = 100,
         max_batch_bytes: int = 4 * 1024 * 1024,
         batch_interval: float = 0.5,
-        max_attempts: int = 10,
+        max_attempts: int | None = None,
+        max_retry_age: float = DEFAULT_MAX_RETRY_AGE,
         base_delay: float = 0.5,
         max_backoff: float = 60.0,
         lease_s: float = 15.0,
@@ -55,17 +58,19 @@ class Pipeline:
         exit_timeout: float = EXIT_DELIVERY_TIMEOUT,
         dispatch: bool = True,
         name: str = "usageledger",
+        drain_also: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]
     ):
         if durability == "memory":
             journal_path = None
         self.exit_timeout = exit_timeout
         self.dispatcher = Dispatcher(
-            lambda: self.recorder.journals,
+            lambda: self.journals,
             sink,
             max_batch_size=max_batch_size,
             max_batch_bytes=max_batch_bytes,
             batch_interval=batch_interval,
             max_attempts=max_attempts,
+            max_retry_age=max_retry_age,
             base_delay=base_delay,
             max_backoff=max_backoff,
             lease_s=lease_s,
@@ -82,7 +87,10 @@ class Pipeline:
             on_commit=self.dispatcher.notify,
             on_fork=self._after_fork_child,
             name=name,
+            destination=sink.destination,
         )
+        #: journals only drained, never written: e.g. one under a name an older version used
+        self._drained = self._open_drained(drain_also, sink.destination) if journal_path else []
         #: the hot path: the recorder's own method, no extra call layer
         self.submit = self.recorder.submit
         self.journal = self.recorder.journals[0]
@@ -95,6 +103,24 @@ class Pipeline:
         if dispatch:
             self.dispatcher.start()
         self._pid = os.getpid()
+
+    @staticmethod
+    def _open_drained(paths: Any, destination: str | None) -> list[Journal]:
+        out: list[Journal] = []
+        for path in paths:
+            if not Path(path).is_file():
+                continue
+            try:
+                out.append(SqliteJournal(path, destination=destination))
+            except JournalError as exc:
+                log.warning("journal %s is not drained by this pipeline: %s", path, exc)
+        return out
+
+    @property
+    def journals(self) -> list[Journal]:
+        """Every journal this pipeline delivers from: the writer's chain (primary, then
+        fallbacks), then journals it only drains."""
+        return self.recorder.journals + self._drained
 
     def start_dispatch(self) -> None:
         """Start delivering from a pipeline made with ``dispatch=False``."""
@@ -134,7 +160,7 @@ class Pipeline:
     def _settled(self) -> bool:
         if self.recorder.pending:
             return False
-        return not any(journal.has_pending() for journal in self.recorder.journals)
+        return not any(journal.has_pending() for journal in self.journals)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Write the buffer to the journal, deliver until ``timeout``, end the threads.
@@ -142,14 +168,17 @@ class Pipeline:
         self._check_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
         self.recorder.stop(_remaining(deadline))
-        if self._dispatch:
-            self.dispatcher.stop(_remaining(deadline))
+        if self._dispatch and not self.dispatcher.stop(_remaining(deadline)):
+            self.dispatcher.abandon()  # sends hung in flight: their claims back to ready
         self._stopped = True
         _live.discard(self)
         try:
-            return self._settled()
+            settled = self._settled()
         except Exception:
             return False
+        if not settled:
+            self.warn_undelivered()
+        return settled
 
     close = stop
 
@@ -173,6 +202,44 @@ class Pipeline:
             self.dispatcher.start()
 
     # -- introspection -------------------------------------------------------------------------
+    def undelivered(self) -> tuple[int, list[str]]:
+        """Records accepted but not delivered yet (ready or in flight in every journal this
+        pipeline delivers from, plus any held in memory), and the journals holding them."""
+        n = self.recorder.pending
+        where: list[str] = []
+        for journal in self.journals:
+            try:
+                s = journal.stats()
+            except Exception:
+                continue
+            k = (s.get("ready") or 0) + (s.get("inflight") or 0)
+            if k:
+                n += k
+                where.append(journal.location)
+        return n, where
+
+    def warn_undelivered(self) -> None:
+        """One WARNING when records wait undelivered (at stop, and so at exit): how many,
+        where, and the command that shows them. A script whose collector is down must not
+        exit silently."""
+        try:
+            n, where = self.undelivered()
+        except Exception:
+            return
+        if not n:
+            return
+        if not where or self.durability == "memory":
+            log.warning(
+                "%d records are not delivered and are lost when this process exits: they are held"
+                " only in memory (durability=%r)", n, self.durability,
+            )
+            return
+        log.warning(
+            "%d records are not delivered yet: they wait in %s and go out with the next process"
+            " that uses this journal (or run one to deliver them). See them with `usageledger stats %s`",
+            n, " and ".join(where), where[0],
+        )
+
     def stats(self) -> dict[str, Any]:
         self._check_fork()
         journal = self.recorder.journals[0]
@@ -181,7 +248,7 @@ class Pipeline:
             js = journal.stats()
         except Exception as exc:
             js = {"ready": None, "inflight": None, "dead": None, "error": str(exc)}
-        for extra in self.recorder.journals[1:]:
+        for extra in self.journals[1:]:
             try:
                 es = extra.stats()
             except Exception:
@@ -205,6 +272,7 @@ class Pipeline:
             enqueue_rate=round(rs["written"] / elapsed, 1),
             delivery_rate=ds["delivery_rate"] or round(ds["delivered_here"] / elapsed, 1),
             durability=self.durability,
+            tier=rs["tier"],
             journal=journal.location,
             lease_holder=js.get("lease_holder"),
             is_dispatcher=js.get("lease_holder") == self.dispatcher.holder,
@@ -227,12 +295,61 @@ def _at_exit() -> None:
             log.exception("flushing at exit failed")
 
 
+#: how long the fork hook waits for our threads to leave SQLite (a commit waiting on another
+#: process's write lock can take up to the journal's busy timeout, 10 s)
+FORK_WAIT_S = 12.0
+_held_at_fork: list[Any] = []
+
+
+def _before_fork() -> None:
+    # pause our own threads at a safe point: the writer between commits, the dispatcher
+    # between settlements, and no thread inside SQLite (the fork gate); the hot path is
+    # untouched (buffered enqueue takes none of these locks)
+    deadline = time.monotonic() + FORK_WAIT_S
+    for p in list(_live):
+        for lock in (p.recorder._write_lock, p.dispatcher._settle_lock):
+            if lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+                _held_at_fork.append(lock)
+            else:
+                log.warning("fork(): a usageledger thread did not pause within %.0fs", FORK_WAIT_S)
+    if not fork_gate.close(max(deadline - time.monotonic(), 0.0)):
+        log.warning("fork(): a usageledger thread is still inside SQLite; the child may hang on it")
+
+
+def _after_fork_in_parent() -> None:
+    fork_gate.open()
+    while _held_at_fork:
+        _held_at_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    fork_gate.reset()
+    _held_at_fork.clear()  # the child's pipelines make new locks below
     for p in list(_live):
         try:
             p._after_fork_child()
         except Exception:
             log.exception("restarting after fork failed")
+
+
+class _MultiprocessingChild:
+    """Children of ``multiprocessing`` (``Process``, ``Pool``) end with ``os._exit``: no
+    atexit hook runs there, so every buffered record of the child was lost (800 of 800
+    measured). Its own finalizers do run: flush in one."""
+
+    def after_fork(self) -> None:
+        import multiprocessing.util as mp_util
+
+        mp_util.Finalize(None, _at_exit, exitpriority=100)
+
+
+_mp_child = _MultiprocessingChild()
+
+
+def _register_multiprocessing_finalizer() -> None:
+    import multiprocessing.util as mp_util
+
+    mp_util.register_after_fork(_mp_child, _MultiprocessingChild.after_fork)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -260,7 +377,10 @@ def _install_process_hooks() -> None:
             return
         _hooks_installed = True
         atexit.register(_at_exit)
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(
+            before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+        )
+        _register_multiprocessing_finalizer()
         if threading.current_thread() is threading.main_thread():
             try:
                 _previous_sigterm = signal.getsignal(signal.SIGTERM)

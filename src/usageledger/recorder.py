@@ -18,6 +18,7 @@ refuses writes: a fallback journal in another directory, then memory up to
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import threading
@@ -26,7 +27,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .journal import Journal, JournalError, MemoryJournal, SqliteJournal
+from .journal import (
+    Journal,
+    JournalDestinationError,
+    JournalError,
+    JournalUnavailableError,
+    MemoryJournal,
+    SqliteJournal,
+)
 from .records import encode
 
 log = logging.getLogger("usageledger.recorder")
@@ -37,6 +45,53 @@ _PRIMARY_RETRY_S = 5.0
 #: items buffered before the caller writes them itself: at ~10k items the writer is behind
 #: by more than a flush window, and a burst this large is rare in LLM applications
 HIGH_WATER = 10_000
+
+
+def fallback_paths(journal_path: str | os.PathLike[str], fallback_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where the fallback journal of ``journal_path`` may be: ``<fallback dir>/<name>``, or,
+    when that one belongs to another destination, ``<name>-<hash of the primary path>``.
+    The fallback dir defaults to ``<user cache dir>/usageledger/fallback`` (a per-user
+    folder in /tmp when that is the journal's own folder)."""
+    primary = Path(journal_path).expanduser()
+    if fallback_dir is not None:
+        base = Path(fallback_dir).expanduser()
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
+    if base.resolve() == primary.parent.resolve():
+        base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
+    digest = hashlib.sha1(str(primary.absolute()).encode()).hexdigest()[:10]
+    return [base / primary.name, base / f"{primary.name}-{digest}"]
+
+
+def open_fallbacks(
+    journal_path: str | os.PathLike[str],
+    destination: str | None,
+    fallback_dir: str | os.PathLike[str] | None = None,
+    *,
+    fsync: bool = False,
+    skip: set[str] | None = None,
+) -> list[SqliteJournal]:
+    """The fallback journals of ``journal_path`` that exist and record ``destination``
+    (only look: another destination's, or one older than recorded destinations whose
+    records may be anyone's, is left untouched)."""
+    if destination is None:
+        return []  # a sink that names no destination: nothing tells which are ours
+    found: list[SqliteJournal] = []
+    for path in fallback_paths(journal_path, fallback_dir):
+        if (skip and str(path) in skip) or not path.is_file():
+            continue
+        try:
+            journal = SqliteJournal(path, fsync=fsync)
+        except (JournalError, OSError) as exc:
+            log.warning("fallback journal %s cannot be opened to drain it: %s", path, exc)
+            continue
+        if journal.destination != destination:
+            journal.close()
+            continue
+        found.append(journal)
+    return found
 
 
 class Recorder:
@@ -51,6 +106,7 @@ class Recorder:
         on_commit: Callable[[int], None] | None = None,
         on_fork: Callable[[], None] | None = None,
         name: str = "usageledger",
+        destination: str | None = None,
     ):
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
@@ -67,7 +123,11 @@ class Recorder:
         self._on_commit = on_commit
         # a fork made without os.register_at_fork hooks is seen here, on the hot path
         self._on_fork = on_fork or self.after_fork_child
+        self._destination = destination
+        self._standin_since: float | None = None  # journals[0] stands in for an unopenable file
+        self._fallback_tried_at = -_PRIMARY_RETRY_S
         self.journals: list[Journal] = [self._open_primary()]
+        self.journals.extend(self._existing_fallbacks())
         self._reset_state()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -75,34 +135,56 @@ class Recorder:
         if self._journal_path is None:
             return MemoryJournal()
         try:
-            return SqliteJournal(self._journal_path, fsync=self.durability == "fsync")
+            return self._sqlite(self._journal_path)
+        except JournalDestinationError:
+            raise  # a mistake in the set-up, not a disk failure: say so to the caller
         except (JournalError, OSError) as exc:
             log.error("journal %s cannot be opened (%s); using the fallback location", self._journal_path, exc)
             fallback = self._open_fallback()
             if fallback is None:
-                log.error("no fallback journal could be opened either; keeping records in memory")
+                self._standin_since = time.monotonic()
+                if self._sync:
+                    log.error("no fallback journal could be opened either: durability=%r records are"
+                              " refused (enqueue raises) until one can; %s is tried again every %.0fs",
+                              self.durability, self._journal_path, _PRIMARY_RETRY_S)
+                else:
+                    log.error("no fallback journal could be opened either: records are kept IN MEMORY"
+                              " only (lost if this process dies) until %s can be opened; tried again"
+                              " every %.0fs", self._journal_path, _PRIMARY_RETRY_S)
                 return MemoryJournal()
             return fallback
 
-    def _open_fallback(self) -> Journal | None:
-        if self._journal_path is None:
-            return None
-        if self._fallback_dir is not None:
-            base = Path(self._fallback_dir)
-        else:
-            import platformdirs
+    def _sqlite(self, path: Path) -> SqliteJournal:
+        return SqliteJournal(path, fsync=self.durability == "fsync", destination=self._destination)
 
-            base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
-        if base.resolve() == self._journal_path.parent.resolve():
-            base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
-        path = base / self._journal_path.name
-        try:
-            journal = SqliteJournal(path, fsync=self.durability == "fsync")
-        except (JournalError, OSError) as exc:
-            log.error("fallback journal %s cannot be opened either: %s", path, exc)
-            return None
-        log.error("writing to fallback journal %s while %s refuses writes", path, self._journal_path)
-        return journal
+    def fallback_paths(self) -> list[Path]:
+        return [] if self._journal_path is None else fallback_paths(self._journal_path, self._fallback_dir)
+
+    def _open_fallback(self) -> Journal | None:
+        for path in self.fallback_paths():
+            try:
+                journal = self._sqlite(path)
+            except JournalDestinationError as exc:
+                log.info("fallback journal %s is another destination's: %s", path, exc)
+                continue
+            except (JournalError, OSError) as exc:
+                log.error("fallback journal %s cannot be opened either: %s", path, exc)
+                return None
+            log.error("writing to fallback journal %s while %s refuses writes", path, self._journal_path)
+            return journal
+        return None
+
+    def _existing_fallbacks(self) -> list[Journal]:
+        """Fallback journals of this destination left by earlier processes: opened at
+        start so the dispatcher drains them and stats() counts them; nothing accepted
+        stays stranded there once the primary works again."""
+        if self._journal_path is None:
+            return []
+        found = open_fallbacks(self._journal_path, self._destination, self._fallback_dir,
+                               fsync=self.durability == "fsync", skip={j.location for j in self.journals})
+        for journal in found:
+            log.info("draining fallback journal %s left for %s", journal.location, self._journal_path)
+        return list(found)
 
     def _reset_state(self) -> None:
         """Fresh buffer, locks and thread: at start and in a forked child."""
@@ -125,6 +207,10 @@ class Recorder:
         self.dropped = 0
         self.write_errors = 0
         self.caller_runs = 0
+        self.refused = 0  # committed/fsync records whose callers got JournalUnavailableError
+        self._taken = 0  # items taken from the buffer so far (numbered as _seq numbers them)
+        #: (first, last, error): numbers of committed/fsync items no durable journal took
+        self._refused: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1024)
         self.last_error: str | None = None
 
     def after_fork_child(self) -> None:
@@ -172,6 +258,7 @@ class Recorder:
                 self._cond.wait()
                 self._waiting -= 1
                 if self._committed >= mine:
+                    self._raise_if_refused(mine)
                     return
             self._leading = True
             others = self._waiting
@@ -185,6 +272,20 @@ class Recorder:
             with self._cond:
                 self._leading = False
                 self._cond.notify_all()
+        self._raise_if_refused(mine)
+
+    def _raise_if_refused(self, seq: int) -> None:
+        """``committed``/``fsync`` acknowledge only what is on disk: when no durable journal
+        took the write that carried item ``seq``, its caller gets the error instead."""
+        for first, last, error in self._refused:
+            if first <= seq <= last:
+                raise JournalUnavailableError(
+                    f"record not stored: no journal on disk accepts writes ({error});"
+                    f" durability={self.durability!r} acknowledges only records on disk, so"
+                    " nothing was acknowledged. Free space or fix the journal's folder"
+                    f" ({self._journal_path}), or use durability='buffered' to keep records in"
+                    " memory meanwhile"
+                )
 
     # -- writer -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -219,7 +320,10 @@ class Recorder:
                 upto = self._seq if n == total else None
             if n:
                 self._transit = n  # before popping: `pending` must never dip below the truth
-                self._write([self._buf.popleft() for _ in range(n)])
+                first = self._taken + 1
+                self._taken += n
+                if not self._write([self._buf.popleft() for _ in range(n)]) and self._sync:
+                    self._refused.append((first, first + n - 1, self.last_error or "refused"))
             elif self._held:
                 self._write([])
             if upto is not None and self._sync:
@@ -229,25 +333,29 @@ class Recorder:
             if upto is not None:
                 break
 
-    def _write(self, items: list[tuple]) -> None:
+    def _write(self, items: list[tuple]) -> bool:
         try:
-            self._write_items(items)
+            return self._write_items(items)
         finally:
             self._transit = 0  # the rows are now in a journal, in _held, or counted as dropped
 
-    def _write_items(self, items: list[tuple]) -> None:
+    def _write_items(self, items: list[tuple]) -> bool:
+        """True when the rows are stored in a journal (False: held, dropped or refused)."""
         rows = [r for r in (self._encode(i) for i in items) if r is not None]
         if self._held:
             self._transit += len(self._held)
             rows = [*self._held, *rows]
             self._held.clear()
         if not rows:
-            return
+            return True
         if self._write_rows(rows):
             self.written += len(rows)
             if self._on_commit is not None:
                 self._on_commit(len(rows))
-            return
+            return True
+        if self._sync:  # the callers waiting for these rows are told: nothing acknowledged
+            self.refused += len(rows)
+            return False
         room = self.max_buffer - len(self._held)
         self._held.extend(rows[:room])
         lost = len(rows) - max(room, 0)
@@ -257,6 +365,7 @@ class Recorder:
                 "DROPPED %d records: every journal refuses writes and %d are held in memory (max_buffer)",
                 lost, len(self._held),
             )
+        return False
 
     def _encode(self, item: tuple) -> tuple[str, str, bytes] | None:
         id_, kind, obj = item
@@ -269,17 +378,41 @@ class Recorder:
             log.error("record %s of kind %s cannot be encoded and is dropped: %s", id_, kind, exc)
             return None
 
+    def _reopen_primary(self) -> None:
+        """The journal file could not be opened at start and a memory journal stands in:
+        try the real location again (every few seconds), and write there once it opens.
+        The stand-in stays in the chain, so what it holds is still delivered."""
+        if self._standin_since is None or time.monotonic() - self._standin_since < _PRIMARY_RETRY_S:
+            return
+        self._standin_since = time.monotonic()
+        try:
+            journal = self._sqlite(self._journal_path)  # type: ignore[arg-type]
+        except (JournalError, OSError) as exc:
+            log.debug("journal %s still cannot be opened: %s", self._journal_path, exc)
+            return
+        log.warning("journal %s opened: records are written to disk again", self._journal_path)
+        self.journals.insert(0, journal)
+        self._active = 0
+        self._standin_since = None
+
     def _write_rows(self, rows: list[tuple[str, str, bytes]]) -> bool:
         """Try the active journal, then the next ones in the chain; True once stored."""
+        self._reopen_primary()
         if self._active and time.monotonic() - self._primary_failed_at > _PRIMARY_RETRY_S:
             self._active = 0  # give the primary another chance
         i = self._active
         while True:
             if i >= len(self.journals):
-                fallback = self._open_fallback() if len(self.journals) == 1 else None
+                fallback = None
+                if len(self.journals) == 1 and time.monotonic() - self._fallback_tried_at > _PRIMARY_RETRY_S:
+                    self._fallback_tried_at = time.monotonic()  # not on every write: once per retry period
+                    fallback = self._open_fallback()
                 if fallback is None:
                     return False
                 self.journals.append(fallback)
+            if self._sync and isinstance(self.journals[i], MemoryJournal):
+                i += 1  # not on disk: committed/fsync never acknowledge a write there
+                continue
             try:
                 self.journals[i].append(rows)
             except Exception as exc:  # any refusal moves on down the chain: never lose rows
@@ -313,6 +446,14 @@ class Recorder:
             self._cond.notify_all()
         return done and not self._buf
 
+    def _tier(self) -> str:
+        if self.durability == "memory":
+            return "memory"
+        active = self.journals[self._active] if self._active < len(self.journals) else None
+        if self._held or active is None or isinstance(active, MemoryJournal):
+            return "memory"
+        return "journal" if self._active == 0 else "fallback"
+
     def stats(self) -> dict[str, Any]:
         return {
             "buffered": len(self._buf),
@@ -323,5 +464,9 @@ class Recorder:
             "caller_runs": self.caller_runs,
             "journal": self.journals[self._active].location if self.journals else None,
             "fallback_active": self._active != 0,
+            # where accepted records are now: "journal" (the primary file), "fallback", or
+            # "memory" (no journal on disk takes them: lost if the process dies)
+            "tier": self._tier(),
+            "refused": self.refused,
             "last_write_error": self.last_error,
         }

@@ -33,6 +33,7 @@ LAYERS = {
     "flush_interval": ((0.2, "0.3", "0.4"), (0.2, 0.3, 0.4)),
     "max_buffer": ((1000, "2000", "3000"), (1000, 2000, 3000)),
     "max_backoff": ((10, "20", "30"), (10.0, 20.0, 30.0)),
+    "max_retry_age": ((60, "2h", "3d"), (60.0, 7200.0, 259200.0)),
 }
 
 
@@ -40,7 +41,7 @@ def test_every_seed_key_is_covered():
     seed_keys = {"api_key", "api_base", "api_url", "db_path", "log_file", "log_level", "log_bodies",
                  "timeout", "poll_interval", "batch_interval", "immediate_pause_seconds",
                  "max_attempts", "max_retries", "max_batch_size"}
-    new_keys = {"durability", "flush_interval", "max_buffer", "max_backoff"}
+    new_keys = {"durability", "flush_interval", "max_buffer", "max_backoff", "max_retry_age"}
     fields = {f.name for f in dataclasses.fields(DeliveryConfig)}
     assert seed_keys | new_keys <= fields
     assert set(LAYERS) == seed_keys | new_keys
@@ -81,11 +82,19 @@ def test_max_retries_means_attempts_after_the_first():
     assert c.max_attempts == 2  # an explicit max_attempts wins
 
 
+def test_max_attempts_is_unset_by_default_and_max_retry_age_is_three_days():
+    c = DeliveryConfig.resolve(ini_manager=IniManager("/nonexistent.ini"), env={})
+    assert c.max_attempts is None and c.max_retry_age == 3 * 86400
+    for bad in ("0s", "-1d", "d", ""):
+        with pytest.raises(ConfigError, match="max_retry_age"):
+            DeliveryConfig(max_retry_age=bad)
+
+
 BAD = {
     "api_base": "ftp://x", "log_level": "LOUD", "log_bodies": "maybe", "timeout": "-1",
     "poll_interval": "0", "batch_interval": "soon", "immediate_pause_seconds": "inf",
     "max_attempts": "0", "max_retries": "-1", "max_batch_size": "1.5", "durability": "eventually",
-    "flush_interval": "nan", "max_buffer": "lots", "max_backoff": "0",
+    "flush_interval": "nan", "max_buffer": "lots", "max_backoff": "0", "max_retry_age": "3 weeks",
 }
 
 

@@ -78,3 +78,69 @@ def test_demo_keeps_running_until_ctrl_c_and_exits_cleanly(tmp_path):
     assert "Traceback" not in rest
     with socket.socket() as s:  # the collector is gone too
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout: float = 90) -> str:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            break
+    return "".join(lines)
+
+
+def test_demo_stops_cleanly_on_sigterm_with_its_collector_and_folder(tmp_path):
+    import tempfile
+
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the demo makes its folder
+    proc = subprocess.Popen(_demo_cmd("--records", "200", "--port", str(port)), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = _read_until(proc, "Ctrl-C")
+        assert "Press Ctrl-C" in out, out
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("usageledger-demo-")]
+        proc.send_signal(signal.SIGTERM)  # what a service manager or `kill` sends
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    assert "Traceback" not in rest and "stopping the collector" in rest
+    with socket.socket() as s:  # no orphaned collector
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("usageledger-demo-")]
+    assert tempfile.gettempdir() != str(tmp_path)  # this process's own tempdir is untouched
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "usageledger.cli", "serve", "--storage", f"sqlite:///{tmp_path / 'c.db'}",
+         "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, "collector did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out  # a clean stop, not death by the signal (143)
+    assert "Application shutdown complete" in out and "Traceback" not in out

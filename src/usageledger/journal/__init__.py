@@ -1,7 +1,16 @@
 """Journals: where accepted records wait until a sink has them."""
 
-from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem
+from .base import (
+    DEAD,
+    INFLIGHT,
+    READY,
+    Journal,
+    JournalDestinationError,
+    JournalError,
+    JournalItem,
+    JournalUnavailableError,
+)
 from .memory import MemoryJournal
 from .sqlite import SqliteJournal
 
-__all__ = ["Journal", "JournalItem", "JournalError", "MemoryJournal", "SqliteJournal", "READY", "INFLIGHT", "DEAD"]
+__all__ = ["Journal", "JournalItem", "JournalError", "JournalDestinationError", "JournalUnavailableError", "MemoryJournal", "SqliteJournal", "READY", "INFLIGHT", "DEAD"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Journal", "JournalItem", "JournalError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
+__all__ = ["Journal", "JournalItem", "JournalError", "JournalDestinationError", "JournalUnavailableError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
 
 READY, INFLIGHT, DEAD = 0, 1, 2
 STATE_NAMES = {READY: "ready", INFLIGHT: "inflight", DEAD: "dead"}
@@ -30,6 +30,17 @@ class JournalItem(NamedTuple):
 
 class JournalError(Exception):
     """The journal could not do what was asked (disk full, read-only, corrupt...)."""
+
+
+class JournalDestinationError(JournalError):
+    """The journal belongs to another destination than the pipeline opening it: two
+    destinations on one journal would deliver each other's records."""
+
+
+class JournalUnavailableError(JournalError):
+    """No journal on disk accepts the record, and the durability level asked for
+    (``committed``, ``fsync``) acknowledges only records on disk: raised by
+    ``enqueue()``/``record()`` instead of acknowledging."""
 
 
 def state_code(state: str | int) -> int:
@@ -49,6 +60,10 @@ class Journal:
 
     #: where the journal lives, for messages (a path or a description)
     location: str = "memory"
+    #: where its records go (a sink's ``destination``), recorded by a persistent journal
+    #: when first opened for a pipeline; a journal opened for another destination raises
+    #: JournalDestinationError. None: not recorded (memory journals, older files)
+    destination: str | None = None
 
     def append(self, items: list[tuple[str, str, bytes]]) -> None:
         """Store ``(id, kind, data)`` items as ready, in one transaction (durable as the
@@ -106,12 +121,26 @@ class Journal:
         raise NotImplementedError
 
     def acquire(self, holder: str, lease_s: float) -> bool:
-        """Take or renew the dispatcher lease. On taking over an expired lease of
-        another holder, that holder's in-flight items return to ready."""
+        """Take or renew the dispatcher lease for ``lease_s`` seconds; never blocks.
+
+        ``holder`` names one dispatcher; dispatchers name themselves ``host:pid:tag``.
+        The lease is refused while another holder's lease has not expired, *unless* the
+        journal can tell that holder is dead (the SQLite journal: its process no longer
+        holds the OS lock on ``<journal>.lease`` and its pid is gone from this host); a
+        backend without such a signal uses the expiry alone. On taking over:
+
+        - from a dead holder, or where no lease was recorded (released): that holder's
+          in-flight items return to ready with the attempt of their claim undone (the
+          claim got no answer, so it must not count towards ``max_attempts``);
+        - from a live holder whose lease expired (hung): its in-flight items return to
+          ready, attempts kept.
+
+        A live holder's in-flight rows are never reset."""
         raise NotImplementedError
 
     def release(self, holder: str) -> None:
-        """Give the lease up; this holder's in-flight items return to ready."""
+        """Give the lease up; this holder's in-flight items return to ready (attempts
+        kept), and answers to its earlier claims that arrive later settle nothing."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -151,6 +151,8 @@ class MemoryJournal(Journal):
                 for r in self._rows.values():
                     if r.state == INFLIGHT and r.owner != holder:
                         r.state, r.owner = READY, None
+                        if self._lease is None:  # released: the claim got no answer
+                            r.attempts = max(r.attempts - 1, 0)
             self._lease = (holder, now + lease_s)
             return True
 

@@ -6,6 +6,7 @@ Any number of processes may append to one file; the lease decides which one clai
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -14,8 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._sqlite import connect_wal
-from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem, state_code
+from .._sqlite import connect_wal, fork_gate
+from .base import (
+    DEAD,
+    INFLIGHT,
+    READY,
+    Journal,
+    JournalDestinationError,
+    JournalError,
+    JournalItem,
+    state_code,
+)
 
 log = logging.getLogger("usageledger.journal")
 
@@ -51,6 +61,8 @@ INSERT OR IGNORE INTO counters VALUES ('delivered', 0), ('retried', 0);
 """
 
 _LEASE = "dispatcher"
+#: key/value facts about the journal; ``destination`` names where its records go
+_META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 #: what items(), retrying() and recent_dead() return per row; dead rows have no backoff
 #: and no owner
@@ -64,9 +76,18 @@ def _dicts(rows: list[tuple], keys: tuple[str, ...] = _ITEM_KEYS) -> list[dict[s
 
 
 class SqliteJournal(Journal):
-    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False, busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        fsync: bool = False,
+        busy_timeout_ms: int = 10_000,
+        destination: str | None = None,
+    ):
         self.path = Path(path).expanduser()
         self.location = str(self.path)
+        #: sidecar file whose OS lock the lease holder's process keeps (see acquire)
+        self.lease_path = self.path.with_name(self.path.name + ".lease")
         self.fsync = fsync
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
@@ -76,12 +97,15 @@ class SqliteJournal(Journal):
         self._claims: dict[str, list[int]] = {}
         self._claims_lock = threading.Lock()
         self._open_checked()
+        #: where this journal's records go (recorded in its meta table; None: unknown)
+        self.destination = self._claim_destination(destination)
 
     # -- connections -------------------------------------------------------------------
     def _open_checked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn()
+            with fork_gate:
+                self._conn()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
                 raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
@@ -95,7 +119,8 @@ class SqliteJournal(Journal):
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
-            self._conn()
+            with fork_gate:
+                self._conn()
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -113,6 +138,13 @@ class SqliteJournal(Journal):
 
     @contextlib.contextmanager
     def _tx(self, immediate: bool = True):
+        # every SQLite call of the journal runs inside the fork gate (see ForkGate)
+        with fork_gate:
+            with self._tx_ungated(immediate) as conn:
+                yield conn
+
+    @contextlib.contextmanager
+    def _tx_ungated(self, immediate: bool):
         try:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -124,6 +156,29 @@ class SqliteJournal(Journal):
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def _claim_destination(self, destination: str | None) -> str | None:
+        """Record ``destination`` in a journal that has none (a new journal, or one made
+        before journals recorded it: adopted), or check it against the recorded one."""
+        if destination is None:  # only look: tools inspecting a journal change nothing
+            has_meta = self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
+            if not has_meta:
+                return None
+            row = self._read("SELECT value FROM meta WHERE key='destination'")
+            return row[0][0] if row else None
+        with self._tx() as c:
+            c.execute(_META_SCHEMA)
+            row = c.execute("SELECT value FROM meta WHERE key='destination'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta(key, value) VALUES ('destination', ?)", (destination,))
+                return destination
+            if row[0] != destination:
+                raise JournalDestinationError(
+                    f"journal {self.path} belongs to {row[0]}, not to {destination}: records of one"
+                    " destination would be delivered to the other. Give this pipeline its own"
+                    " journal (journal_path= / db_path=)"
+                )
+            return destination
 
     # -- contract ---------------------------------------------------------------------
     def append(self, items: list[tuple[str, str, bytes]]) -> None:
@@ -262,44 +317,150 @@ class SqliteJournal(Journal):
 
     def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
-            return self._conn().execute(sql, params).fetchall()
+            with fork_gate:
+                return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
 
     def acquire(self, holder: str, lease_s: float) -> bool:
+        # the timed lease (a row with an expiry) decides between live holders, a hung one
+        # included; the OS lock on the sidecar file tells a dead holder at once: the kernel
+        # drops it when its process dies, so a new process need not wait out the lease
+        os_lease = _os_lease(self.lease_path)
+        os_held = os_lease.take(holder)
         now = time.time()
-        with self._tx() as c:
-            row = c.execute("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,)).fetchone()
-            if row is not None and row[0] != holder and row[1] > now:
-                return False
-            if row is not None and row[0] != holder:
-                n = c.execute(
-                    "UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner=?", (row[0],)
-                ).rowcount
-                if n:
-                    log.warning("lease of %s expired: %d in-flight items returned to ready", row[0], n)
-            if row is None:
-                # no lease row: whoever held claims before is gone (e.g. lease released)
-                c.execute("UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner!=?", (holder,))
-            c.execute(
-                "INSERT OR REPLACE INTO lease(name, holder, expires) VALUES (?, ?, ?)",
-                (_LEASE, holder, now + lease_s),
-            )
-            return True
+        try:
+            with self._tx() as c:
+                row = c.execute("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,)).fetchone()
+                if row is not None and row[0] != holder:
+                    dead = os_held and not os_lease.holds(row[0]) and not _holder_alive(row[0])
+                    if row[1] > now and not dead:
+                        os_lease.drop(holder)
+                        return False
+                    # a dead holder's claims got no answer: they must not use up attempts
+                    undo = ", attempts=max(attempts-1, 0)" if dead else ""
+                    n = c.execute(
+                        f"UPDATE items SET state=0, owner=NULL{undo} WHERE state=1 AND owner=?", (row[0],)
+                    ).rowcount
+                    if n:
+                        why = "its process died" if dead else "its lease expired"
+                        log.warning("dispatcher %s %s: %d in-flight items returned to ready", row[0], why, n)
+                if row is None:
+                    # no lease row: whoever held claims before is gone (e.g. lease released)
+                    c.execute(
+                        "UPDATE items SET state=0, owner=NULL, attempts=max(attempts-1, 0)"
+                        " WHERE state=1 AND owner!=?", (holder,),
+                    )
+                c.execute(
+                    "INSERT OR REPLACE INTO lease(name, holder, expires) VALUES (?, ?, ?)",
+                    (_LEASE, holder, now + lease_s),
+                )
+                return True
+        except BaseException:
+            os_lease.drop(holder)
+            raise
 
     def release(self, holder: str) -> None:
-        with self._tx() as c:
-            c.execute("UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner=?", (holder,))
-            c.execute("DELETE FROM lease WHERE name=? AND holder=?", (_LEASE, holder))
-        with self._claims_lock:
-            self._claims.clear()
+        try:
+            with self._tx() as c:
+                c.execute("UPDATE items SET state=0, owner=NULL WHERE state=1 AND owner=?", (holder,))
+                c.execute("DELETE FROM lease WHERE name=? AND holder=?", (_LEASE, holder))
+            with self._claims_lock:
+                self._claims.clear()
+        finally:
+            _os_lease(self.lease_path).drop(holder)
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._pid == os.getpid():
-            with contextlib.suppress(sqlite3.Error):
+            with fork_gate, contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+class _OsLease:
+    """The kernel's side of the lease: an ``fcntl`` write lock on ``<journal>.lease``,
+    taken by the process whose dispatcher holds the lease row and dropped by the kernel
+    when that process dies (SIGKILL, OOM kill, power cut of a container...). POSIX locks
+    belong to a process, are not inherited across fork, and are all released when the
+    process closes *any* descriptor of the file, so one descriptor per file and process
+    is kept open here for the life of the process, with the holders of this process that
+    use it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._holders: set[str] = set()
+        self._lock = threading.Lock()
+
+    def take(self, holder: str) -> bool:
+        """True when this process holds the lock (now or already); never blocks."""
+        with self._lock:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by another live process (or the file cannot be made)
+                self._holders.discard(holder)
+                return False
+            self._holders.add(holder)
+            return True
+
+    def holds(self, holder: str) -> bool:
+        with self._lock:
+            return holder in self._holders
+
+    def drop(self, holder: str) -> None:
+        with self._lock:
+            self._holders.discard(holder)
+            if not self._holders and self._fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+
+_os_leases: dict[Path, _OsLease] = {}
+_os_leases_lock = threading.Lock()
+_os_leases_pid = os.getpid()
+
+
+def _os_lease(path: Path) -> _OsLease:
+    global _os_leases, _os_leases_lock, _os_leases_pid
+    if _os_leases_pid != os.getpid():
+        # a forked child holds none of its parent's locks; the inherited descriptors are
+        # left open: closing one would not touch the parent, but nothing needs them
+        _os_leases, _os_leases_lock, _os_leases_pid = {}, threading.Lock(), os.getpid()
+    with _os_leases_lock:
+        lease = _os_leases.get(path)
+        if lease is None:
+            lease = _os_leases[path] = _OsLease(path)
+        return lease
+
+
+def _holder_alive(holder: str) -> bool:
+    """False only when ``holder`` (``host:pid:tag``, as dispatchers name themselves) names
+    a process of this host that no longer runs (or is a zombie). Anything else counts as
+    alive and keeps the timed lease: a holder on another host, a name of another form, a
+    pid reused by an unrelated process (the lease then expires as it always did)."""
+    parts = holder.split(":")
+    if len(parts) < 3 or parts[0] != os.uname().nodename or not parts[1].isdigit():
+        return True
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            return True
+        return True
 
 
 def check_journal_file(path: str | os.PathLike[str]) -> None:

@@ -25,7 +25,7 @@ import msgspec
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
 
-__all__ = ["Sink", "Ok", "OK", "Retry", "Reject", "Result", "all_results", "decode_batch"]
+__all__ = ["Sink", "describe_url", "Ok", "OK", "Retry", "Reject", "Result", "all_results", "decode_batch"]
 
 T = TypeVar("T")
 
@@ -65,6 +65,13 @@ class Sink:
     #: while the next is claimed and encoded)
     concurrent_sends: bool = False
 
+    @property
+    def destination(self) -> str | None:
+        """Where this sink delivers, as one line without secrets (``collector URL``,
+        ``storage sqlite /path``...): a journal records the destination of the first
+        pipeline that opens it and refuses pipelines of another one. None: not checked."""
+        return None
+
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
         """Deliver ``batch``; return a result for every item id."""
         raise NotImplementedError
@@ -95,3 +102,20 @@ def decode_batch(
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
             rejects[item.id] = Reject(f"not a {noun}: {exc}")
     return decoded, rejects
+
+
+def describe_url(url: str) -> str:
+    """``url`` without its password (for identities and messages)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))

@@ -16,7 +16,7 @@ import msgspec
 
 from ..journal.base import JournalItem
 from ..records import KIND_RUN
-from .base import OK, Reject, Result, Retry, Sink, all_results
+from .base import OK, Reject, Result, Retry, Sink, all_results, describe_url
 
 log = logging.getLogger("usageledger.http")
 
@@ -108,6 +108,10 @@ class HttpSink(Sink):
             if self._http is None:
                 self._http = httpx.Client(timeout=self.timeout, headers=self._headers)
             return self._http
+
+    @property
+    def destination(self) -> str:
+        return f"collector {describe_url(self.base)}"
 
     def url_for(self, kind: str) -> str:
         return self.runs_url if kind == KIND_RUN else self.track_url

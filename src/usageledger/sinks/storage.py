@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..records import KIND_USAGE, UsageRecord, decode_usage
-from .base import OK, Result, Retry, Sink, decode_batch
+from .base import OK, Result, Retry, Sink, decode_batch, describe_url
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
@@ -30,6 +31,19 @@ class StorageSink(Sink):
     ):
         self.storage = storage
         self._price = price
+
+    @property
+    def destination(self) -> str | None:
+        st = self.storage
+        kind = type(st).__name__
+        where = getattr(st, "db_path", None) or getattr(st, "path", None)
+        if where is not None:
+            return f"storage {kind} {os.path.abspath(os.fspath(where))}"
+        url = getattr(st, "url", None)
+        if isinstance(url, str):
+            prefix = getattr(st, "prefix", None)
+            return f"storage {kind} {describe_url(url)}" + (f" prefix {prefix}" if prefix else "")
+        return None  # a backend with no location we know (memory, a user's own class)
 
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
         decoded, results = decode_batch(

@@ -332,6 +332,10 @@ class SummarySink(Sink):
         }
 
     # -- the Sink contract ------------------------------------------------------------------
+
+    @property
+    def destination(self) -> str:
+        return f"summary file {self.path}"
     def send(self, batch: list[JournalItem]) -> dict[str, Result]:
         decoded, results = decode_batch(
             batch, KIND_USAGE, decode_usage, taker="a summary sink", noun="usage record"
