@@ -27,6 +27,8 @@ _LAZY = {
     "RunEvent": "usageledger.telemetry",
     "UsageTracker": "usageledger.tracker",
     "calculate_cost": "usageledger.pricing",
+    "BudgetExceeded": "usageledger.budgets",
+    "BudgetGuard": "usageledger.budgets.guard",
 }
 
 __all__ = ["UsageRecord", "new_id", "__version__", *_LAZY]
