@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from usageledger.budgets import Budgets, BudgetInputError, window
+from usageledger.budgets import BudgetInputError, Budgets, window
 from usageledger.records import make_usage_record, new_id
 
 NOON = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)  # a Wednesday

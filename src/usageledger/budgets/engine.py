@@ -224,19 +224,25 @@ class Budgets:
         ``window_start``, ``window_end``, ``records``, ``unknown_cost`` and
         ``other_currencies`` for the window holding ``at`` (default: now)."""
         start, end = window(budget.period, at or datetime.now(UTC))
-        sp = self._cached_spend(budget, start, end) if cached else self.spend(budget, start, end)
+        if cached:
+            sp = self._cached_spend(budget, start, end)
+        else:
+            now = time.monotonic()
+            sp = self.spend(budget, start, end)
+            self._remember((budget.name, repr(budget), window_name(start)), now, sp)
         return status_dict(budget, sp, start, end)
 
     def status(self, name: str, at: datetime | None = None) -> dict[str, Any] | None:
-        """One budget's status, or None when there is no such budget."""
+        """One budget's status, read afresh (not from the cache), or None when there is
+        no such budget."""
         self._read()
         budget = self.budgets(fresh=True).get(name)
-        return None if budget is None else self.status_of(budget, at)
+        return None if budget is None else self.status_of(budget, at, cached=False)
 
     def list(self, at: datetime | None = None) -> list[dict[str, Any]]:
-        """Every budget's status, by name."""
+        """Every budget's status (read afresh), by name."""
         self._read()
-        return [self.status_of(b, at) for b in self.budgets(fresh=True).values()]
+        return [self.status_of(b, at, cached=False) for b in self.budgets(fresh=True).values()]
 
     def check(self, *, at: datetime | None = None, **attributes: Any) -> dict[str, Any]:
         """Whether a call with these attributes (provider, model, user_id, customer_key,
