@@ -55,6 +55,12 @@ def plain(d: Decimal) -> str:
     return format(d, "f")
 
 
+def canonical(d: Decimal) -> str:
+    """A sum as the same string whatever backend summed it: no exponent, no trailing
+    zeros (PostgreSQL's NUMERIC sum keeps the scale of its terms: 2.00, where SQLite says 2)."""
+    return format(d.normalize(), "f") if d else "0"
+
+
 @dataclass
 class Spend:
     """What a budget's window holds: the exact cost in its currency, how many records
@@ -321,7 +327,7 @@ class Budgets:
         for t in pending:
             if sp.spent <= 0 or sp.spent < b.limit * Decimal(repr(t)):
                 continue
-            body = {"budget": b.name, "threshold": t, "spent": plain(sp.spent), "limit": plain(b.limit),
+            body = {"budget": b.name, "threshold": t, "spent": canonical(sp.spent), "limit": plain(b.limit),
                     "currency": b.currency, "window_start": iso(start), "window_end": iso(end),
                     "scope": b.definition()["scope"]}
             key = f"{b.name}|{wname}|{_tkey(t)}"
@@ -364,7 +370,7 @@ def status_dict(b: Budget, sp: Spend, start: datetime | None, end: datetime | No
     return {
         "name": b.name,
         **b.definition(),
-        "spent": plain(sp.spent),
+        "spent": canonical(sp.spent),
         "remaining": plain(remaining if remaining > 0 else Decimal(0)),
         "fraction": None if b.limit == 0 else round(float(sp.spent / b.limit), 6),
         "exceeded": sp.spent >= b.limit,
@@ -372,7 +378,7 @@ def status_dict(b: Budget, sp: Spend, start: datetime | None, end: datetime | No
         "window_end": iso(end),
         "records": sp.records,
         "unknown_cost": sp.unknown_cost,
-        "other_currencies": {c: {"cost": plain(o["cost"]), "records": o["records"]}
+        "other_currencies": {c: {"cost": canonical(o["cost"]), "records": o["records"]}
                              for c, o in sorted(sp.other.items())},
     }
 
