@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.budgets.support import delivered, wait_until
 from tests.support.fault_server import FaultServer
 from usageledger import Meter
 from usageledger.budgets import Budgets
@@ -28,18 +29,6 @@ def spend(store, cost: str, n: int = 1, **kw) -> None:
                                        timestamp=datetime.now(UTC), **kw) for _ in range(n)])
 
 
-def delivered(srv: FaultServer) -> list[dict]:
-    with srv.lock:
-        return [json.loads(r.body) for r in srv.requests if r.status == 200]
-
-
-def wait_until(pred, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 def test_webhook_down_then_up_gets_each_alert_once(tmp_path, store):

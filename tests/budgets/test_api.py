@@ -8,15 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.server.support import record as _record
+from tests.budgets.support import record
 from usageledger.server import create_app
 from usageledger.storage import create_storage
 
 LOCAL = ("127.0.0.1", 40000)
-
-
-def record(**kw):
-    return _record(timestamp=datetime.now(UTC).isoformat(), **kw)
 
 
 @pytest.fixture

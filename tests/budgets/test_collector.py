@@ -4,36 +4,19 @@ is a real local HTTP server; records come as clients send them, retries included
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from datetime import UTC, datetime
 
 import httpx
 
+from tests.budgets.support import delivered, record, wait_until
 from tests.server.support import Collector
-from tests.server.support import record as _record
 from tests.support.fault_server import FaultServer
 
 THRESHOLDS = [0.25, 0.5, 0.75, 1.0]
 
 
-def record(**kw):
-    return _record(timestamp=datetime.now(UTC).isoformat(), **kw)
 
-
-def deliveries(srv: FaultServer) -> list[dict]:
-    with srv.lock:
-        return [json.loads(r.body) for r in srv.requests if r.status == 200]
-
-
-def wait_until(pred, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def define(url: str, webhook: str) -> None:
@@ -78,9 +61,9 @@ def test_alerts_once_across_collector_sigkill_and_restart(tmp_path):
         # the client resends everything it is not sure of (from before the kill, too)
         for batch in batches[20:]:
             assert post(col.url, batch)
-        assert wait_until(lambda: len(deliveries(srv)) >= len(THRESHOLDS))
+        assert wait_until(lambda: len(delivered(srv)) >= len(THRESHOLDS))
         time.sleep(2.0)  # a duplicate would have been sent by now
-        got = deliveries(srv)
+        got = delivered(srv)
         assert sorted(a["threshold"] for a in got) == THRESHOLDS
         assert len(srv.requests) == len(THRESHOLDS)  # one POST each, nothing resent
         status = HTTP.get(col.url + "/api/v1/budgets/team-a").json()
@@ -103,8 +86,8 @@ def test_two_collectors_on_one_postgres_send_each_alert_once(tmp_path, pg_url):
             for t in threads:
                 t.join()
             time.sleep(0.05)
-        assert wait_until(lambda: len(deliveries(srv)) >= len(THRESHOLDS))
+        assert wait_until(lambda: len(delivered(srv)) >= len(THRESHOLDS))
         time.sleep(2.0)
-        assert sorted(x["threshold"] for x in deliveries(srv)) == THRESHOLDS
+        assert sorted(x["threshold"] for x in delivered(srv)) == THRESHOLDS
         assert len(srv.requests) == len(THRESHOLDS)
         assert HTTP.get(b.url + "/api/v1/budgets/team-a").json()["spent"] == "2"

@@ -400,16 +400,28 @@ class AlertLoop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._everything = False
+        self._start_lock = threading.Lock()
+
+    #: batches waiting beyond this are replaced by one evaluation of every current window
+    MAX_PENDING = 1000
 
     def note(self, records: list[UsageRecord]) -> None:
         if records:
+            if self._thread is None:
+                self.start()  # an app served without its lifespan still evaluates
+            if len(self._pending) >= self.MAX_PENDING:
+                self._pending.clear()  # memory stays bounded; nothing is missed:
+                self._everything = True  # the windows of now and before are evaluated
             self._pending.append(records)
             self._wake.set()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="usageledger-budget-alerts", daemon=True)
-            self._thread.start()
+        with self._start_lock:
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="usageledger-budget-alerts", daemon=True)
+                self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -422,7 +434,8 @@ class AlertLoop:
         last_reclaim = 0.0
         while not self._stop.is_set():
             try:
-                if not startup_done:
+                if not startup_done or self._everything:
+                    self._everything = False
                     self.budgets.evaluate(None, previous=True)
                     startup_done = True
                 if time.monotonic() - last_reclaim >= self.reclaim_every:
