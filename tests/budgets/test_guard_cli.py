@@ -59,6 +59,10 @@ def test_require_raises_before_the_provider_is_called(collector):
         call_llm("g2")  # not in the budget's scope
         assert [json.loads(r.body)["user"] for r in provider.requests] == ["g1", "g2"]
         assert guard.check(user_id="g1")["exceeded"] == ["guarded"]
+        # record fields no scope names are left out; other names are refused
+        assert guard.check(user_id="g1", run_id="r", session_id=None, tags=None)["exceeded"] == ["guarded"]
+        with pytest.raises(ValueError, match="colour"):
+            guard.check(colour="red")
 
 
 def test_guard_caches_answers_for_cache_s(collector):

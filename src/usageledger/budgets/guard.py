@@ -18,12 +18,16 @@ from typing import Any
 
 import httpx
 
+from ..records import UsageRecord
 from .engine import check_attributes
-from .model import BudgetExceeded, BudgetUnavailable
+from .model import SCOPE_KEYS, BudgetExceeded, BudgetUnavailable
 
 __all__ = ["BudgetGuard"]
 
 log = logging.getLogger("usageledger.budgets")
+
+#: record fields a budget's scope never names
+_IGNORED = frozenset(UsageRecord.__struct_fields__) - set(SCOPE_KEYS)
 
 
 class BudgetGuard:
@@ -57,7 +61,9 @@ class BudgetGuard:
         user_id, customer_key, session_id, tags): ``{"allowed", "exceeded", "budgets"}``.
         When the collector cannot answer and ``fail_open`` is True: allowed, with
         ``"error"`` saying why."""
-        attrs = check_attributes(attributes, "BudgetGuard.check")
+        # a caller passing every attribute of its records (run_id, response_id...) is not
+        # wrong: record fields no budget scopes on are left out; any other name is an error
+        attrs = check_attributes({k: v for k, v in attributes.items() if k not in _IGNORED}, "BudgetGuard.check")
         key = tuple(sorted((k, tuple(sorted(v.items())) if k == "tags" else v) for k, v in attrs.items()))
         now = time.monotonic()
         with self._lock:
