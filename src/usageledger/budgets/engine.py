@@ -140,6 +140,9 @@ class Budgets:
         self._lock = threading.Lock()
         self._defs: tuple[float, dict[str, Budget]] | None = None
         self._spend: dict[tuple[str, str, str], tuple[float, Spend]] = {}
+        #: spend last read per (budget, fingerprint, window) plus what this process stored
+        #: since: a lower bound that spares reads while no threshold can be reached
+        self._known: dict[tuple[str, str, str], Decimal] = {}
         #: alert keys known to be claimed (by any process): no need to read their spend
         self._claimed: set[tuple[str, str, str]] = set()
 
@@ -209,7 +212,7 @@ class Budgets:
         return out
 
     def _cached_spend(self, budget: Budget, start: datetime | None, end: datetime | None) -> Spend:
-        key = (budget.name, repr(budget), window_name(start))
+        key = (budget.name, budget.fingerprint, window_name(start))
         now = time.monotonic()
         with self._lock:
             hit = self._spend.get(key)
@@ -235,7 +238,7 @@ class Budgets:
         else:
             now = time.monotonic()
             sp = self.spend(budget, start, end)
-            self._remember((budget.name, repr(budget), window_name(start)), now, sp)
+            self._remember((budget.name, budget.fingerprint, window_name(start)), now, sp)
         return status_dict(budget, sp, start, end)
 
     def status(self, name: str, at: datetime | None = None) -> dict[str, Any] | None:
@@ -256,9 +259,16 @@ class Budgets:
         [status of every budget whose scope covers the call]}``."""
         attrs = check_attributes(attributes)
         self._read()
-        statuses = [self.status_of(b, at) for b in self.budgets().values() if b.covers(attrs)]
+        statuses = [self.status_of(b, at) for b in self._index(self.budgets()).covering(attrs)]
         exceeded = [s["name"] for s in statuses if s["exceeded"]]
         return {"allowed": not exceeded, "exceeded": exceeded, "budgets": statuses}
+
+    def _index(self, budgets: dict[str, Budget]) -> ScopeIndex:
+        """The scope index of these definitions (kept while they are the cached ones)."""
+        idx = self.__dict__.get("_scope_index")
+        if idx is None or idx.source is not budgets:
+            idx = self.__dict__["_scope_index"] = ScopeIndex(budgets)
+        return idx
 
     def _read(self) -> None:
         if self._before_read is not None:
@@ -281,48 +291,72 @@ class Budgets:
         before with ``previous=True``). Returns the alerts this call claimed. Spend is
         read afresh; a threshold is reached when ``spent >= threshold * limit`` (and
         something was spent)."""
-        watched = [b for b in self.budgets().values() if b.webhook_url and b.alert_thresholds]
+        index = self._index(self.budgets())
+        watched = index.watched
         if not watched or self._alerts is None:
             return []
-        targets: dict[tuple[str, str], tuple[Budget, datetime | None, datetime | None]] = {}
+        # (budget, window) -> [budget, start, end, cost of the given records in its currency]
+        targets: dict[tuple[str, str], list[Any]] = {}
 
-        def add(b: Budget, win: tuple[datetime | None, datetime | None] | None) -> None:
+        def add(b: Budget, win: tuple[datetime | None, datetime | None] | None, cost: Decimal | None) -> None:
             if win is not None:
-                targets.setdefault((b.name, window_name(win[0])), (b, *win))
+                t = targets.setdefault((b.name, window_name(win[0])), [b, *win, cost])
+                if cost is not None and t[3] is not None:
+                    t[3] += cost
 
         if records is None:
             now = datetime.now(UTC)
             for b in watched:
-                add(b, window(b.period, now))
+                add(b, window(b.period, now), None)
                 if previous:
-                    add(b, previous_window(b.period, now))
+                    add(b, previous_window(b.period, now), None)
         else:
-            # the distinct (attributes, day) of the batch: windows are whole days
-            seen = set()
+            # cost per distinct (attributes, day, currency) of the batch: windows are whole days
+            groups: dict[tuple[Any, ...], Decimal] = {}
             for r in records:
-                day = ts_us(r.timestamp) // _US_PER_DAY
-                seen.add((r.provider, r.model, r.user_id, r.customer_key, r.session_id,
-                          tuple(sorted(r.tags.items())), day))
-            for provider, model, user, customer, session, tags, day in seen:
+                key = (r.provider, r.model, r.user_id, r.customer_key, r.session_id,
+                       tuple(sorted(r.tags.items())) if r.tags else (), ts_us(r.timestamp) // _US_PER_DAY,
+                       r.currency)
+                groups[key] = groups.get(key, Decimal(0)) + (r.cost or 0)
+            for (provider, model, user, customer, session, tags, day, currency), cost in groups.items():
                 attrs = {"provider": provider, "model": model, "user_id": user, "customer_key": customer,
                          "session_id": session, "tags": dict(tags)}
-                for b in watched:
-                    if b.covers(attrs):
-                        add(b, window(b.period, _EPOCH + day * _DAY))
+                for b in index.covering(attrs, watched_only=True):
+                    add(b, window(b.period, _EPOCH + day * _DAY), cost if currency == b.currency else Decimal(0))
         claimed = []
-        for b, start, end in targets.values():
-            claimed += self._evaluate_window(b, start, end)
+        for b, start, end, added in targets.values():
+            claimed += self._evaluate_window(b, start, end, added)
         return claimed
 
-    def _evaluate_window(self, b: Budget, start: datetime | None, end: datetime | None) -> list[dict[str, Any]]:
+    def _evaluate_window(self, b: Budget, start: datetime | None, end: datetime | None,
+                         added: Decimal | None = None) -> list[dict[str, Any]]:
+        """Claim the thresholds reached in one window. ``added``: the cost of records this
+        process stored since it last read the window's spend; while the spend read then
+        plus ``added`` stays below the lowest threshold not yet claimed, nothing is read
+        (100 budgets re-read on every batch halved /track throughput). Records stored by
+        other replicas are not in ``added``: the periodic pass (``added=None``) reads
+        afresh."""
         wname = window_name(start)
         with self._lock:
             pending = [t for t in b.alert_thresholds if (b.name, wname, _tkey(t)) not in self._claimed]
         if not pending:
             return []
+        key = (b.name, b.fingerprint, wname)
+        if added is not None:
+            with self._lock:
+                known = self._known.get(key)
+                if known is not None:
+                    known += added
+                    self._known[key] = known
+            if known is not None and known < b.limit * Decimal(repr(min(pending))):
+                return []
         now = time.monotonic()
         sp = self.spend(b, start, end)
-        self._remember((b.name, repr(b), wname), now, sp)
+        self._remember(key, now, sp)
+        with self._lock:
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[key] = sp.spent
         out = []
         for t in pending:
             if sp.spent <= 0 or sp.spent < b.limit * Decimal(repr(t)):
@@ -360,6 +394,41 @@ class Budgets:
         return len(found)
 
 
+class ScopeIndex:
+    """Budgets by the values of their scope keys, so finding the budgets that cover a
+    call costs one dict lookup per distinct set of scope keys instead of a test per
+    budget (a batch of 1,000 records against 100 budgets was 100,000 tests)."""
+
+    def __init__(self, budgets: dict[str, Budget]):
+        self.source = budgets
+        self.watched = [b for b in budgets.values() if b.webhook_url and b.alert_thresholds]
+        self._by_fields: dict[tuple[str, ...], dict[tuple[Any, ...], list[Budget]]] = {}
+        for b in budgets.values():  # by name, so every answer lists budgets by name
+            fields = _scope_fields(b.scope)
+            values = tuple(_scope_value(b.scope, f) for f in fields)
+            self._by_fields.setdefault(fields, {}).setdefault(values, []).append(b)
+
+    def covering(self, attributes: dict[str, Any], *, watched_only: bool = False) -> list[Budget]:
+        """The budgets covering a call with these attributes, by name."""
+        out: list[Budget] = []
+        for fields, table in self._by_fields.items():
+            found = table.get(tuple(_scope_value(attributes, f) for f in fields))
+            if found:
+                out += [b for b in found if b.webhook_url and b.alert_thresholds] if watched_only else found
+        out.sort(key=lambda b: b.name)
+        return out
+
+
+def _scope_fields(scope: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(sorted(k for k in scope if k != "tags")) + tuple(f"tag:{t}" for t in sorted(scope.get("tags", ())))
+
+
+def _scope_value(attributes: dict[str, Any], field: str) -> Any:
+    if field.startswith("tag:"):
+        return (attributes.get("tags") or {}).get(field[4:])
+    return attributes.get(field)
+
+
 def _tkey(t: float) -> str:
     """A threshold as it appears in alert keys: ``0.8``, ``1``."""
     return format(t, "g")
@@ -389,13 +458,14 @@ class AlertLoop:
     most every ``interval`` seconds, so a /track request never waits for an aggregate.
 
     At start it evaluates every budget's current and previous window (records stored
-    before a crash, whose evaluation the crash lost) and takes over unqueued claims; it
-    repeats the take-over every ``reclaim_every`` seconds."""
+    before a crash, whose evaluation the crash lost) and takes over unqueued claims. Every
+    ``sweep_every`` seconds it takes over unqueued claims again and reads every current
+    window afresh (spend stored through other replicas, which :meth:`note` never sees)."""
 
-    def __init__(self, budgets: Budgets, *, interval: float = 0.5, reclaim_every: float = 10.0):
+    def __init__(self, budgets: Budgets, *, interval: float = 0.5, sweep_every: float = 10.0):
         self.budgets = budgets
         self.interval = interval
-        self.reclaim_every = reclaim_every
+        self.sweep_every = sweep_every
         self._pending: deque[list[UsageRecord]] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -431,16 +501,18 @@ class AlertLoop:
 
     def _run(self) -> None:
         startup_done = False
-        last_reclaim = 0.0
+        last_sweep = time.monotonic()
         while not self._stop.is_set():
             try:
                 if not startup_done or self._everything:
                     self._everything = False
                     self.budgets.evaluate(None, previous=True)
-                    startup_done = True
-                if time.monotonic() - last_reclaim >= self.reclaim_every:
+                if not startup_done or time.monotonic() - last_sweep >= self.sweep_every:
                     self.budgets.reclaim()
-                    last_reclaim = time.monotonic()
+                    if startup_done:
+                        self.budgets.evaluate(None)
+                    last_sweep = time.monotonic()
+                startup_done = True
                 batch: list[UsageRecord] = []
                 while self._pending:
                     batch += self._pending.popleft()
@@ -455,5 +527,5 @@ class AlertLoop:
                 self._stop.wait(1.0)
                 continue
             self._stop.wait(self.interval)  # at most one pass per interval
-            self._wake.wait(self.reclaim_every)
+            self._wake.wait(self.sweep_every)
             self._wake.clear()

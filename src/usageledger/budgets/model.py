@@ -11,10 +11,11 @@ import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..records import UsageRecord, to_utc
+from ..records import to_utc
 
 __all__ = [
     "Budget",
@@ -76,6 +77,11 @@ class Budget:
     alert_thresholds: tuple[float, ...] = ()
     webhook_url: str | None = None
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Tells two definitions apart (cache keys)."""
+        return repr(self)
+
     def definition(self) -> dict[str, Any]:
         """The JSON form (as PUT takes it and storage keeps it); the limit as given."""
         return {
@@ -90,27 +96,6 @@ class Budget:
     def filters(self) -> dict[str, Any]:
         """The scope as storage filters."""
         return {k: (dict(v) if k == "tags" else v) for k, v in self.scope.items()}
-
-    def covers(self, attributes: dict[str, Any]) -> bool:
-        """Whether a call with these attributes counts against this budget: every scope
-        key is given and equal (every scope tag present with the same value)."""
-        for k, v in self.scope.items():
-            if k == "tags":
-                have = attributes.get("tags") or {}
-                if any(have.get(tk) != tv for tk, tv in v.items()):
-                    return False
-            elif attributes.get(k) != v:
-                return False
-        return True
-
-    def covers_record(self, rec: UsageRecord) -> bool:
-        for k, v in self.scope.items():
-            if k == "tags":
-                if any(rec.tags.get(tk) != tv for tk, tv in v.items()):
-                    return False
-            elif getattr(rec, k) != v:
-                return False
-        return True
 
 
 def _where(source: str) -> str:
