@@ -136,3 +136,33 @@ def test_meter_budgets_over_a_store_without_budget_tables(tmp_path, kind):
         meter.budgets.set("x", limit="0.05", period="total")
         meter.record("openai", "gpt-4o", 1, 1, cost="0.05")
         assert meter.budgets.check()["exceeded"] == ["x"]
+
+
+def test_split_stream_across_two_replicas_alerts_once_by_the_sweep(tmp_path):
+    """Each replica notes only the records it stored, so neither sees the whole spend
+    from its notes; the periodic sweep reads the store afresh and one of them claims."""
+    from usageledger.budgets import AlertLoop
+
+    url = f"sqlite:///{tmp_path}/usage.db"
+    stores = [create_storage(url), create_storage(url)]
+    with FaultServer() as srv:
+        senders = [AlertSender(None, base_delay=0.05) for _ in stores]
+        replicas = [Budgets(s, alerts=a) for s, a in zip(stores, senders, strict=True)]
+        replicas[0].set("all", limit="1", period="day", alert_thresholds=[0.5, 1], webhook_url=srv.url)
+        loops = [AlertLoop(b, interval=0.05, sweep_every=0.5) for b in replicas]
+        for loop in loops:
+            loop.start()
+        for i in range(20):  # 0.05 each, alternately stored by one replica then the other
+            rec = make_usage_record("openai", "gpt-4o", 1, 1, cost=Decimal("0.05"), timestamp=datetime.now(UTC))
+            new = stores[i % 2].save_many([rec])
+            loops[i % 2].note([rec] if rec.id in new else [])
+        assert wait_until(lambda: len(delivered(srv)) >= 2)
+        time.sleep(1.5)  # three more sweeps on each replica
+        for loop in loops:
+            loop.stop()
+        assert sorted(a["threshold"] for a in delivered(srv)) == [0.5, 1.0]
+        assert len(srv.requests) == 2
+        for a in senders:
+            a.close()
+    for s in stores:
+        s.close()
