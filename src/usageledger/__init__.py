@@ -30,6 +30,8 @@ _LAZY = {
     "JournalError": "usageledger.journal",
     "JournalDestinationError": "usageledger.journal",
     "JournalUnavailableError": "usageledger.journal",
+    "BudgetExceeded": "usageledger.budgets",
+    "BudgetGuard": "usageledger.budgets.guard",
 }
 
 __all__ = ["UsageRecord", "new_id", "__version__", *_LAZY]

@@ -41,13 +41,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="interface to bind"),
     port: int = typer.Option(8765, help="port to listen on"),
     api_key: list[str] = typer.Option(None, "--api-key", help="accepted bearer key (repeatable); none: loopback only"),
+    alert_journal: str = typer.Option(None, "--alert-journal", help="journal of budget alerts (default: beside a sqlite store, else in the user data dir)", show_default=False),
 ) -> None:
     """Run the collector service. SIGTERM (and Ctrl-C) stop it cleanly: requests under
     way finish, the storage is closed, the exit status is 0."""
     from .server.app import serve as run
 
     with _exit_cleanly_on_sigterm():
-        run(storage, host=host, port=port, api_keys=api_key or None)
+        run(storage, host=host, port=port, api_keys=api_key or None, alert_journal=alert_journal)
 
 
 @contextlib.contextmanager
@@ -437,6 +438,136 @@ def import_(
     finally:
         store.close()
     print(f"imported {stored:,} of {read:,} records ({read - stored:,} already stored)")
+
+
+# -- budgets -----------------------------------------------------------------------------------
+
+budget_app = typer.Typer(no_args_is_help=True, help="Budgets: spend limits and alerts, kept in a storage (--storage) or a collector (--url).")
+app.add_typer(budget_app, name="budget")
+
+_B_STORAGE = typer.Option(None, "--storage", help="storage URL holding the budgets: sqlite:///path.db, postgresql://...", show_default=False)
+_B_URL = typer.Option(None, "--url", help="a collector's base URL, e.g. http://127.0.0.1:8765", show_default=False)
+_B_KEY = typer.Option(None, "--api-key", help="the collector's bearer key (with --url)", show_default=False)
+
+
+class _BudgetTarget:
+    """Budgets in a storage (the engine itself) or on a collector (its API)."""
+
+    def __init__(self, storage: str | None, url: str | None, api_key: str | None):
+        if (storage is None) == (url is None):
+            raise ValueError("give exactly one of --storage URL or --url COLLECTOR")
+        self._store = None
+        if url is not None:
+            from .budgets.remote import RemoteBudgets
+
+            self.api: Any = RemoteBudgets(url, api_key)
+        else:
+            from .budgets import Budgets
+
+            self._store = _storage(storage, must_exist=False)  # type: ignore[arg-type]
+            self.api = Budgets(self._store, cache_s=0)
+
+    def __enter__(self) -> Any:
+        return self.api
+
+    def __exit__(self, *exc: object) -> None:
+        if self._store is not None:
+            self._store.close()
+        else:
+            self.api.close()
+
+
+@budget_app.command("set")
+def budget_set(
+    name: str = typer.Argument(..., help="the budget's name", show_default=False),
+    limit: str = typer.Option(..., "--limit", help="spend limit, a decimal (5, 12.50)", show_default=False),
+    period: str = typer.Option("month", "--period", help="day, week (from Monday), month (calendar, UTC) or total"),
+    currency: str = typer.Option("USD", "--currency", help="only records in this currency count"),
+    user_id: str = typer.Option(None, "--user-id", help="scope: this user only", show_default=False),
+    customer_key: str = typer.Option(None, "--customer-key", help="scope: this customer only", show_default=False),
+    provider: str = typer.Option(None, "--provider", help="scope: this provider only", show_default=False),
+    model: str = typer.Option(None, "--model", help="scope: this model only", show_default=False),
+    session_id: str = typer.Option(None, "--session-id", help="scope: this session only", show_default=False),
+    tag: list[str] = typer.Option(None, "--tag", help="scope: records with this tag, key=value (repeatable)", show_default=False),
+    alert: list[float] = typer.Option(None, "--alert", help="alert when spend reaches this fraction of the limit (repeatable), e.g. 0.8", show_default=False),
+    webhook: str = typer.Option(None, "--webhook", help="http(s) URL that alerts are POSTed to", show_default=False),
+    storage: str = _B_STORAGE,
+    url: str = _B_URL,
+    api_key: str = _B_KEY,
+) -> None:
+    """Create or replace a budget."""
+    tags = {}
+    for t in tag or ():
+        key, sep, value = t.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag must look like key=value, got {t!r}")
+        tags[key] = value
+    scope = {k: v for k, v in (("user_id", user_id), ("customer_key", customer_key), ("provider", provider),
+                               ("model", model), ("session_id", session_id)) if v is not None}
+    if tags:
+        scope["tags"] = tags
+    body = {"scope": scope, "period": period, "limit": limit, "currency": currency,
+            "alert_thresholds": list(alert or ()), "webhook_url": webhook}
+    with _BudgetTarget(storage, url, api_key) as api:
+        api.put(name, body, "the command line")
+        status = api.status(name)
+    window = "in total" if status["window_start"] is None else f"this {period} (UTC)"
+    _out().print(f"budget {name}: {status['spent']} of {status['limit']} {status['currency']} spent {window}")
+
+
+@budget_app.command("list")
+def budget_list(
+    storage: str = _B_STORAGE,
+    url: str = _B_URL,
+    api_key: str = _B_KEY,
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Budgets with their spend in the current window, as burn bars."""
+    from rich.table import Table
+
+    with _BudgetTarget(storage, url, api_key) as api:
+        rows = api.list()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    console = _out()
+    if not rows:
+        console.print("no budgets")
+        return
+    table = Table(title=f"budgets: {len(rows)}", title_justify="left")
+    for col in ("name", "scope", "window", "spent / limit", "burn", "alerts"):
+        table.add_column(col, overflow="fold", no_wrap=col == "burn")
+    for b in rows:
+        scope = ", ".join(f"{k}={v}" if k != "tags" else ", ".join(f"{a}={c}" for a, c in v.items())
+                          for k, v in b["scope"].items()) or "all usage"
+        window = "total" if b["window_start"] is None else f"{b['period']} {b['window_start'][:10]}"
+        table.add_row(b["name"], scope, window, f"{b['spent']} / {b['limit']} {b['currency']}",
+                      burn_bar(b["fraction"], b["exceeded"]),
+                      ", ".join(f"{t:g}" for t in b["alert_thresholds"]) or "—")
+    console.print(table)
+
+
+def burn_bar(fraction: float | None, exceeded: bool, width: int = 12) -> str:
+    """``████████░░░░  40%``; red when exceeded, yellow from 80%."""
+    if fraction is None:  # a limit of zero
+        return "[red]" + "█" * width + " blocked[/red]"
+    filled = min(width, round(fraction * width))
+    colour = "red" if exceeded else "yellow" if fraction >= 0.8 else "green"
+    return f"[{colour}]{'█' * filled}{'░' * (width - filled)} {fraction:4.0%}[/{colour}]"
+
+
+@budget_app.command("rm")
+def budget_rm(
+    name: str = typer.Argument(..., help="the budget's name", show_default=False),
+    storage: str = _B_STORAGE,
+    url: str = _B_URL,
+    api_key: str = _B_KEY,
+) -> None:
+    """Delete a budget (and its alert claims)."""
+    with _BudgetTarget(storage, url, api_key) as api:
+        if not api.remove(name):
+            raise ValueError(f"no budget {name!r}")
+    _out().print(f"budget {name} deleted")
 
 
 # -- entry points ------------------------------------------------------------------------------

@@ -56,8 +56,9 @@ class Meter:
             else:  # the name older versions derived (`u.journal` for `u.db`): drain it too
                 derived = options["journal_path"]
                 drain_also.append(derived.with_name(derived.name.removesuffix(".journal")).with_suffix(".journal"))
+        self._budgets: Any = None
         self._pipeline = Pipeline(
-            StorageSink(self.storage, price=self._price),
+            StorageSink(self.storage, price=self._price, on_stored=self._stored),
             name="usageledger-meter",
             drain_also=drain_also,
             **options,
@@ -99,6 +100,36 @@ class Meter:
     def flush(self, timeout: float | None = 30.0) -> bool:
         return self._pipeline.flush(timeout)
 
+    @property
+    def budgets(self) -> Any:
+        """Budgets over this meter's storage (:class:`~usageledger.budgets.Budgets`, the
+        collector's implementation): ``set(name, limit=, period=, user_id=..., ...)``,
+        ``check(**attributes)``, ``status(name)``, ``list()``, ``remove(name)``. Reads
+        flush first; alerts go out as the dispatcher stores records. Budgets live in the
+        storage when it keeps them (memory, sqlite, postgres), else in this process."""
+        if self._budgets is None:
+            from .budgets import Budgets
+
+            defs = None
+            if not getattr(self.storage, "supports_budgets", False):
+                from .storage.memory import MemoryStorage
+
+                defs = MemoryStorage()
+            self._budgets = Budgets(self.storage, definitions=defs, cache_s=0.0,
+                                    alerts=self._alert_sender, before_read=self.flush)
+        return self._budgets
+
+    def _alert_sender(self) -> Any:
+        from .budgets.alerts import AlertSender
+
+        location = self._pipeline.journal.location
+        # beside the meter's journal; a memory journal keeps alerts in memory too
+        return AlertSender(None if location == "memory" else Path(location).with_suffix(".alerts.journal"))
+
+    def _stored(self, records: list[UsageRecord]) -> None:
+        if self._budgets is not None:
+            self._budgets.evaluate(records)
+
     def query(self, **filters: Any) -> list[UsageRecord]:
         """Flush, then the stored records matching ``filters``, newest first."""
         self.flush()
@@ -120,6 +151,9 @@ class Meter:
 
     def close(self, timeout: float | None = 30.0) -> bool:
         done = self._pipeline.stop(timeout)
+        sender = None if self._budgets is None else self._budgets._alerts
+        if sender is not None and hasattr(sender, "close"):
+            sender.close(timeout)
         self.storage.close()
         return done
 

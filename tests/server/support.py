@@ -28,6 +28,8 @@ class Collector:
     api_keys: list[str] = field(default_factory=list)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
+    #: more `usageledger serve` options, e.g. ["--alert-journal", path]
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -40,6 +42,7 @@ class Collector:
                "--host", "127.0.0.1", "--port", str(self.port)]
         for k in self.api_keys:
             cmd += ["--api-key", k]
+        cmd += self.extra_args
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("USAGELEDGER_")}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -33,6 +34,7 @@ from ..pricing import price_record
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
+from . import budgets as budget_routes
 from . import schema
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
 from .pages import install_pages
@@ -93,6 +95,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     *,
     price: bool = True,
+    alert_journal: str | os.PathLike[str] | None = None,
 ) -> FastAPI:
     """The collector app over ``storage`` (a backend, or a name/URL for ``create_storage``;
     one it creates it also closes at shutdown).
@@ -100,7 +103,8 @@ def create_app(
     ``api_keys``: accepted ``Authorization: Bearer`` keys, compared in constant time. With
     none, only loopback clients are served (403 for others). ``max_body_bytes`` caps every
     request body, before and after gzip decompression (413 beyond). ``price``: records
-    sent without a cost are priced with the offline price tables."""
+    sent without a cost are priced with the offline price tables. ``alert_journal``: the
+    journal file of budget alerts (None: alerts wait in memory only)."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if isinstance(api_keys, str):
@@ -125,7 +129,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        budgets.start()
         yield
+        budgets.stop()
         if owned:
             store.close()
 
@@ -203,6 +209,8 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"})
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
+    app.state.budgets = budgets
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -237,6 +245,7 @@ def create_app(
                 seen.add(it.id)
                 records.append(pricer(it) if it.cost is None and pricer is not None else it)
         new = call(store.save_many, records) if records else set()
+        budgets.note(records, new)  # alert evaluation happens off the request path
         results: list[dict[str, Any]] = []
         accepted = rejected = 0
         for it in items:
@@ -430,6 +439,7 @@ def create_app(
         return _json({"runs": runs, "limit": limit, "offset": offset})
 
     app.include_router(api)
+    app.include_router(budget_router)
 
     # -- service -----------------------------------------------------------------------------
     @app.get("/healthz", summary="Liveness")
@@ -510,6 +520,7 @@ def serve(
     api_keys: Sequence[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "info",
+    alert_journal: str | os.PathLike[str] | None = None,
 ) -> None:
     """Run the collector under uvicorn until interrupted. Keys default to the comma-separated
     ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served."""
@@ -518,7 +529,10 @@ def serve(
     if not api_keys:
         env = os.environ.get(API_KEYS_ENV, "")
         api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
-    app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes)
+    if alert_journal is None:
+        alert_journal = default_alert_journal(storage)
+    app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes,
+                     alert_journal=alert_journal)
     # the collector's own logs (storage failures, this warning) in uvicorn's format
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if not api_keys:
@@ -534,3 +548,21 @@ def serve(
 def _is_loopback_host(host: str) -> bool:
     return host in ("localhost",) or _is_loopback(host)
 
+
+
+def default_alert_journal(storage: StorageBackend | str) -> Path | None:
+    """Where ``serve`` keeps budget alerts by default: beside a SQLite store
+    (``usage.db`` -> ``usage.alerts.journal``), in the user data directory for other
+    stores, nowhere (memory) for a memory store."""
+    from ..pipeline import default_journal_path
+    from ..storage import _file_path
+
+    if not isinstance(storage, str):
+        where = getattr(storage, "db_path", None)
+        return None if where is None else Path(where).with_suffix(".alerts.journal")
+    lowered = storage.strip().lower()
+    if lowered.startswith("memory"):
+        return None
+    if lowered.startswith("sqlite://"):
+        return Path(_file_path(storage.strip(), "sqlite", {}, ())).with_suffix(".alerts.journal")
+    return default_journal_path("collector-alerts.journal")

@@ -28,9 +28,12 @@ class StorageSink(Sink):
         storage: StorageBackend,
         *,
         price: Callable[[UsageRecord], UsageRecord] | None = None,
+        on_stored: Callable[[list[UsageRecord]], None] | None = None,
     ):
         self.storage = storage
         self._price = price
+        #: called with the records a batch newly stored (a Meter's budget alerts)
+        self.on_stored = on_stored
 
     @property
     def destination(self) -> str | None:
@@ -56,13 +59,18 @@ class StorageSink(Sink):
             records.append(record)
         if records:
             try:
-                self.storage.save_many(records)
+                new = self.storage.save_many(records)
             except Exception as exc:
                 log.warning("storage refused %d records: %r", len(records), exc)
                 retry = Retry(None, f"{type(exc).__name__}: {exc}")
                 return {**results, **{r.id: retry for r in records}}
             for r in records:
                 results[r.id] = OK
+            if self.on_stored is not None and new:
+                try:
+                    self.on_stored([r for r in records if r.id in new])
+                except Exception:  # the records are stored: never retry them for this
+                    log.exception("the on_stored hook failed")
         return results
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from ..records import UsageRecord, to_utc
 __all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
 
 #: group keys accepted by ``aggregate``, plus ``tag:<key>``
-GROUP_KEYS = ("day", "hour", "provider", "model", "user_id", "session_id", "customer_key")
+GROUP_KEYS = ("day", "hour", "provider", "model", "user_id", "session_id", "customer_key", "currency")
 
 #: one row of ``aggregate``: the group values by key, plus count, token sums and cost
 Aggregate = dict[str, Any]
@@ -147,6 +147,36 @@ class StorageBackend:
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
         raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
+
+    # -- budgets (optional: memory, sqlite, postgres; see storage/_budgets.py) -------------------
+    #: True when the backend keeps budget definitions and alert claims
+    supports_budgets: bool = False
+
+    def put_budget(self, name: str, definition: dict[str, Any]) -> None:
+        """Create or replace the budget ``name`` (its JSON definition)."""
+        raise NotImplementedError(f"{type(self).__name__} does not store budgets")
+
+    def list_budgets(self) -> dict[str, dict[str, Any]]:
+        """Every budget definition by name, sorted by name."""
+        raise NotImplementedError(f"{type(self).__name__} does not store budgets")
+
+    def delete_budget(self, name: str) -> bool:
+        """Delete a budget and its alert claims; False when there was none."""
+        raise NotImplementedError(f"{type(self).__name__} does not store budgets")
+
+    def claim_alert(self, budget: str, window_start: str, threshold: str, delivery: dict[str, Any]) -> bool:
+        """Claim the alert ``(budget, window_start, threshold)``: True for the one caller
+        (of every process on this store) that inserted it, False if it was claimed before."""
+        raise NotImplementedError(f"{type(self).__name__} does not store budgets")
+
+    def alert_queued(self, budget: str, window_start: str, threshold: str) -> None:
+        """Mark a claimed alert as handed to its sender's journal."""
+        raise NotImplementedError(f"{type(self).__name__} does not store budgets")
+
+    def reclaim_alerts(self, older_than_s: float) -> list[dict[str, Any]]:
+        """Take over the claims not queued within ``older_than_s`` (their claimer died
+        between claim and queue); returns their deliveries."""
+        raise NotImplementedError(f"{type(self).__name__} does not store budgets")
 
     def count(self) -> int:
         raise NotImplementedError

@@ -43,6 +43,9 @@ _run_decoder = msgspec.json.Decoder(_RunLine)
 class JsonlStorage(MemoryStorage):
     """``JsonlStorage(path)``: the in-memory engine of MemoryStorage, persisted as lines."""
 
+    #: budgets would live only in memory here, not in the file: not offered
+    supports_budgets = False
+
     def __init__(self, path: str | os.PathLike[str] | None = None):
         super().__init__()
         if path is None:

@@ -8,6 +8,7 @@ from itertools import islice
 from typing import Any
 
 from ..records import UsageRecord
+from ._budgets import MemoryBudgets
 from .base import (
     _US_PER_HOUR,
     Aggregate,
@@ -28,7 +29,7 @@ from .base import (
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(StorageBackend):
+class MemoryStorage(MemoryBudgets, StorageBackend):
     """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
     thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..records import UsageRecord, encode
+from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -132,7 +133,7 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PostgresStorage(StorageBackend):
+class PostgresStorage(SqlBudgets, StorageBackend):
     """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):
@@ -267,6 +268,20 @@ class PostgresStorage(StorageBackend):
     def count(self) -> int:
         with self._pool.connection() as conn:
             return conn.execute("SELECT count(*) FROM usage").fetchone()[0]
+
+    _placeholder = "%s"
+
+    def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as conn, conn.transaction():
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def _create_budget_tables(self) -> None:
+        # one creator at a time when several collectors start together (as _migrate)
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7301460)")
+            for ddl in BUDGET_TABLES:
+                conn.execute(ddl)
 
     # -- runs -------------------------------------------------------------------------------
     def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:

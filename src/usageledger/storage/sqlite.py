@@ -26,6 +26,7 @@ import msgspec
 
 from .._sqlite import connect_wal
 from ..records import UsageRecord
+from ._budgets import SqlBudgets
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -141,7 +142,7 @@ def _tag_path(key: str) -> str | None:
     return None if '"' in key else f'$."{key}"'
 
 
-class SQLiteStorage(StorageBackend):
+class SQLiteStorage(SqlBudgets, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
 
@@ -383,6 +384,10 @@ class SQLiteStorage(StorageBackend):
     def count(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
+
+    def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        with self._transaction() as c:
+            return c.execute(sql, params).fetchall()
 
     # -- runs -------------------------------------------------------------------------------
     def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
