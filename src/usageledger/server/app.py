@@ -46,7 +46,7 @@ from .wire import (
     read_gzip,
 )
 
-__all__ = ["create_app", "serve", "DEFAULT_MAX_BODY_BYTES", "API_KEYS_ENV"]
+__all__ = ["create_app", "serve", "track_answer", "DEFAULT_MAX_BODY_BYTES", "API_KEYS_ENV"]
 
 log = logging.getLogger("usageledger.server")
 
@@ -175,7 +175,8 @@ def create_app(
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     # -- auth --------------------------------------------------------------------------------
-    def authorize(request: Request) -> None:
+    # async: a plain def dependency would cost every request a hop through the threadpool
+    async def authorize(request: Request) -> None:
         if not keys:
             client = request.client
             if not _is_loopback(client.host if client else None):
@@ -220,47 +221,38 @@ def create_app(
         return data
 
     # -- usage records -----------------------------------------------------------------------
-    def ingest(data: bytes) -> list[dict[str, Any]]:
+    def ingest(data: bytes) -> dict[str, Any]:
         items = decode_track(data)
-        metrics.received.inc(len(items))
-        records, seen = [], set()
-        for it in items:
-            if type(it) is UsageRecord and it.id not in seen:
-                seen.add(it.id)
-                records.append(pricer(it) if it.cost is None and pricer is not None else it)
+        n = len(items)
+        metrics.received.inc(n)
+        # copies of one id are stored once by save_many (and priced twice: harmless)
+        records = [
+            (pricer(it) if it.cost is None and pricer is not None else it)
+            for it in items if type(it) is UsageRecord
+        ]
         new = call(store.save_many, records) if records else set()
-        results: list[dict[str, Any]] = []
-        accepted = rejected = 0
-        for it in items:
-            if type(it) is Refused:
-                rejected += 1
-                results.append({"id": it.id, "status": "rejected", "error": it.error})
-            elif it.id in new:
-                new.discard(it.id)  # a second copy in the same batch is a duplicate
-                accepted += 1
-                results.append({"id": it.id, "status": "accepted"})
-            else:
-                results.append({"id": it.id, "status": "duplicate"})
-        metrics.accepted.inc(accepted)
-        metrics.rejected.inc(rejected)
-        metrics.duplicates.inc(len(items) - accepted - rejected)
-        return results
+        answer = track_answer(items, new)
+        metrics.accepted.inc(answer["accepted"])
+        metrics.rejected.inc(answer.get("rejected", 0))
+        metrics.duplicates.inc(answer["duplicate"])
+        return answer
 
     @api.post(
         "/track",
         summary="Store a batch of usage records",
         openapi_extra=schema.body("TrackBody"),
-        responses={200: schema.response("TrackResponse", "one result per item, in order"),
+        responses={200: schema.response("TrackResponse", "counts, and one result per item when "
+                                                         "some were rejected"),
                    400: schema.ERROR, 401: schema.ERROR, 413: schema.ERROR},
     )
     async def track(request: Request) -> Response:
-        """Body `{"tracked": [record, ...]}` (gzip allowed). Every item is answered:
-        `accepted` (stored now), `duplicate` (its id was stored already) or `rejected`
-        (with `error`; the other items are still stored)."""
+        """Body `{"tracked": [record, ...]}` (gzip allowed). When every item was stored
+        (`accepted` now, or `duplicate`: its id was stored already) the answer is compact:
+        `{"accepted": n, "duplicate": m, "duplicate_ids": [...]}`. When some item was
+        `rejected`, every item is answered in order in `results` (with `error` for the
+        rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        results = await run_in_threadpool(ingest, data)
-        return _json({"results": results})
-
+        return _json(await run_in_threadpool(ingest, data))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -440,6 +432,39 @@ def create_app(
         return HTMLResponse(dashboard.render(rows, days))
 
     return app
+
+
+def track_answer(items: Sequence[UsageRecord | Refused], new: set[str]) -> dict[str, Any]:
+    """The answer to a ``/track`` batch whose newly stored ids are ``new``: compact
+    (counts, and the ids of the duplicates) when no item was refused, else one result per
+    item in order. The first copy of a new id is ``accepted``, any later copy ``duplicate``."""
+    n = len(items)
+    if len(new) == n:  # the common case: every item a new record
+        return {"accepted": n, "duplicate": 0, "duplicate_ids": []}
+    fresh = set(new)
+    if not any(type(it) is Refused for it in items):
+        duplicates = []
+        for it in items:
+            if it.id in fresh:
+                fresh.discard(it.id)
+            else:
+                duplicates.append(it.id)
+        return {"accepted": n - len(duplicates), "duplicate": len(duplicates),
+                "duplicate_ids": duplicates}
+    results: list[dict[str, Any]] = []
+    accepted = rejected = 0
+    for it in items:
+        if type(it) is Refused:
+            rejected += 1
+            results.append({"id": it.id, "status": "rejected", "error": it.error})
+        elif it.id in fresh:
+            fresh.discard(it.id)
+            accepted += 1
+            results.append({"id": it.id, "status": "accepted"})
+        else:
+            results.append({"id": it.id, "status": "duplicate"})
+    return {"accepted": accepted, "duplicate": n - accepted - rejected, "rejected": rejected,
+            "results": results}
 
 
 def _filters(
