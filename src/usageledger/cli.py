@@ -38,11 +38,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="interface to bind"),
     port: int = typer.Option(8765, help="port to listen on"),
     api_key: list[str] = typer.Option(None, "--api-key", help="accepted bearer key (repeatable); none: loopback only"),
+    workers: int = typer.Option(1, "--workers", min=1, help="processes serving the port (sqlite, postgresql or redis storage)"),
 ) -> None:
     """Run the collector service."""
     from .server.app import serve as run
 
-    run(storage, host=host, port=port, api_keys=api_key or None)
+    run(storage, host=host, port=port, api_keys=api_key or None, workers=workers)
 
 
 @app.command()

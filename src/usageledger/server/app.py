@@ -512,6 +512,13 @@ def _refuse_nul(values: dict[str, Any]) -> None:
             raise HTTPException(422, f"{name} contains a NUL character")
 
 
+#: what ``serve(workers=N)`` hands to its worker processes (each builds its own app)
+STORAGE_ENV = "USAGELEDGER_SERVER_STORAGE"
+MAX_BODY_ENV = "USAGELEDGER_SERVER_MAX_BODY_BYTES"
+#: stores that several processes can share: one file with a writer lock, or a server
+_SHARED_STORES = ("sqlite", "postgres", "postgresql", "redis", "rediss")
+
+
 def serve(
     storage: StorageBackend | str = "sqlite:///usageledger.db",
     *,
@@ -520,14 +527,29 @@ def serve(
     api_keys: Sequence[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "info",
+    workers: int = 1,
 ) -> None:
     """Run the collector under uvicorn until interrupted. Keys default to the comma-separated
-    ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served."""
+    ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served.
+
+    ``workers`` > 1 runs that many processes on one port (uvicorn's supervisor binds the
+    socket; the kernel spreads connections over the processes). Each opens ``storage``
+    (a URL) itself: SQLite (one writer at a time, transactions queue on the file lock),
+    PostgreSQL or Redis; memory and JSONL stores are refused (every process would keep its
+    own)."""
     import uvicorn
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if not api_keys:
         env = os.environ.get(API_KEYS_ENV, "")
         api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
+    if workers > 1:
+        scheme = storage.partition(":")[0].lower() if isinstance(storage, str) else ""
+        if scheme not in _SHARED_STORES:
+            raise ValueError(
+                f"--workers {workers} needs a storage URL that several processes can share "
+                f"(sqlite:///..., postgresql://..., redis://...), got {storage!r}")
     app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes)
     # the collector's own logs (storage failures, this warning) in uvicorn's format
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
@@ -538,7 +560,26 @@ def serve(
             "before exposing it%s.", API_KEYS_ENV,
             f" (it listens on {host})" if not _is_loopback_host(host) else "",
         )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    # the app above checked the arguments and migrated the schema once, before the workers
+    # start; each worker (a fresh interpreter) builds its own from the environment
+    app.state.storage.close()
+    os.environ[STORAGE_ENV] = storage  # type: ignore[assignment]
+    os.environ[MAX_BODY_ENV] = str(max_body_bytes)
+    os.environ[API_KEYS_ENV] = ",".join(api_keys or ())
+    uvicorn.run("usageledger.server.app:app_from_env", factory=True, workers=workers,
+                host=host, port=port, log_level=log_level, access_log=False)
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``serve(workers=N)`` worker, from what ``serve`` put in the
+    environment."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    keys = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    return create_app(os.environ[STORAGE_ENV], api_keys=keys or None,
+                      max_body_bytes=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES)))
 
 
 def _is_loopback_host(host: str) -> bool:
