@@ -89,13 +89,13 @@ USAGE_COLUMNS: dict[str, str] = {
     "payload": "TEXT",
 }
 _COLS = tuple(USAGE_COLUMNS)
-#: one statement per batch: the rows arrive as one JSON array of arrays (one bound
-#: parameter, parsed inside SQLite) and the primary key decides what is new
-_INSERT = (
-    f"INSERT INTO usage ({', '.join(_COLS)}) SELECT "
-    + ", ".join(f"value ->> {i}" for i in range(len(_COLS)))
-    + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING RETURNING id"
-)
+#: the primary key decides what is new (only a conflict on id is skipped: any other
+#: constraint failure fails the batch); the new ids are read back by rowid (see below).
+#: One prepared statement run per row: measured against one INSERT ... SELECT over a JSON
+#: array of the rows (json_each, a ->> per column), which cost 1.5x more CPU per record.
+_INSERT = (f"INSERT INTO usage ({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))}) "
+           "ON CONFLICT (id) DO NOTHING")
+_NEW_IDS = "SELECT id FROM usage WHERE rowid > ?"
 _SELECT = (
     "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
@@ -255,7 +255,7 @@ class SQLiteStorage(StorageBackend):
         batch = unique_records(records)
         if not batch:
             return set()
-        rows = _dumps([
+        rows = [
             (rec.id, ts_us(rec.timestamp), rec.provider, rec.model, rec.input_tokens,
              rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
              rec.reasoning_tokens, None if rec.cost is None else str(rec.cost),
@@ -264,10 +264,11 @@ class SQLiteStorage(StorageBackend):
              _dumps(rec.tags).decode() if rec.tags else "{}",
              None if rec.payload is None else _dumps(rec.payload).decode())
             for rec in batch.values()
-        ])
+        ]
         with self._transaction() as c:
             top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
-            new = {r[0] for r in c.execute(_INSERT, (rows,))}
+            c.executemany(_INSERT, rows)
+            new = {r[0] for r in c.execute(_NEW_IDS, (top,))}
             if new:
                 c.execute(_ROLLUP_NEW, (top,))
                 c.execute(_DAILY_NEW, (top,))
