@@ -64,7 +64,7 @@ def daily_sql(keys: tuple[str, ...], plan: DailyPlan, ph: str, sums: str,
     dimension's ``value``) and ``sums``. ``total``: the totals of all records (dim ``''``)
     grouped by ``day`` only, from which the group of records without the dimension is
     made (its value is then None)."""
-    exprs = [k if k == "day" else "value" for k in keys if not total or k == "day"]
+    exprs = [k if k == "day" else "value" for k in keys if not total or k != plan.dim]
     clauses, params = [f"dim = {ph}"], ["" if total else plan.dim]
     if plan.value is not None and not total:
         clauses.append(f"value = {ph}")

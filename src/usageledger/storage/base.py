@@ -385,10 +385,10 @@ def add_totals(t: dict[str, Any], other: dict[str, Any], sign: int = 1) -> None:
 def with_none_group(keys: tuple[str, ...], dim: str, groups: dict[tuple[Any, ...], dict[str, Any]],
                     totals: dict[tuple[Any, ...], dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
     """``groups`` (by the dimension ``dim`` and maybe ``day``) plus the group of records
-    without the dimension: ``totals`` (the same keys, all records, the dimension's value
-    None) minus the other groups. Exact: integer and Decimal sums."""
+    without the dimension: ``totals`` (all records, by the other keys) minus the other
+    groups. Exact: integer and Decimal sums."""
     i = keys.index(dim)
-    rest = {gk: dict(t) for gk, t in totals.items()}
+    rest = {gk[:i] + (None,) + gk[i:]: dict(t) for gk, t in totals.items()}
     for gk, t in groups.items():
         r = rest.get(gk[:i] + (None,) + gk[i + 1:])
         if r is not None:

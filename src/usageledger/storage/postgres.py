@@ -314,12 +314,9 @@ class PostgresStorage(StorageBackend):
         sql, params = daily_sql(keys, plan, "%s", _ROLLUP_SUMS)
         groups = self._groups(keys, self._select(conn, sql, params))
         if plan.grouped:
-            day_keys = tuple(k for k in keys if k == "day")
             sql, params = daily_sql(keys, plan, "%s", _ROLLUP_SUMS, total=True)
-            totals = {
-                tuple(dict(zip(day_keys, gk, strict=True)).get(k) for k in keys): t
-                for gk, t in self._groups(day_keys, self._select(conn, sql, params)).items()
-            }
+            rest = tuple(k for k in keys if k != plan.dim)
+            totals = self._groups(rest, self._select(conn, sql, params))
             groups = with_none_group(keys, plan.dim, groups, totals)
         for edge in plan.edges:
             merge_groups(groups, self._aggregate_sql(conn, keys, edge))

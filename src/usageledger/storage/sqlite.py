@@ -350,12 +350,9 @@ class SQLiteStorage(StorageBackend):
         sql, params = daily_sql(keys, plan, "?", _ROLLUP_SUMS)
         groups = self._rows_to_groups(keys, self._select(sql, params))
         if plan.grouped:
-            day_keys = tuple(k for k in keys if k == "day")
             sql, params = daily_sql(keys, plan, "?", _ROLLUP_SUMS, total=True)
-            totals = {
-                tuple(dict(zip(day_keys, gk, strict=True)).get(k) for k in keys): t
-                for gk, t in self._rows_to_groups(day_keys, self._select(sql, params)).items()
-            }
+            rest = tuple(k for k in keys if k != plan.dim)
+            totals = self._rows_to_groups(rest, self._select(sql, params))
             inexact = sum(t.get("_inexact", 0) for t in totals.values())
             groups = with_none_group(keys, plan.dim, groups, totals)
         else:
