@@ -1,17 +1,22 @@
-"""Collector benchmarks (issue 3). Run by hand:
-`.venv/bin/python bench/bench_collector.py [--quick]`.
+"""Collector benchmarks (issue 3, and the throughput issue). Run by hand:
+`.venv/bin/python bench/bench_collector.py [--quick] [--only ingest,stack,drain,breakdown,totals]`.
 
-1. ingest: a client posting `/api/v1/track` batches of 100 and 1,000 fresh records over
-   HTTP (keep-alive, one connection, uncompressed) to the collector in its own uvicorn
-   process, on SQLite and on PostgreSQL; baseline: the same bodies posted the same way to
-   a bare ASGI receiver (reads the body, answers 200) in the same run;
-2. end-to-end drain: a PersistentDelivery journal holding N records -> HttpSink (gzip
+1. ingest: clients posting `/api/v1/track` batches of 100 and 1,000 fresh records over
+   HTTP (keep-alive, uncompressed, one request at a time per client) to `usageledger serve
+   --workers W` (W = 1, 2, 4; W client processes), on SQLite and on PostgreSQL; baseline:
+   the same bodies posted the same way to a bare ASGI receiver (reads the body, answers
+   200) with the same W workers, in the same run;
+2. stack: the same at W = 1 with uvicorn's pure-Python stack (asyncio loop, h11) against
+   uvloop + httptools, collector and receiver alike;
+3. end-to-end drain: a PersistentDelivery journal holding N records -> HttpSink (gzip
    level 1, the default) -> collector -> SQLite, at batch 100 (the default) and 1,000;
    baseline: the same drain into the bare receiver;
-3. where an ingest request's time goes, in-process per record at batch 1,000: the wire
+4. where an ingest request's time goes, in-process per record at batch 1,000: the wire
    (decode_track: msgspec decode + checks; baseline: the bare msgspec decode of the same
    body into UsageRecords), pricing of records sent without cost, and the storage's
-   save_many (SQLite, PostgreSQL).
+   save_many (SQLite, PostgreSQL);
+5. totals by dimension at 1,000,000 records (per user, per customer, per tag: the top 10
+   by cost): ``aggregate`` on SQLite and PostgreSQL against DuckDB on the same rows.
 
 Every figure is printed with its baseline measured in the same run.
 """
@@ -19,10 +24,16 @@ Every figure is printed with its baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +42,7 @@ import httpx  # noqa: E402
 
 from tests.server.support import Collector  # noqa: E402
 from tests.support.receiver import run_receiver  # noqa: E402
-from tests.support.servers import start_postgres  # noqa: E402
+from tests.support.servers import _wait_port, free_port, start_postgres  # noqa: E402
 from usageledger.delivery import PersistentDelivery  # noqa: E402
 from usageledger.journal import SqliteJournal  # noqa: E402
 from usageledger.records import KIND_RAW, encode, make_usage_record  # noqa: E402
@@ -47,47 +58,95 @@ def row(label: str, value: str, baseline: str = "", ratio: str = "") -> None:
     print(line, flush=True)
 
 
-def records(n: int, priced: bool = True) -> list[bytes]:
-    """Encoded records with fresh ids, spread over 30 days, 3 models, 50 users."""
+def records(n: int, priced: bool = True, start: int = 0) -> list[bytes]:
+    """Encoded records with fresh ids, spread over 30 days, 3 models, 50 users, 20
+    customers, sessions of 20 calls and a tag."""
     return [encode(make_usage_record(
         "openai", MODELS[i % 3], 100 + i % 900, 20 + i % 300,
         cost="0.00012" if priced else None, user_id=f"user-{i % 50}",
+        customer_key=f"cust-{i % 20}", session_id=f"sess-{i // 20}", tags={"team": f"t{i % 7}"},
         timestamp=T0 + timedelta(seconds=i * 26),
-    )) for i in range(n)]
+    )) for i in range(start, start + n)]
 
 
 def bodies(recs: list[bytes], batch: int) -> list[bytes]:
     return [b'{"tracked":[' + b",".join(recs[i:i + batch]) + b"]}" for i in range(0, len(recs), batch)]
 
 
-def post_all(url: str, payloads: list[bytes], batch: int) -> float:
-    """Records per second posting every body in turn on one keep-alive connection."""
+def post_all(url: str, payloads: list[bytes], batch: int, start_at: float | None = None) -> tuple[float, float, int]:
+    """Post every body in turn on one keep-alive connection (after one warm-up post):
+    (start, end, records posted after the warm-up)."""
     headers = {"Content-Type": "application/json"}
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=120) as c:
         c.post(url + "/api/v1/track", content=payloads[0], headers=headers)  # warm up
-        t0 = time.perf_counter()
+        if start_at is not None:
+            time.sleep(max(0.0, start_at - time.time()))
+        t0 = time.time()
         for body in payloads[1:]:
             r = c.post(url + "/api/v1/track", content=body, headers=headers)
             if r.status_code != 200:
                 raise RuntimeError(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
-        elapsed = time.perf_counter() - t0
-    return (len(payloads) - 1) * batch / elapsed
+        return t0, time.time(), (len(payloads) - 1) * batch
 
 
-def bench_ingest(bare_url: str, storages: dict[str, str], n: int) -> None:
+def _client(args: tuple[str, int, int, int, float]) -> tuple[float, float, int]:
+    url, start, n, batch, start_at = args
+    return post_all(url, bodies(records(n, start=start), batch), batch, start_at)
+
+
+def load(url: str, n: int, batch: int, clients: int) -> float:
+    """Records per second from ``clients`` processes posting ``n`` fresh records in all,
+    each on its own connection, started together."""
+    start_at = time.time() + 2.0 + 0.5 * clients  # every client has built its bodies
+    jobs = [(url, k * (n // clients), n // clients, batch, start_at) for k in range(clients)]
+    with ProcessPoolExecutor(clients) as pool:
+        spans = list(pool.map(_client, jobs))
+    return sum(s[2] for s in spans) / (max(s[1] for s in spans) - min(s[0] for s in spans))
+
+
+@contextlib.contextmanager
+def collector(storage: str, workers: int = 1, stack: tuple[str, str] | None = None) -> Iterator[str]:
+    """``usageledger serve --workers N`` (uvicorn picks uvloop and httptools when they are
+    installed), or with ``stack`` = (loop, http) the same app under those choices."""
+    if stack is None:
+        with Collector(storage, workers=workers) as col:
+            yield col.url
+        return
+    port = free_port()
+    code = ("import sys, uvicorn; from usageledger.server.app import create_app; "
+            "uvicorn.run(create_app(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]), "
+            "loop=sys.argv[3], http=sys.argv[4], log_level='warning', access_log=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, storage, str(port), *stack],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port, 60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def bench_ingest(storages: dict[str, str], n: int, workers_list: tuple[int, ...]) -> None:
+    for workers in workers_list:
+        for batch in (100, 1000):
+            with run_receiver("--workers", str(workers)) as bare_url:
+                bare = load(bare_url, n, batch, workers)
+            for name, storage in storages.items():
+                with collector(storage, workers) as url:
+                    rate = load(url, n, batch, workers)
+                row(f"ingest -> collector -> {name}, batch {batch:,}, {workers} worker(s), {workers} client(s)",
+                    f"{rate:,.0f} rec/s", f"bare ASGI {bare:,.0f} rec/s", f"{rate / bare:.3f}x")
+
+
+def bench_stack(storage: str, n: int) -> None:
     for batch in (100, 1000):
-        bare = post_all(bare_url, bodies(records(n), batch), batch)
-        for name, storage in storages.items():
-            with Collector(storage) as col:
-                rate = post_all(col.url, bodies(records(n), batch), batch)
-            row(f"ingest POST /track -> collector -> {name}, batch {batch:,}",
-                f"{rate:,.0f} rec/s", f"bare ASGI {bare:,.0f} rec/s", f"{rate / bare:.2f}x")
-    name, storage = next(iter(storages.items()))
-    bare = post_all(bare_url, bodies(records(n, priced=False), 1000), 1000)
-    with Collector(storage) as col:
-        rate = post_all(col.url, bodies(records(n, priced=False), 1000), 1000)
-    row(f"ingest, records without cost (priced by the collector) -> {name}, batch 1,000",
-        f"{rate:,.0f} rec/s", f"bare ASGI {bare:,.0f} rec/s", f"{rate / bare:.2f}x")
+        for loop, http in (("asyncio", "h11"), ("uvloop", "httptools")):
+            with run_receiver("--loop", loop, "--http", http) as bare_url:
+                bare = load(bare_url, n, batch, 1)
+            with collector(storage, stack=(loop, http)) as url:
+                rate = load(url, n, batch, 1)
+            row(f"ingest -> collector -> sqlite, batch {batch:,}, 1 worker, {loop} + {http}",
+                f"{rate:,.0f} rec/s", f"bare ASGI, same stack {bare:,.0f} rec/s", f"{rate / bare:.3f}x")
 
 
 def drain(url: str, path: Path, recs: list[bytes], batch: int) -> float:
@@ -166,20 +225,113 @@ def bench_breakdown(storages: dict[str, str], n: int) -> None:
             f"wire decode + check {ours_us:.2f} µs", f"{us / ours_us:.1f}x")
 
 
+def _top10(rows: list[dict], key: str) -> list[tuple[str, Decimal]]:
+    rows = sorted(rows, key=lambda g: g["cost"], reverse=True)[:10]
+    return [(g[key], g["cost"]) for g in rows]
+
+
+def _median_ms(fn, runs: int = 7) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def bench_totals(storages: dict[str, str], tmp: Path, n: int) -> None:
+    """Top 10 users, customers and tag values by cost over all the records, ours against
+    DuckDB on the same rows (a plain table, the tag as its own column)."""
+    import csv
+
+    import duckdb
+
+    from usageledger.records import UsageRecord, new_id
+    from usageledger.storage import create_storage
+
+    t_start = time.perf_counter()
+    stamps = [T0 + timedelta(seconds=s) for s in range(0, 30 * 86400, 30 * 86400 // 10_000)]
+    recs = [UsageRecord(
+        new_id(), stamps[i * 10_000 // n], "openai", f"model-{i % 10}", 100 + i % 900, 20 + i % 300,
+        0, 0, 0, Decimal(10_000 + i % 77_777).scaleb(-9), "USD", f"user-{(i * 7919) % 1000}",
+        f"sess-{i // 20}", f"cust-{(i * 31) % 100}", tags={"team": f"t{i % 10}"},
+    ) for i in range(n)]
+    path = tmp / "rows.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        for r in recs:
+            w.writerow((r.id, r.timestamp.isoformat(), r.model, r.input_tokens, r.output_tokens,
+                        r.cost, r.user_id, r.customer_key, r.session_id, r.tags["team"]))
+    duck = duckdb.connect()
+    duck.execute(f"""CREATE TABLE usage AS SELECT * FROM read_csv('{path}', header=false, columns={{
+        'id': 'VARCHAR', 'ts': 'TIMESTAMPTZ', 'model': 'VARCHAR', 'input_tokens': 'BIGINT',
+        'output_tokens': 'BIGINT', 'cost': 'DECIMAL(18,9)', 'user_id': 'VARCHAR',
+        'customer_key': 'VARCHAR', 'session_id': 'VARCHAR', 'team': 'VARCHAR'}})""")
+    print(f"built {n:,} records and the DuckDB table in {time.perf_counter() - t_start:.0f} s", flush=True)
+    queries = {"user": ("user_id", "user_id"), "customer": ("customer_key", "customer_key"),
+               "tag": ("tag:team", "team")}
+
+    def duck_top(column: str) -> list[tuple[str, Decimal]]:
+        rows = duck.execute(
+            f"SELECT {column}, count(*), sum(input_tokens), sum(output_tokens), sum(cost) AS c "
+            f"FROM usage GROUP BY 1 ORDER BY c DESC LIMIT 10").fetchall()
+        return [(r[0], r[4]) for r in rows]
+
+    for name, url in storages.items():
+        store = create_storage(url)
+        store.clear()
+        t0 = time.perf_counter()
+        for i in range(0, n, 50_000):
+            store.save_many(recs[i:i + 50_000])
+        print(f"loaded {n:,} records into {name} in {time.perf_counter() - t0:.0f} s", flush=True)
+        for what, (key, column) in queries.items():
+            ours = _top10(store.aggregate((key,)), key)
+            if ours != duck_top(column):
+                raise RuntimeError(f"{name} per {what}: {ours} != {duck_top(column)}")
+            duck_ms = _median_ms(lambda column=column: duck_top(column))
+            ours_ms = _median_ms(lambda key=key, store=store: _top10(store.aggregate((key,)), key))
+            row(f"{n:,} records: top 10 per {what} by cost, {name} aggregate (daily totals)",
+                f"{ours_ms:.1f} ms", f"DuckDB {duck_ms:.1f} ms", f"{ours_ms / duck_ms:.2f}x")
+            # the same totals read from the records, as they were before the daily totals
+            # (every record is from provider openai: the filter only forces the scan)
+            scan_ms = _median_ms(
+                lambda key=key, store=store: _top10(store.aggregate((key,), provider="openai"), key), 3)
+            row(f"{n:,} records: top 10 per {what}, {name}, read from the records (before)",
+                f"{scan_ms:.1f} ms", f"DuckDB {duck_ms:.1f} ms", f"{scan_ms / duck_ms:.2f}x")
+        store.clear()
+        store.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    ap.add_argument("--only", default="ingest,stack,drain,breakdown,totals",
+                    help="comma-separated parts: ingest, stack, drain, breakdown, totals")
+    ap.add_argument("--workers", default="1,2,4", help="worker counts for the ingest part")
+    ap.add_argument("--stores", default="sqlite,postgres")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     n = 20_000 if args.quick else 100_000
     print("| figure | measured | baseline (same run) | ratio |\n|---|---|---|---|")
     pg = start_postgres()
     try:
-        with tempfile.TemporaryDirectory() as d, run_receiver() as bare_url:
+        with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
             storages = {"sqlite": f"sqlite:///{tmp}/ingest.db", "postgres": pg.url}
-            bench_ingest(bare_url, storages, n)
-            bench_drain(bare_url, tmp, n)
-            bench_breakdown({"sqlite": f"sqlite:///{tmp}/breakdown.db", "postgres": pg.url}, n)
+            storages = {k: v for k, v in storages.items() if k in args.stores.split(",")}
+            if "ingest" in parts:
+                bench_ingest(storages, n, tuple(int(w) for w in args.workers.split(",")))
+            if "stack" in parts:
+                bench_stack(f"sqlite:///{tmp}/stack.db", n)
+            if "drain" in parts:
+                with run_receiver() as bare_url:
+                    bench_drain(bare_url, tmp, n)
+            if "breakdown" in parts:
+                bench_breakdown({"sqlite": f"sqlite:///{tmp}/breakdown.db", "postgres": pg.url}, n)
+            if "totals" in parts:
+                bench_totals({"sqlite": f"sqlite:///{tmp}/totals.db", "postgres": pg.url}, tmp,
+                             100_000 if args.quick else 1_000_000)
     finally:
         pg.stop()
 

@@ -42,13 +42,15 @@ def serve(
     port: int = typer.Option(8765, help="port to listen on"),
     api_key: list[str] = typer.Option(None, "--api-key", help="accepted bearer key (repeatable); none: loopback only"),
     alert_journal: str = typer.Option(None, "--alert-journal", help="journal of budget alerts (default: beside a sqlite store, else in the user data dir)", show_default=False),
+    workers: int = typer.Option(1, "--workers", min=1, help="processes serving the port (sqlite, postgresql or redis storage)"),
 ) -> None:
     """Run the collector service. SIGTERM (and Ctrl-C) stop it cleanly: requests under
     way finish, the storage is closed, the exit status is 0."""
     from .server.app import serve as run
 
     with _exit_cleanly_on_sigterm():
-        run(storage, host=host, port=port, api_keys=api_key or None, alert_journal=alert_journal)
+        run(storage, host=host, port=port, api_keys=api_key or None, alert_journal=alert_journal,
+            workers=workers)
 
 
 @contextlib.contextmanager

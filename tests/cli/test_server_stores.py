@@ -62,3 +62,10 @@ def test_report_and_round_trip(cli, tmp_path, request, kind):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("storage", ["memory://", "jsonl:///tmp/x.jsonl"])
+def test_serve_workers_refuses_a_store_each_process_would_keep_apart(cli, storage):
+    r = cli("serve", "--storage", storage, "--workers", "2", "--port", "1")
+    assert r.code != 0
+    assert "--workers 2" in r.err and storage in r.err and "sqlite:///" in r.err

@@ -217,3 +217,34 @@ def test_two_requests_in_flight_overlap_and_settle_every_record_once(tmp_path, s
     s = d.stats()
     assert (s["delivered"], s["dead"], s["queued"], s["inflight"]) == (40, 0, 0, 0)
     d.stop(5)
+
+
+def test_compact_answers_settle_new_records_and_duplicates(tmp_path, server):
+    """The collector answers counts when nothing was refused: a resend of stored records
+    (answered as duplicates) is settled, not retried; the older per-record form still
+    works."""
+    from usageledger.journal.base import JournalItem
+    from usageledger.records import KIND_RAW
+    from usageledger.sinks.base import OK
+    from usageledger.sinks.http import HttpSink
+
+    sink = HttpSink(server.url, compress=None)
+    items = [JournalItem(f"r{i}", KIND_RAW, json.dumps({"id": f"r{i}"}).encode(), 0) for i in range(6)]
+    assert sink.send(items[:4]) == {f"r{i}": OK for i in range(4)}
+    assert sink.send(items) == {f"r{i}": OK for i in range(6)}  # r0-r3 answered as duplicates
+    server.script(server.per_record())
+    assert sink.send(items[:2]) == {"r0": OK, "r1": OK}
+    sink.close()
+    assert server.received_ids().count("r0") == 3 and server.stored_ids() == {f"r{i}" for i in range(6)}
+
+
+def test_compact_counts_that_do_not_match_the_batch_are_retried(tmp_path, server):
+    server.script(server.miscount())
+    d = delivery(tmp_path, server)
+    ids = [d.enqueue(p) for p in payloads(20)]
+    assert d.flush(20)
+    s = d.stats()
+    assert s["delivered"] == 20 and s["dead"] == 0 and s["retried"] >= 1
+    assert server.stored_ids() == set(ids)
+    assert len(server.requests) >= 2  # the resend found every record stored: duplicates
+    d.stop(5)

@@ -30,6 +30,7 @@ class Collector:
     proc: subprocess.Popen | None = None
     #: more `usageledger serve` options, e.g. ["--alert-journal", path]
     extra_args: list[str] = field(default_factory=list)
+    workers: int = 1
 
     @property
     def url(self) -> str:
@@ -43,6 +44,8 @@ class Collector:
         for k in self.api_keys:
             cmd += ["--api-key", k]
         cmd += self.extra_args
+        if self.workers != 1:
+            cmd += ["--workers", str(self.workers)]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("USAGELEDGER_")}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -59,6 +62,13 @@ class Collector:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"collector on {self.url} did not become healthy in {timeout}s")
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of a ``--workers N`` collector (children of the supervisor)."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush; whatever the storage committed is all that stays."""

@@ -37,8 +37,18 @@ def track(client, items, **kw):
 
 
 def statuses(resp):
+    """Per-item statuses from an answer that has them (some item was rejected)."""
     assert resp.status_code == 200, resp.text
     return [(r["id"], r["status"]) for r in resp.json()["results"]]
+
+
+def compact(resp):
+    """(accepted, duplicate ids) from a compact answer (no item was rejected)."""
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert "results" not in body, body
+    assert body["duplicate"] == len(body["duplicate_ids"])
+    return body["accepted"], body["duplicate_ids"]
 
 
 def metric(client, name: str) -> float:
@@ -50,8 +60,8 @@ def metric(client, name: str) -> float:
 # -- /track ------------------------------------------------------------------------------------
 def test_same_id_in_two_batches_is_stored_once_and_reported_duplicate(client, store):
     a, b, c = record(1), record(2), record(3)
-    assert statuses(track(client, [a, b])) == [(a["id"], "accepted"), (b["id"], "accepted")]
-    assert statuses(track(client, [b, c])) == [(b["id"], "duplicate"), (c["id"], "accepted")]
+    assert compact(track(client, [a, b])) == (2, [])
+    assert compact(track(client, [b, c])) == (1, [b["id"]])
     assert store.count() == 3
     stored = {r.id: r for r in store.query()}
     assert set(stored) == {a["id"], b["id"], c["id"]}
@@ -60,8 +70,12 @@ def test_same_id_in_two_batches_is_stored_once_and_reported_duplicate(client, st
 
 def test_same_id_twice_in_one_batch(client, store):
     a = record(1)
-    assert statuses(track(client, [a, dict(a)])) == [(a["id"], "accepted"), (a["id"], "duplicate")]
+    assert compact(track(client, [a, dict(a)])) == (1, [a["id"]])
     assert store.count() == 1
+    # with a refusal in the batch every item is answered: the first copy accepted
+    b = record(2)
+    assert statuses(track(client, [b, dict(b), 7])) == [
+        (b["id"], "accepted"), (b["id"], "duplicate"), ("", "rejected")]
 
 
 def test_invalid_items_are_rejected_alone_with_a_message(client, store):
@@ -91,7 +105,7 @@ def test_timestamps_are_stored_in_utc_and_a_missing_one_is_the_receipt_time(clie
     aware = record(1, timestamp="2025-03-01T12:00:00+02:00")
     naive = record(2, timestamp="2025-03-01T12:00:00")
     bare = {"id": "no-ts", "provider": "openai", "model": "gpt-4o", "input_tokens": 1}
-    assert [s for _, s in statuses(track(client, [aware, naive, bare]))] == ["accepted"] * 3
+    assert compact(track(client, [aware, naive, bare])) == (3, [])
     got = {r.id: r.timestamp for r in store.query()}
     assert got[aware["id"]].isoformat() == "2025-03-01T10:00:00+00:00"
     assert got[naive["id"]].isoformat() == "2025-03-01T12:00:00+00:00"
@@ -131,7 +145,7 @@ def test_gzip_bodies(client, store):
     body = gzip.compress(msgspec.json.encode({"tracked": items}))
     resp = client.post("/api/v1/track", content=body,
                        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
-    assert [s for _, s in statuses(resp)] == ["accepted"] * 50
+    assert compact(resp) == (50, [])
     assert store.count() == 50
     bad = client.post("/api/v1/track", content=b"not gzip at all", headers={"Content-Encoding": "gzip"})
     assert bad.status_code == 400 and "gzip" in bad.json()["detail"]
@@ -183,7 +197,7 @@ def test_malformed_or_non_batch_bodies_are_400_with_a_message(client, body, need
 
 
 def test_empty_batch_is_fine(client):
-    assert statuses(track(client, [])) == []
+    assert compact(track(client, [])) == (0, [])
 
 
 # -- auth --------------------------------------------------------------------------------------
@@ -422,3 +436,46 @@ def test_empty_filter_values_are_no_filter(client):
 def test_unusable_api_keys_are_refused_at_start(store, keys):
     with pytest.raises((ValueError, TypeError), match="key"):
         create_app(store, api_keys=keys)
+
+
+# -- the client reads both forms of the answer ----------------------------------------------
+def test_http_sink_reads_compact_and_per_record_answers(store):
+    """HttpSink against the real app: a batch of new records (compact answer), a resend
+    with new records mixed in (compact, with duplicates), and a batch with a refusal (per
+    record): every record is settled as the collector decided."""
+    from usageledger.journal.base import JournalItem
+    from usageledger.records import KIND_RAW
+    from usageledger.sinks.base import OK, Reject
+    from usageledger.sinks.http import HttpSink
+
+    def items(recs):
+        return [JournalItem(r["id"] if isinstance(r, dict) else f"x{i}", KIND_RAW,
+                            msgspec.json.encode(r), 0) for i, r in enumerate(recs)]
+
+    answers = []
+    with TestClient(create_app(store), client=LOCAL) as http:
+        sink = HttpSink("http://testserver", compress=None)
+        sink._http = http  # the real app in-process, through httpx like any server
+        original = sink.results_from
+
+        def spy(batch, resp):
+            answers.append(resp.json())
+            return original(batch, resp)
+
+        sink.results_from = spy
+        first = [record(i) for i in range(5)]
+        assert sink.send(items(first)) == {r["id"]: OK for r in first}
+        assert answers[-1] == {"accepted": 5, "duplicate": 0, "duplicate_ids": []}
+
+        more = [record(10 + i) for i in range(3)]
+        again = sink.send(items(first[:2] + more))
+        assert again == {r["id"]: OK for r in first[:2] + more}
+        assert answers[-1]["accepted"] == 3 and answers[-1]["duplicate_ids"] == [first[0]["id"], first[1]["id"]]
+
+        bad = record(20, input_tokens=-1)
+        fresh = record(21)
+        mixed = sink.send(items([first[2], bad, fresh]))
+        assert "results" in answers[-1] and answers[-1]["rejected"] == 1
+        assert mixed[first[2]["id"]] is OK and mixed[fresh["id"]] is OK
+        assert isinstance(mixed[bad["id"]], Reject) and "input_tokens" in mixed[bad["id"]].reason
+    assert store.count() == 9

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -120,9 +121,12 @@ def test_two_collectors_on_one_postgres_store_each_id_once(postgres_server, pg_c
         for t in threads:
             t.join()
         # an exception in a thread is only printed: every post must have answered in full
-        assert len(answers) == 4 and all(len(ans["results"]) == 2000 for ans in answers)
-        accepted = [r["id"] for ans in answers for r in ans["results"] if r["status"] == "accepted"]
-        assert sorted(accepted) == sorted(item["id"] for item in batch["tracked"])
+        assert len(answers) == 4
+        assert all(ans["accepted"] + ans["duplicate"] == 2000 for ans in answers)
+        ids = [item["id"] for item in batch["tracked"]]
+        accepted = [i for ans in answers for i in sorted(set(ids) - set(ans["duplicate_ids"]))]
+        assert sorted(accepted) == sorted(ids)
+        assert sum(ans["accepted"] for ans in answers) == 2000
         summary = httpx.get(b.url + "/api/v1/summary", params={"group_by": "provider"}).json()
         assert summary["totals"]["count"] == 2000
 
@@ -171,5 +175,39 @@ def test_serve_warns_loudly_without_a_key_and_enforces_a_key_when_given(tmp_path
         wrong = {"Authorization": "Bearer s3cre"}
         assert httpx.post(col.url + "/api/v1/track", json=body, headers=wrong).status_code == 401
         ok = httpx.post(col.url + "/api/v1/track", json=body, headers={"Authorization": "Bearer s3cret"})
-        assert [r["status"] for r in ok.json()["results"]] == ["accepted"] * 3
+        assert ok.json() == {"accepted": 3, "duplicate": 0, "duplicate_ids": []}
     assert "NO API KEY" not in log2.read_text()
+
+
+def test_serve_with_two_workers_on_sqlite_stores_each_id_once(tmp_path):
+    """`serve --workers 2`: two processes on one port and one SQLite file (one writer at a
+    time). Overlapping batches posted on several connections at once: between them the
+    workers accept each id exactly once, and the totals are exact."""
+    calls = _calls(3000)
+    with Collector(f"sqlite:///{tmp_path}/w.db", workers=2, log_path=tmp_path / "w.log") as col:
+        assert len(col.worker_pids()) == 2
+        answers: list[tuple[list[str], dict]] = []
+        errors: list[BaseException] = []
+
+        def post(start: int) -> None:
+            try:
+                with httpx.Client(timeout=120) as http:
+                    for i in range(start, start + 2000, 250):
+                        chunk = calls[i % 3000:i % 3000 + 250]
+                        resp = http.post(col.url + "/api/v1/track", json={"tracked": chunk})
+                        answers.append(([c["id"] for c in chunk], resp.json()))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post, args=(s,)) for s in (0, 1000, 2000, 500)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        accepted = [i for ids, ans in answers for i in ids if i not in set(ans["duplicate_ids"])]
+        assert sorted(accepted) == sorted(c["id"] for c in calls)
+        summary = httpx.get(col.url + "/api/v1/summary", params={"group_by": "user_id"}).json()
+        assert summary["totals"]["count"] == 3000
+        assert Decimal(summary["totals"]["cost"]) == Decimal("0.003")
+        assert sum(g["count"] for g in summary["groups"]) == 3000

@@ -125,6 +125,16 @@ class FaultServer:
         return Behaviour("reject", pred=test, error=error)
 
     @staticmethod
+    def per_record() -> Behaviour:
+        """Answer one result per record even when none was rejected (the older form)."""
+        return Behaviour("per_record")
+
+    @staticmethod
+    def miscount() -> Behaviour:
+        """Store the records but answer compact counts one short of the batch."""
+        return Behaviour("miscount")
+
+    @staticmethod
     def poison(pred: Callable[[dict], bool]) -> Behaviour:
         """A batch holding a matching record is refused whole: 400, no per-record results."""
         return Behaviour("poison", pred=pred)
@@ -208,7 +218,15 @@ class FaultServer:
         if b.kind == "plain_ok":
             h._send(200, b"")  # type: ignore[attr-defined]
             return
-        out = json.dumps({"results": results}).encode()
+        # as the collector answers: compact when nothing was rejected, else per record
+        compact = h.path.endswith("/track") and b.kind != "per_record"
+        if not compact or any(r["status"] == "rejected" for r in results) or not results:
+            out = json.dumps({"results": results}).encode()
+        else:
+            dups = [r["id"] for r in results if r["status"] == "duplicate"]
+            accepted = len(results) - len(dups) - (b.kind == "miscount")
+            out = json.dumps({"accepted": accepted, "duplicate": len(dups),
+                              "duplicate_ids": dups}).encode()
         if b.kind == "slow_body":
             h.send_response(200)
             h.send_header("Content-Type", "application/json")

@@ -39,9 +39,10 @@ async def app(scope, receive, send) -> None:
 
 
 @contextlib.contextmanager
-def run_receiver() -> Iterator[str]:
+def run_receiver(*options: str) -> Iterator[str]:
+    """The receiver on a free port; ``options`` as on its command line (``--workers 2``)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.receiver", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.receiver", "--port", str(port), *options],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_port(port)
@@ -56,8 +57,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--loop", default="auto", help="uvicorn's event loop: auto, asyncio, uvloop")
+    ap.add_argument("--http", default="auto", help="uvicorn's HTTP parser: auto, h11, httptools")
     args = ap.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+    uvicorn.run("tests.support.receiver:app" if args.workers > 1 else app, host="127.0.0.1",
+                port=args.port, log_level="warning", access_log=False, workers=args.workers,
+                loop=args.loop, http=args.http)
 
 
 if __name__ == "__main__":

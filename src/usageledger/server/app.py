@@ -50,7 +50,7 @@ from .wire import (
     read_gzip,
 )
 
-__all__ = ["create_app", "serve", "DEFAULT_MAX_BODY_BYTES", "API_KEYS_ENV"]
+__all__ = ["create_app", "serve", "track_answer", "DEFAULT_MAX_BODY_BYTES", "API_KEYS_ENV"]
 
 log = logging.getLogger("usageledger.server")
 
@@ -187,7 +187,8 @@ def create_app(
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     # -- auth --------------------------------------------------------------------------------
-    def authorize(request: Request) -> None:
+    # async: a plain def dependency would cost every request a hop through the threadpool
+    async def authorize(request: Request) -> None:
         if not keys:
             client = request.client
             if not _is_loopback(client.host if client else None):
@@ -236,48 +237,39 @@ def create_app(
         return data
 
     # -- usage records -----------------------------------------------------------------------
-    def ingest(data: bytes) -> list[dict[str, Any]]:
+    def ingest(data: bytes) -> dict[str, Any]:
         items = decode_track(data)
-        metrics.received.inc(len(items))
-        records, seen = [], set()
-        for it in items:
-            if type(it) is UsageRecord and it.id not in seen:
-                seen.add(it.id)
-                records.append(pricer(it) if it.cost is None and pricer is not None else it)
+        n = len(items)
+        metrics.received.inc(n)
+        # copies of one id are stored once by save_many (and priced twice: harmless)
+        records = [
+            (pricer(it) if it.cost is None and pricer is not None else it)
+            for it in items if type(it) is UsageRecord
+        ]
         new = call(store.save_many, records) if records else set()
         budgets.note(records, new)  # alert evaluation happens off the request path
-        results: list[dict[str, Any]] = []
-        accepted = rejected = 0
-        for it in items:
-            if type(it) is Refused:
-                rejected += 1
-                results.append({"id": it.id, "status": "rejected", "error": it.error})
-            elif it.id in new:
-                new.discard(it.id)  # a second copy in the same batch is a duplicate
-                accepted += 1
-                results.append({"id": it.id, "status": "accepted"})
-            else:
-                results.append({"id": it.id, "status": "duplicate"})
-        metrics.accepted.inc(accepted)
-        metrics.rejected.inc(rejected)
-        metrics.duplicates.inc(len(items) - accepted - rejected)
-        return results
+        answer = track_answer(items, new)
+        metrics.accepted.inc(answer["accepted"])
+        metrics.rejected.inc(answer.get("rejected", 0))
+        metrics.duplicates.inc(answer["duplicate"])
+        return answer
 
     @api.post(
         "/track",
         summary="Store a batch of usage records",
         openapi_extra=schema.body("TrackBody"),
-        responses={200: schema.response("TrackResponse", "one result per item, in order"),
+        responses={200: schema.response("TrackResponse", "counts, and one result per item when "
+                                                         "some were rejected"),
                    400: schema.ERROR, 401: schema.ERROR, 413: schema.ERROR},
     )
     async def track(request: Request) -> Response:
-        """Body `{"tracked": [record, ...]}` (gzip allowed). Every item is answered:
-        `accepted` (stored now), `duplicate` (its id was stored already) or `rejected`
-        (with `error`; the other items are still stored)."""
+        """Body `{"tracked": [record, ...]}` (gzip allowed). When every item was stored
+        (`accepted` now, or `duplicate`: its id was stored already) the answer is compact:
+        `{"accepted": n, "duplicate": m, "duplicate_ids": [...]}`. When some item was
+        `rejected`, every item is answered in order in `results` (with `error` for the
+        rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        results = await run_in_threadpool(ingest, data)
-        return _json({"results": results})
-
+        return _json(await run_in_threadpool(ingest, data))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -467,6 +459,39 @@ def create_app(
     return app
 
 
+def track_answer(items: Sequence[UsageRecord | Refused], new: set[str]) -> dict[str, Any]:
+    """The answer to a ``/track`` batch whose newly stored ids are ``new``: compact
+    (counts, and the ids of the duplicates) when no item was refused, else one result per
+    item in order. The first copy of a new id is ``accepted``, any later copy ``duplicate``."""
+    n = len(items)
+    if len(new) == n:  # the common case: every item a new record
+        return {"accepted": n, "duplicate": 0, "duplicate_ids": []}
+    fresh = set(new)
+    if not any(type(it) is Refused for it in items):
+        duplicates = []
+        for it in items:
+            if it.id in fresh:
+                fresh.discard(it.id)
+            else:
+                duplicates.append(it.id)
+        return {"accepted": n - len(duplicates), "duplicate": len(duplicates),
+                "duplicate_ids": duplicates}
+    results: list[dict[str, Any]] = []
+    accepted = rejected = 0
+    for it in items:
+        if type(it) is Refused:
+            rejected += 1
+            results.append({"id": it.id, "status": "rejected", "error": it.error})
+        elif it.id in fresh:
+            fresh.discard(it.id)
+            accepted += 1
+            results.append({"id": it.id, "status": "accepted"})
+        else:
+            results.append({"id": it.id, "status": "duplicate"})
+    return {"accepted": accepted, "duplicate": n - accepted - rejected, "rejected": rejected,
+            "results": results}
+
+
 def _filters(
     provider: str | None = None,
     model: str | None = None,
@@ -512,6 +537,14 @@ def _refuse_nul(values: dict[str, Any]) -> None:
             raise HTTPException(422, f"{name} contains a NUL character")
 
 
+#: what ``serve(workers=N)`` hands to its worker processes (each builds its own app)
+STORAGE_ENV = "USAGELEDGER_SERVER_STORAGE"
+MAX_BODY_ENV = "USAGELEDGER_SERVER_MAX_BODY_BYTES"
+ALERT_JOURNAL_ENV = "USAGELEDGER_SERVER_ALERT_JOURNAL"
+#: stores that several processes can share: one file with a writer lock, or a server
+_SHARED_STORES = ("sqlite", "postgres", "postgresql", "redis", "rediss")
+
+
 def serve(
     storage: StorageBackend | str = "sqlite:///usageledger.db",
     *,
@@ -521,14 +554,29 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "info",
     alert_journal: str | os.PathLike[str] | None = None,
+    workers: int = 1,
 ) -> None:
     """Run the collector under uvicorn until interrupted. Keys default to the comma-separated
-    ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served."""
+    ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served.
+
+    ``workers`` > 1 runs that many processes on one port (uvicorn's supervisor binds the
+    socket; the kernel spreads connections over the processes). Each opens ``storage``
+    (a URL) itself: SQLite (one writer at a time, transactions queue on the file lock),
+    PostgreSQL or Redis; memory and JSONL stores are refused (every process would keep its
+    own)."""
     import uvicorn
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if not api_keys:
         env = os.environ.get(API_KEYS_ENV, "")
         api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
+    if workers > 1:
+        scheme = storage.partition(":")[0].lower() if isinstance(storage, str) else ""
+        if scheme not in _SHARED_STORES:
+            raise ValueError(
+                f"--workers {workers} needs a storage URL that several processes can share "
+                f"(sqlite:///..., postgresql://..., redis://...), got {storage!r}")
     if alert_journal is None:
         alert_journal = default_alert_journal(storage)
     app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes,
@@ -542,7 +590,30 @@ def serve(
             "before exposing it%s.", API_KEYS_ENV,
             f" (it listens on {host})" if not _is_loopback_host(host) else "",
         )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    # the app above checked the arguments and migrated the schema once, before the workers
+    # start; each worker (a fresh interpreter) builds its own from the environment
+    app.state.storage.close()
+    os.environ[STORAGE_ENV] = storage  # type: ignore[assignment]
+    os.environ[MAX_BODY_ENV] = str(max_body_bytes)
+    os.environ[API_KEYS_ENV] = ",".join(api_keys or ())
+    os.environ[ALERT_JOURNAL_ENV] = "" if alert_journal is None else os.fspath(alert_journal)
+    uvicorn.run("usageledger.server.app:app_from_env", factory=True, workers=workers,
+                host=host, port=port, log_level=log_level, access_log=False)
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``serve(workers=N)`` worker, from what ``serve`` put in the
+    environment."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    keys = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    # every worker queues the alerts it claims in the one alert journal (a shared SQLite
+    # journal: one dispatcher at a time delivers them)
+    return create_app(os.environ[STORAGE_ENV], api_keys=keys or None,
+                      max_body_bytes=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES)),
+                      alert_journal=os.environ.get(ALERT_JOURNAL_ENV) or None)
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -38,8 +38,15 @@ class TrackResult(msgspec.Struct, omit_defaults=True):
     error: str | None = None
 
 
-class TrackResponse(msgspec.Struct):
-    results: list[TrackResult]
+class TrackResponse(msgspec.Struct, omit_defaults=True):
+    """Compact when no item was rejected (``accepted``, ``duplicate``, ``duplicate_ids``);
+    with ``rejected`` and one entry per item in ``results`` otherwise."""
+
+    accepted: int
+    duplicate: int
+    duplicate_ids: list[str] | None = None
+    rejected: int | None = None
+    results: list[TrackResult] | None = None
 
 
 class RunResult(msgspec.Struct, omit_defaults=True):

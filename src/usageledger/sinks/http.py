@@ -35,7 +35,14 @@ class _Result(msgspec.Struct):
 
 
 class _Answer(msgspec.Struct):
+    """Either form of the collector's answer: one result per item (``results``), or,
+    when every item was stored, counts (``accepted``, ``duplicate``) and the ids of the
+    duplicates."""
+
     results: list[_Result] = []
+    accepted: int | None = None
+    duplicate: int = 0
+    duplicate_ids: list[str] = []
 
 
 _decode_answer = msgspec.json.Decoder(_Answer).decode
@@ -163,7 +170,12 @@ class HttpSink(Sink):
         except msgspec.DecodeError:
             return all_results(batch, OK)  # 2xx with a body we do not know: it took them
         if not answer.results:
-            return all_results(batch, OK)
+            if answer.accepted is None or answer.accepted + answer.duplicate == len(batch):
+                return all_results(batch, OK)  # compact: every item stored (new or not)
+            # counts that do not match the batch: settle nothing (a resend is harmless)
+            return all_results(batch, Retry(None, (
+                f"the collector answered for {answer.accepted + answer.duplicate} records "
+                f"of the {len(batch)} sent")))
         out: dict[str, Result] = {}
         for r in answer.results:
             if r.status in _STORED:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
+from .base import _US_PER_DAY, _US_PER_HOUR, DailyPlan, Filters, day_key, hour_key
 
 #: the same in every dialect: keyset pages on (ts, id), and each equality filter with time
 USAGE_INDEXES = (
@@ -56,6 +56,27 @@ def rollup_where(f: Filters, ph: str) -> tuple[str, list[Any]]:
     """The WHERE of a query on ``usage_hourly``, for filters that ``rollup_fits``."""
     clauses, params = filter_clauses(f, ph, "hour", _hour_of)
     return where_sql(clauses), params
+
+
+def daily_sql(keys: tuple[str, ...], plan: DailyPlan, ph: str, sums: str,
+              total: bool = False) -> tuple[str, list[Any]]:
+    """A query on ``usage_daily`` for ``plan``: the group values (``day`` and the
+    dimension's ``value``) and ``sums``. ``total``: the totals of all records (dim ``''``)
+    grouped by ``day`` only, from which the group of records without the dimension is
+    made (its value is then None)."""
+    exprs = [k if k == "day" else "value" for k in keys if not total or k != plan.dim]
+    clauses, params = [f"dim = {ph}"], ["" if total else plan.dim]
+    if plan.value is not None and not total:
+        clauses.append(f"value = {ph}")
+        params.append(plan.value)
+    if plan.lo_day is not None:
+        clauses.append(f"day >= {ph}")
+        params.append(plan.lo_day)
+    if plan.hi_day is not None:
+        clauses.append(f"day < {ph}")
+        params.append(plan.hi_day)
+    sql = f"SELECT {', '.join([*exprs, sums])} FROM usage_daily{where_sql(clauses)}"
+    return sql + group_by_sql(len(exprs)), params
 
 
 def group_by_sql(n: int) -> str:

@@ -12,7 +12,7 @@ Every backend:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -354,6 +354,90 @@ def rollup_fits(keys: tuple[str, ...], f: Filters) -> bool:
         and (f.since is None or f.since % _US_PER_HOUR == 0)
         and (f.until is None or f.until % _US_PER_HOUR == 0)
     )
+
+
+#: dimensions kept in the daily per-dimension totals (plus every ``tag:<key>``)
+DIMENSIONS = ("user_id", "customer_key", "session_id")
+
+
+@dataclass(frozen=True, slots=True)
+class DailyPlan:
+    """How an aggregate is answered from the daily totals per dimension (``usage_daily``):
+    rows ``dim`` (``user_id``, ``customer_key``, ``session_id`` or ``tag:<key>``; ``""``
+    holds the total of all records) and ``value``, for whole UTC days ``lo_day`` (inclusive)
+    to ``hi_day`` (exclusive); ``edges`` are the parts of the time range that do not cover a
+    whole day, read from the records (at most two partial days, through the ``ts`` index).
+    ``value``: a filter on the dimension; ``grouped``: the dimension is a group key and not
+    filtered (records without it then form the None group: the total minus the others)."""
+
+    dim: str
+    value: str | None
+    grouped: bool
+    lo_day: int | None
+    hi_day: int | None
+    edges: tuple[Filters, ...]
+
+
+def daily_plan(keys: tuple[str, ...], f: Filters) -> DailyPlan | None:
+    """A :class:`DailyPlan` when the daily totals answer this aggregate exactly: one
+    dimension (user, customer, session or one tag key) as a group key and/or an equality
+    filter, optionally with ``day``; no provider or model filter; any time range."""
+    if f.provider is not None or f.model is not None or len(f.tags) > 1:
+        return None
+    dims = {k for k in keys if k in DIMENSIONS or k.startswith("tag:")}
+    values = {k: getattr(f, k) for k in DIMENSIONS if getattr(f, k) is not None}
+    values.update({f"tag:{k}": v for k, v in f.tags})
+    dims |= set(values)
+    if len(dims) != 1 or not set(keys) <= dims | {"day"}:
+        return None
+    (dim,) = dims
+    lo = None if f.since is None else -(-f.since // _US_PER_DAY)
+    hi = None if f.until is None else f.until // _US_PER_DAY
+    if lo is not None and hi is not None and lo >= hi:
+        return None  # no whole day inside: the records of under two days, by the ts index
+    edges = []
+    if f.since is not None and f.since < lo * _US_PER_DAY:
+        edges.append(replace(f, until=lo * _US_PER_DAY))
+    if f.until is not None and hi * _US_PER_DAY < f.until:
+        edges.append(replace(f, since=hi * _US_PER_DAY))
+    value = values.get(dim)
+    return DailyPlan(dim, value, dim in keys and value is None, lo, hi, tuple(edges))
+
+
+def add_totals(t: dict[str, Any], other: dict[str, Any], sign: int = 1) -> None:
+    """``t += other`` (or ``-=`` with ``sign=-1``) for totals dicts as :func:`zero_totals`
+    makes."""
+    for name, value in other.items():
+        if name in t:
+            t[name] += value if sign > 0 else -value
+
+
+def with_none_group(keys: tuple[str, ...], dim: str, groups: dict[tuple[Any, ...], dict[str, Any]],
+                    totals: dict[tuple[Any, ...], dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """``groups`` (by the dimension ``dim`` and maybe ``day``) plus the group of records
+    without the dimension: ``totals`` (all records, by the other keys) minus the other
+    groups. Exact: integer and Decimal sums."""
+    i = keys.index(dim)
+    rest = {gk[:i] + (None,) + gk[i:]: dict(t) for gk, t in totals.items()}
+    for gk, t in groups.items():
+        r = rest.get(gk[:i] + (None,) + gk[i + 1:])
+        if r is not None:
+            add_totals(r, t, -1)
+    for gk, r in rest.items():
+        if r["count"]:
+            groups[gk] = r
+    return groups
+
+
+def merge_groups(into: dict[tuple[Any, ...], dict[str, Any]],
+                 groups: dict[tuple[Any, ...], dict[str, Any]]) -> None:
+    """Add each group's totals into ``into`` (groups absent there are added)."""
+    for gk, t in groups.items():
+        have = into.get(gk)
+        if have is None:
+            into[gk] = t
+        else:
+            add_totals(have, t)
 
 
 def record_matches(rec: UsageRecord, f: Filters, us: int) -> bool:

@@ -20,6 +20,7 @@ from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
+    daily_sql,
     filter_clauses,
     group_by_sql,
     group_value,
@@ -30,15 +31,19 @@ from ._sql import (
 )
 from .base import (
     Aggregate,
+    DailyPlan,
     Filters,
     RunWrite,
     StorageBackend,
+    daily_plan,
     finish_groups,
     from_us,
     make_filters,
+    merge_groups,
     rollup_fits,
     run_fields,
     unique_records,
+    with_none_group,
     zero_totals,
 )
 
@@ -79,6 +84,13 @@ _SCHEMA = [
         cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
         reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
         PRIMARY KEY (hour, provider, model))""",
+    """CREATE TABLE IF NOT EXISTS usage_daily (
+        dim TEXT COLLATE "C" NOT NULL, value TEXT COLLATE "C" NOT NULL, day BIGINT NOT NULL,
+        currency TEXT COLLATE "C" NOT NULL,
+        count BIGINT NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,
+        cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
+        reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
+        PRIMARY KEY (dim, value, day, currency))""",
     """CREATE TABLE IF NOT EXISTS runs (
         run_id TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL, agent_name TEXT,
         status TEXT, started_at TEXT COLLATE "C", data JSONB NOT NULL)""",
@@ -98,23 +110,43 @@ _SUMS = ", ".join(
 _ROLLUP_SUMS = ", ".join(
     ["sum(count)", *(f"sum({t})" for t in _TOKENS), "sum(cost)", "sum(unknown_cost)"]
 )
+_DAY = "floor(extract(epoch FROM {src}.ts) / 86400)::bigint"
+_ADD = ", ".join(f"{c} = {{table}}.{c} + excluded.{c}" for c in ("count", *_TOKENS, "cost", "unknown_cost"))
+_DAY_COLS = ", ".join([_DAY, "{src}.currency", *(f"{{src}}.{t}" for t in _TOKENS), "{src}.cost"])
+#: the daily totals per user, customer, session and tag value (dim '' holds all records) of
+#: the rows of ``{src}``, sorted: concurrent writers lock rollup rows in the same order
+_DAILY_ROWS = f"""
+    SELECT dim, value, day, currency, {_SUMS} FROM (
+        SELECT '', '', {_DAY_COLS} FROM {{src}}
+        UNION ALL SELECT 'user_id', {{src}}.user_id, {_DAY_COLS} FROM {{src}}
+            WHERE {{src}}.user_id IS NOT NULL
+        UNION ALL SELECT 'customer_key', {{src}}.customer_key, {_DAY_COLS} FROM {{src}}
+            WHERE {{src}}.customer_key IS NOT NULL
+        UNION ALL SELECT 'session_id', {{src}}.session_id, {_DAY_COLS} FROM {{src}}
+            WHERE {{src}}.session_id IS NOT NULL
+        UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM {{src}}, jsonb_each_text({{src}}.tags) AS t
+    ) AS n (dim, value, day, currency, {", ".join(_TOKENS)}, cost)
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (dim, value, day, currency) DO UPDATE SET {_ADD.format(table="usage_daily")}"""
 _INSERT = f"""
 WITH ins AS (
     INSERT INTO usage ({", ".join(_COLS)})
     SELECT {", ".join(c if c not in ("tags", "payload") else c + "::jsonb" for c in _COLS)}
     FROM usage_in ORDER BY id
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, ts, provider, model, {", ".join(_TOKENS)}, cost
+    RETURNING id, ts, provider, model, {", ".join(_TOKENS)}, cost, currency, user_id,
+        customer_key, session_id, tags
 ), roll AS (
     INSERT INTO usage_hourly
     SELECT {_HOUR}, provider, model, {_SUMS} FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (hour, provider, model) DO UPDATE SET
-        count = usage_hourly.count + excluded.count,
-        {", ".join(f"{t} = usage_hourly.{t} + excluded.{t}" for t in _TOKENS)},
-        cost = usage_hourly.cost + excluded.cost,
-        unknown_cost = usage_hourly.unknown_cost + excluded.unknown_cost
+    ON CONFLICT (hour, provider, model) DO UPDATE SET {_ADD.format(table="usage_hourly")}
+), daily AS (
+    INSERT INTO usage_daily {_DAILY_ROWS.format(src="ins")}
 )
 SELECT id FROM ins"""
+_DAILY_BACKFILL = f"INSERT INTO usage_daily {_DAILY_ROWS.format(src='usage')}"
+#: attempts of a batch that PostgreSQL aborted to break a deadlock (nothing of it is stored)
+_DEADLOCK_ATTEMPTS = 3
 _SELECT = f"SELECT {', '.join(_COLS)} FROM usage"
 _RUN_COLUMNS = (
     "agent_name = ({merged})->>'agent_name', status = ({merged})->>'status', "
@@ -140,6 +172,7 @@ class PostgresStorage(SqlBudgets, StorageBackend):
         psycopg, psycopg_pool = _import_psycopg()
         self._psycopg = psycopg
         self.url = url
+        self._explain: list[str] | None = None
         with psycopg.connect(url, autocommit=True) as conn:
             self._migrate(conn)
         self._pool = psycopg_pool.ConnectionPool(
@@ -152,6 +185,7 @@ class PostgresStorage(SqlBudgets, StorageBackend):
         # one migrator at a time when several collectors start together
         conn.execute("SELECT pg_advisory_lock(7301460)")
         try:
+            had_daily = conn.execute("SELECT to_regclass('usage_daily')").fetchone()[0]
             for ddl in _SCHEMA:
                 conn.execute(ddl)
             have = {r[0] for r in conn.execute(
@@ -164,6 +198,8 @@ class PostgresStorage(SqlBudgets, StorageBackend):
                     log.info("added column %s to an older usage table", k)
             for ddl in _INDEXES:
                 conn.execute(ddl)
+            if had_daily is None:  # a database from before the daily totals: build them
+                conn.execute(_DAILY_BACKFILL)
         finally:
             conn.execute("SELECT pg_advisory_unlock(7301460)")
 
@@ -187,6 +223,18 @@ class PostgresStorage(SqlBudgets, StorageBackend):
             ))
         if not rows:
             return set()
+        for attempt in range(_DEADLOCK_ATTEMPTS):
+            try:
+                return self._insert(rows)
+            except self._psycopg.errors.DeadlockDetected:
+                # rollup rows are locked in one order, so this is rare; the batch was
+                # rolled back whole, so trying again stores each id once
+                if attempt == _DEADLOCK_ATTEMPTS - 1:
+                    raise
+                log.info("batch of %d records hit a deadlock; trying again", len(rows))
+        raise AssertionError("unreachable")
+
+    def _insert(self, rows: list[tuple[Any, ...]]) -> set[str]:
         with self._pool.connection() as conn, conn.transaction():
             with conn.cursor() as cur:
                 with cur.copy(f"COPY usage_in ({', '.join(_COLS)}) FROM STDIN") as copy:
@@ -239,6 +287,43 @@ class PostgresStorage(SqlBudgets, StorageBackend):
         return key
 
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
+        with self._pool.connection() as conn:
+            plan = None if rollup_fits(keys, f) else daily_plan(keys, f)
+            if plan is not None:
+                groups = self._aggregate_daily(conn, keys, plan)
+            else:
+                groups = self._aggregate_sql(conn, keys, f)
+        return finish_groups(keys, groups)
+
+    def explain_aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[str]:
+        """The query plans (``EXPLAIN`` lines) of the statements ``aggregate`` runs for
+        these arguments, e.g. to check that totals come from a rollup."""
+        self._explain = []
+        try:
+            self.aggregate(group_by, **filters)
+            return self._explain
+        finally:
+            self._explain = None
+
+    def _select(self, conn: Any, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        if self._explain is not None:
+            self._explain += [r[0] for r in conn.execute("EXPLAIN " + sql, params)]
+        return conn.execute(sql, params).fetchall()
+
+    def _aggregate_daily(self, conn: Any, keys: tuple[str, ...], plan: DailyPlan) -> dict:
+        """Totals from ``usage_daily`` plus the partial days at the edges of the range."""
+        sql, params = daily_sql(keys, plan, "%s", _ROLLUP_SUMS)
+        groups = self._groups(keys, self._select(conn, sql, params))
+        if plan.grouped:
+            sql, params = daily_sql(keys, plan, "%s", _ROLLUP_SUMS, total=True)
+            rest = tuple(k for k in keys if k != plan.dim)
+            totals = self._groups(rest, self._select(conn, sql, params))
+            groups = with_none_group(keys, plan.dim, groups, totals)
+        for edge in plan.edges:
+            merge_groups(groups, self._aggregate_sql(conn, keys, edge))
+        return groups
+
+    def _aggregate_sql(self, conn: Any, keys: tuple[str, ...], f: Filters) -> dict:
         rollup = rollup_fits(keys, f)
         params: list[Any] = []
         exprs = [self._group_sql(k, rollup, params) for k in keys]
@@ -250,7 +335,10 @@ class PostgresStorage(SqlBudgets, StorageBackend):
             where, wparams = self._where(f)
             params += wparams
             sql = f"SELECT {', '.join([*exprs, _SUMS])} FROM usage{where}"
-        rows = self._fetch(sql + group_by_sql(len(keys)), params)
+        return self._groups(keys, self._select(conn, sql + group_by_sql(len(keys)), params))
+
+    @staticmethod
+    def _groups(keys: tuple[str, ...], rows: list[tuple[Any, ...]]) -> dict:
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
         n = len(keys)
         for row in rows:
@@ -263,7 +351,7 @@ class PostgresStorage(SqlBudgets, StorageBackend):
                 t[name] += int(row[n + 1 + i] or 0)
             t["cost"] += row[n + 6]
             t["unknown_cost"] += int(row[n + 7])
-        return finish_groups(keys, groups)
+        return groups
 
     def count(self) -> int:
         with self._pool.connection() as conn:
@@ -335,7 +423,7 @@ class PostgresStorage(SqlBudgets, StorageBackend):
 
     def clear(self) -> None:
         with self._pool.connection() as conn:
-            conn.execute("TRUNCATE usage, usage_hourly, runs")
+            conn.execute("TRUNCATE usage, usage_hourly, usage_daily, runs")
 
     def close(self) -> None:
         self._pool.close()

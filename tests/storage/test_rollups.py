@@ -1,0 +1,110 @@
+"""The daily totals per user, customer, session and tag (SQL backends): the query plan of
+those aggregates reads the rollup table, never a scan of the records; any time range is
+exact (partial days at its edges come from the records through the ts index); an older
+database gets the rollup built at open."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from tests.storage.writer import T0, dataset
+from usageledger.storage import create_storage
+from usageledger.storage.memory import MemoryStorage
+
+#: a scan of the raw table in either dialect ("SCAN usage", "Seq Scan on usage"), not of a
+#: table whose name starts with usage_
+RAW_SCAN = re.compile(r"\b(SCAN usage|Seq Scan on usage)\b(?!_)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/usage.db"
+    return request.getfixturevalue("storage_pg_url")
+
+
+@pytest.fixture
+def filled(sql_url):
+    store = create_storage(sql_url)
+    store.clear()
+    store.save_many(dataset(3000))
+    yield store
+    store.clear()
+    store.close()
+
+
+CASES = [
+    (("user_id",), {}),
+    (("customer_key",), {}),
+    (("session_id",), {}),
+    (("tag:env",), {}),
+    (("day", "user_id"), {}),
+    (("day",), {"customer_key": "c2"}),
+    ((), {"user_id": "u7"}),
+    (("tag:team",), {"tags": {"team": "t1"}}),
+    (("user_id",), {"since": T0 + timedelta(days=1), "until": T0 + timedelta(days=3)}),
+]
+
+
+@pytest.mark.parametrize("keys, filters", CASES)
+def test_dimension_totals_are_read_from_the_rollup(filled, keys, filters):
+    plan = filled.explain_aggregate(keys, **filters)
+    text = "\n".join(plan)
+    assert "usage_daily" in text, text
+    assert not RAW_SCAN.search(text), text
+    reference = MemoryStorage()
+    reference.save_many(dataset(3000))
+    assert filled.aggregate(keys, **filters) == reference.aggregate(keys, **filters)
+
+
+@pytest.mark.parametrize("since, until", [
+    (T0 + timedelta(hours=7, minutes=13), T0 + timedelta(days=3, hours=2, seconds=5)),
+    (T0 + timedelta(minutes=1), None),
+    (None, T0 + timedelta(days=2, microseconds=1)),
+])
+def test_any_time_range_is_exact_with_the_edges_from_the_records(filled, since, until):
+    reference = MemoryStorage()
+    reference.save_many(dataset(3000))
+    for keys in (("user_id",), ("day", "tag:env"), ("customer_key",)):
+        f = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+        assert filled.aggregate(keys, **f) == reference.aggregate(keys, **f), keys
+        text = "\n".join(filled.explain_aggregate(keys, **f))
+        assert "usage_daily" in text and not RAW_SCAN.search(text), text
+
+
+def test_aggregates_the_rollup_cannot_answer_still_scan(filled):
+    """Two dimensions at once, or a model filter: read from the records (correct, slower)."""
+    reference = MemoryStorage()
+    reference.save_many(dataset(3000))
+    for keys, f in ((("user_id", "customer_key"), {}), (("user_id",), {"model": "m1"})):
+        assert "usage_daily" not in "\n".join(filled.explain_aggregate(keys, **f))
+        assert filled.aggregate(keys, **f) == reference.aggregate(keys, **f)
+
+
+def test_an_older_database_gets_the_daily_totals_at_open(sql_url):
+    store = create_storage(sql_url)
+    store.clear()
+    store.save_many(dataset(1000))
+    store.close()
+    if sql_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as conn:
+            conn.execute("DROP TABLE usage_daily")
+    else:
+        import psycopg
+
+        with psycopg.connect(sql_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE usage_daily")
+    store = create_storage(sql_url)
+    try:
+        reference = MemoryStorage()
+        reference.save_many(dataset(1000))
+        for keys in (("user_id",), ("tag:env",), ("day", "session_id")):
+            assert store.aggregate(keys) == reference.aggregate(keys)
+    finally:
+        store.clear()
+        store.close()
