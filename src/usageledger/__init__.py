@@ -32,6 +32,9 @@ _LAZY = {
     "JournalUnavailableError": "usageledger.journal",
     "BudgetExceeded": "usageledger.budgets",
     "BudgetGuard": "usageledger.budgets.guard",
+    "instrument": "usageledger.integrations.capture",
+    "uninstrument": "usageledger.integrations.capture",
+    "attributes": "usageledger.integrations.context",
 }
 
 __all__ = ["UsageRecord", "new_id", "__version__", *_LAZY]
