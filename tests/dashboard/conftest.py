@@ -6,7 +6,7 @@ from playwright.sync_api import sync_playwright
 from tests.support.browser import launch
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
         b = launch(p)
