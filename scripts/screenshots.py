@@ -28,7 +28,7 @@ from usageledger.records import new_id  # noqa: E402
 
 KEY = "screenshot-key"
 VIEWS = (("/", "dashboard-overview.png"), ("/records", "dashboard-records.png"),
-         ("/runs", "dashboard-runs.png"), ("/health", "dashboard-delivery.png"))
+         ("/runs", "dashboard-runs.png"), ("/budgets", "dashboard-budgets.png"), ("/health", "dashboard-delivery.png"))
 
 
 def main() -> None:
@@ -60,6 +60,12 @@ def main() -> None:
                 "job_type": "nightly", "status": ("completed", "completed", "failed")[i % 3],
                 "start_time": start.isoformat(), "end_time": (start + timedelta(seconds=30 + 7 * i)).isoformat(),
                 "metrics": {"items_discovered": 100 + i, "items_succeeded": 90 + i}}).raise_for_status()
+        for name, scope, period, limit in (("all-monthly", {}, "month", "40"),
+                                           ("acme-daily", {"customer_key": "acme"}, "day", "0.25"),
+                                           ("user-2-total", {"user_id": "user-2"}, "total", "5")):
+            httpx.put(url + f"/api/v1/budgets/{name}", headers=auth, json={
+                "scope": scope, "period": period, "limit": limit, "currency": "USD",
+                "alert_thresholds": [0.5, 0.8, 1.0]}).raise_for_status()
         with sync_playwright() as p:
             browser = launch(p)
             page = browser.new_page(viewport={"width": 1280, "height": 900})

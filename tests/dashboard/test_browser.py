@@ -45,6 +45,10 @@ def collector(tmp_path_factory):
            "start_time": TODAY.isoformat(), "end_time": (TODAY + timedelta(seconds=42)).isoformat(),
            "metrics": {"items_discovered": 10, "items_succeeded": 9}}
     assert httpx.post(c.url + "/api/v1/runs", json=run, headers=auth).status_code < 300
+    for name, limit in (("acme-total", "0.0001"), ("everything-total", "1000")):
+        body = {"scope": {"customer_key": "acme"} if name == "acme-total" else {},
+                "period": "total", "limit": limit, "currency": "USD", "alert_thresholds": [0.5, 1.0]}
+        assert httpx.put(c.url + f"/api/v1/budgets/{name}", json=body, headers=auth).status_code == 200
     yield c
     c.stop()
 
@@ -104,6 +108,16 @@ def test_login_cookie_views_and_logout(page, collector):
     assert "42.0 s" in page.locator("#runs").inner_text()
     assert "items_succeeded=9" in page.locator("#runs").inner_text()
     assert page.locator("#runs-chart rect.bar").count() == 1
+
+    page.goto(collector.url + "/budgets")
+    table = page.locator("#budgets").inner_text()
+    statuses = {b["name"]: b for b in httpx.get(
+        collector.url + "/api/v1/budgets", headers={"Authorization": f"Bearer {KEY}"}).json()["budgets"]}
+    for name in ("acme-total", "everything-total"):
+        assert f"{statuses[name]['spent']} / {statuses[name]['limit']} USD" in table
+    assert statuses["acme-total"]["exceeded"] and "exceeded" in table
+    assert page.locator("#budgets svg.burn rect.over").count() == 1
+    assert page.locator("#budgets svg.burn").count() == 2
 
     page.goto(collector.url + "/health")
     assert page.locator("#health-chart rect.bar").count() == 4

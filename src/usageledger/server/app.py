@@ -454,6 +454,7 @@ def create_app(
         app, store=store, call=call, signer=signer,
         open_access=lambda request: _is_loopback(request.client.host if request.client else None),
         counters=metrics.record_counts,
+        budget_statuses=None if budgets.engine is None else budgets.engine.list,
     )
 
     return app

@@ -248,7 +248,8 @@ def bar_chart(title: str, groups: Sequence[Group], currency: str, css_id: str) -
 
 # -- pages ---------------------------------------------------------------------------------------
 
-NAV = (("/", "Overview"), ("/records", "Records"), ("/runs", "Runs"), ("/health", "Delivery"))
+NAV = (("/", "Overview"), ("/records", "Records"), ("/runs", "Runs"), ("/budgets", "Budgets"),
+       ("/health", "Delivery"))
 
 
 @dataclass
@@ -487,6 +488,61 @@ def health_page(counters: dict[str, float], uptime_s: float, stored: int | None)
             f"<b>{rate:,.1f} records/s</b></div></div>"
             + bar_chart("Records by result", groups, "records", "health-chart")
             + f'<table id="health"><tbody>{rows}{stored_row}</tbody></table>')
+
+
+def _scope_text(scope: dict[str, Any]) -> str:
+    if not scope:
+        return "all usage"
+    parts = []
+    for k, v in sorted(scope.items()):
+        if isinstance(v, dict):
+            parts.extend(f"tag {tk}={tv}" for tk, tv in sorted(v.items()))
+        else:
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
+
+
+def burn_bar(fraction: float | None, thresholds: Sequence[float]) -> str:
+    """Spend against the limit as an SVG bar (capped at 100%), threshold ticks on it."""
+    width, height = 240, 16
+    shown = 0.0 if fraction is None else max(0.0, min(fraction, 1.0))
+    cls = "bar over" if fraction is not None and fraction >= 1 else "bar"
+    ticks = "".join(
+        f'<line class="tick" x1="{_svg_number(width * t)}" y1="0" x2="{_svg_number(width * t)}" '
+        f'y2="{height}"/>' for t in thresholds if 0 < t < 1)
+    return (f'<svg class="burn" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+            f'height="{height}" aria-label="burn {shown:.0%}"><rect class="track" x="0" y="0" '
+            f'width="{width}" height="{height}"/><rect class="{cls}" x="0" y="0" '
+            f'width="{_svg_number(width * shown)}" height="{height}"/>{ticks}</svg>')
+
+
+def budgets_page(statuses: Sequence[dict[str, Any]] | None) -> str:
+    """Every budget: scope, window, spent against the limit (exact), burn bar, state."""
+    if statuses is None:
+        return ('<p class="muted">This collector\'s storage does not keep budgets '
+                "(use SQLite or PostgreSQL).</p>")
+    if not statuses:
+        return ('<p class="muted">No budgets yet: <code>usageledger budget set NAME --limit 5 '
+                "--period day</code> or <code>PUT /api/v1/budgets/NAME</code>.</p>")
+    rows = []
+    for b in statuses:
+        fraction = b.get("fraction")
+        state = "exceeded" if b.get("exceeded") else ("" if fraction is None else f"{fraction:.0%}")
+        window = "all time" if b.get("period") == "total" else (
+            f"{str(b.get('window_start'))[:10]} – {str(b.get('window_end'))[:10]}")
+        others = "; ".join(f"{c}: {o['cost']} ({o['records']} records, not counted)"
+                           for c, o in (b.get("other_currencies") or {}).items())
+        cells = (
+            f"<td>{_e(b['name'])}</td><td>{_e(_scope_text(b.get('scope') or {}))}</td>"
+            f"<td>{_e(b.get('period'))}<br><span class=muted>{_e(window)}</span></td>"
+            f'<td class="n money">{_e(b["spent"])} / {_e(b["limit"])} {_e(b.get("currency"))}</td>'
+            f"<td>{burn_bar(fraction, b.get('alert_thresholds') or ())}</td>"
+            f'<td class="{"error" if b.get("exceeded") else ""}">{_e(state)}</td>'
+            f"<td>{_e(others)}</td>")
+        rows.append(f"<tr>{cells}</tr>")
+    return ('<table id="budgets"><thead><tr><th>budget</th><th>scope</th><th>window</th>'
+            "<th>spent / limit</th><th>burn</th><th>state</th><th>other currencies</th></tr>"
+            f'</thead><tbody>{"".join(rows)}</tbody></table>')
 
 
 def login_page(error: str | None, next_path: str) -> str:

@@ -59,11 +59,13 @@ def install_pages(
     signer: SessionSigner,
     open_access: Callable[[Request], bool],
     counters: Callable[[], dict[str, float]],
+    budget_statuses: Callable[[], list[dict[str, Any]]] | None = None,
     session_secure: bool = False,
 ) -> None:
     """Add the pages to ``app``. ``open_access(request)``: True when no key is configured
     and the client may be served without one (loopback); ``counters()``: this process's
-    record counters for the delivery view."""
+    record counters for the delivery view; ``budget_statuses()``: every budget's status
+    (None: the storage keeps no budgets)."""
     started = time.monotonic()
     login_needed = signer.has_keys
     static_dir = resources.files("usageledger.server") / "static"
@@ -142,6 +144,10 @@ def install_pages(
     view("/", "Overview", overview)
     view("/records", "Records", records)
     view("/runs", "Runs", runs, extra=("agent_name", "status"))
+    def budgets(f: dashboard.ViewFilters) -> str:
+        return dashboard.budgets_page(None if budget_statuses is None else call(budget_statuses))
+
+    view("/budgets", "Budgets", budgets)
     view("/health", "Delivery", health)
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
