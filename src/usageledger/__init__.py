@@ -27,6 +27,9 @@ _LAZY = {
     "RunEvent": "usageledger.telemetry",
     "UsageTracker": "usageledger.tracker",
     "calculate_cost": "usageledger.pricing",
+    "instrument": "usageledger.integrations.capture",
+    "uninstrument": "usageledger.integrations.capture",
+    "attributes": "usageledger.integrations.context",
 }
 
 __all__ = ["UsageRecord", "new_id", "__version__", *_LAZY]

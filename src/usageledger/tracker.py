@@ -25,8 +25,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .integrations.litellm import LiteLLMRecorder
+from .integrations.litellm import split_model as _split_model
+from .integrations.litellm import usage_from_litellm as _from_litellm  # noqa: F401  (old name)
 from .pipeline import Pipeline
-from .records import KIND_USAGE, UsageRecord, check_cost, decode_usage, make_usage_record
+from .records import KIND_USAGE, UsageRecord, decode_usage, make_usage_record
 from .sinks.summary import Days, Entry, SummarySink, apply_records, day_of
 
 __all__ = ["UsageTracker"]
@@ -329,33 +332,22 @@ class UsageTracker:
         return out
 
     # -- LiteLLM custom callback ------------------------------------------------------------------
+    # The callback itself lives in usageledger.integrations.litellm (it records with any
+    # target); these methods keep the tracker usable as one, as documented.
+    def _litellm(self) -> LiteLLMRecorder:
+        recorder = self.__dict__.get("_litellm_recorder")
+        if recorder is None:
+            recorder = LiteLLMRecorder.to(lambda fields: self.record(**fields), self.prices)
+            self._litellm_recorder = recorder
+        return recorder
+
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         """LiteLLM ``CustomLogger`` hook: records the usage of a finished call. Never
         raises (a callback error must not break the LLM call)."""
-        try:
-            args = _from_litellm(kwargs, response_obj)
-            if args is None:
-                return
-            if args.get("cost") is None:
-                args["cost"] = self._litellm_cost(args, kwargs)
-            self.record(**args)
-        except Exception:
-            log.exception("recording a LiteLLM success event failed")
+        self._litellm().log_success_event(kwargs, response_obj, start_time, end_time)
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self.log_success_event(kwargs, response_obj, start_time, end_time)
-
-    def _litellm_cost(self, args: dict[str, Any], kwargs: Any) -> Decimal | None:
-        cost = self.calculate_cost(
-            args["model"], args["input_tokens"], args["output_tokens"], provider=args["provider"],
-            cache_read_tokens=args["cache_read_tokens"], cache_write_tokens=args["cache_write_tokens"],
-        )
-        if cost is None and isinstance(kwargs, Mapping):
-            try:  # LiteLLM's own figure, for models our tables do not know
-                cost = check_cost(kwargs.get("response_cost"))
-            except (TypeError, ValueError):
-                cost = None
-        return cost
 
     # other CustomLogger hooks LiteLLM may call: nothing to record
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
@@ -380,18 +372,9 @@ class UsageTracker:
         """A ``litellm.integrations.custom_logger.CustomLogger`` forwarding to this tracker
         (LiteLLM calls class-based callbacks only for CustomLogger subclasses):
         ``litellm.callbacks = [tracker.litellm_callback()]``. Needs litellm installed."""
-        from litellm.integrations.custom_logger import CustomLogger  # type: ignore[import-not-found]
+        from .integrations.litellm import litellm_callback
 
-        tracker = self
-
-        class _TrackerCallback(CustomLogger):  # type: ignore[misc, valid-type]
-            def log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
-                tracker.log_success_event(kwargs, response_obj, start_time, end_time)
-
-            async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
-                tracker.log_success_event(kwargs, response_obj, start_time, end_time)
-
-        return _TrackerCallback()
+        return litellm_callback(self)
 
 
 # -- fork -------------------------------------------------------------------------------------
@@ -414,70 +397,6 @@ def _install_fork_hook() -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _split_model(model: Any) -> tuple[str, Any]:
-    if isinstance(model, str) and "/" in model:
-        provider, _, rest = model.partition("/")
-        if provider and rest:
-            return provider, rest
-    return "unknown", model
-
-
-def _get(obj: Any, key: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(key)
-    return getattr(obj, key, None)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _from_litellm(kwargs: Any, response_obj: Any) -> dict[str, Any] | None:
-    """record() arguments from what LiteLLM passes a success callback: usage from
-    ``response_obj.usage`` (OpenAI shape: ``prompt_tokens`` includes cached tokens, given
-    in ``prompt_tokens_details.cached_tokens``; Anthropic through LiteLLM adds
-    ``cache_read_input_tokens`` / ``cache_creation_input_tokens``), model and provider from
-    ``kwargs`` (``litellm_params.custom_llm_provider``)."""
-    kwargs = kwargs if isinstance(kwargs, Mapping) else {}
-    if response_obj is None:
-        response_obj = kwargs.get("complete_streaming_response")
-    usage = _get(response_obj, "usage")
-    if usage is None:
-        log.debug("LiteLLM event without usage; nothing recorded")
-        return None
-    prompt = _int(_get(usage, "prompt_tokens"))
-    output = _int(_get(usage, "completion_tokens"))
-    cache_read = _int(_get(usage, "cache_read_input_tokens")) or _int(
-        _get(_get(usage, "prompt_tokens_details"), "cached_tokens"))
-    cache_write = _int(_get(usage, "cache_creation_input_tokens"))
-    reasoning = _int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens"))
-    params = kwargs.get("litellm_params") or {}
-    provider = _get(params, "custom_llm_provider") or kwargs.get("custom_llm_provider")
-    model = kwargs.get("model") or _get(response_obj, "model")
-    if not isinstance(model, str) or not model:
-        log.warning("LiteLLM event without a model name; nothing recorded")
-        return None
-    if isinstance(provider, str) and provider:
-        if model.startswith(provider + "/"):
-            model = model[len(provider) + 1:]
-    else:
-        provider, model = _split_model(model)
-    response_id = _get(response_obj, "id")
-    return {
-        "model": model,
-        "provider": provider,
-        "input_tokens": max(prompt - cache_read - cache_write, 0),
-        "output_tokens": output,
-        "cache_read_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "reasoning_tokens": reasoning,
-        "response_id": response_id if isinstance(response_id, str) and response_id else None,
-        "cost": None,
-    }
-
-
 def _as_day(name: str, value: date | datetime | str) -> str:
     if isinstance(value, datetime):
         if value.tzinfo is not None:

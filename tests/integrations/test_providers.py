@@ -225,7 +225,9 @@ def test_record_openai_into_persistent_delivery_reads_back_as_the_same_record(tm
     finally:
         delivery.stop(10)
     item = msgspec.json.decode(sink.items[id_])
-    assert item["api_id"] == "openai" and item["service_key"] == "gpt-4o"
+    # the typed record shape, not the older api_id/service_key/payload aliases
+    assert item["provider"] == "openai" and item["model"] == "gpt-4o"
+    assert "api_id" not in item and "service_key" not in item and item["input_tokens"] == 600
     rec = record_from_dict(item)  # what the collector makes of it
     assert (rec.id, rec.provider, rec.model, rec.input_tokens, rec.output_tokens,
             rec.cache_read_tokens, rec.reasoning_tokens) == (

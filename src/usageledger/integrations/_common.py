@@ -3,12 +3,14 @@ extracted fields to a Meter, UsageTracker or PersistentDelivery."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+
+import msgspec
 
 from ..records import TOKEN_FIELDS, make_usage_record
 
-__all__ = ["get", "count", "response_id", "model_of", "record_to", "track_item"]
+__all__ = ["get", "count", "response_id", "model_of", "record_to", "recorder_for", "track_item"]
 
 
 def get(obj: Any, key: str) -> Any:
@@ -47,27 +49,41 @@ def model_of(response: Any, provider: str) -> str:
 
 def record_to(target: Any, fields: dict[str, Any]) -> str:
     """Record ``fields`` (make_usage_record keywords) with ``target``'s own API; returns
-    the record id.
+    the record id (see :func:`recorder_for`)."""
+    return recorder_for(target)(fields)
 
-    A :class:`~usageledger.delivery.PersistentDelivery` gets the seed-000 ``/track`` item
-    (``api_id`` = provider, ``service_key`` = model, token counts in ``payload``), which
-    the collector reads back into the same record (server/wire.py)."""
+
+def recorder_for(target: Any) -> Callable[[dict[str, Any]], str]:
+    """A function recording a dict of ``make_usage_record`` keywords with ``target``:
+
+    - :class:`~usageledger.meter.Meter`, :class:`~usageledger.tracker.UsageTracker`, or any
+      object with a ``record(**fields)`` method: ``target.record(**fields)``;
+    - :class:`~usageledger.delivery.PersistentDelivery`: the record built and validated by
+      ``make_usage_record`` (which gives the id and timestamp), enqueued in its typed shape
+      (``provider``, ``model``, the token counts as fields), which the collector stores as
+      it is.
+
+    Resolved once, so a capture wrapper pays no type tests per call."""
     from ..delivery import PersistentDelivery
-    from ..meter import Meter
-    from ..tracker import UsageTracker
 
-    if isinstance(target, Meter | UsageTracker):
-        return target.record(**fields)
     if isinstance(target, PersistentDelivery):
-        return target.enqueue(track_item(fields))
+        enqueue = target.enqueue
+
+        def to_delivery(fields: dict[str, Any]) -> str:
+            return enqueue(msgspec.to_builtins(make_usage_record(**fields)))
+
+        return to_delivery
+    record = getattr(target, "record", None)
+    if callable(record):
+        return lambda fields: record(**fields)
     raise TypeError(
         "target must be a Meter, UsageTracker or PersistentDelivery, "
-        f"got {type(target).__name__}"
+        f"got {type(target).__name__} (any object with a record(**fields) method also works)"
     )
 
 
 def track_item(fields: dict[str, Any]) -> dict[str, Any]:
-    """The seed-000 ``/track`` item for ``fields``, validated now by make_usage_record
+    """The older ``/track`` item (``api_id``/``service_key``/``payload``) for ``fields``, validated now by make_usage_record
     (a bad value raises in the caller's thread, not at the collector)."""
     rec = make_usage_record(**fields)
     payload: dict[str, Any] = dict(rec.payload or {})
