@@ -207,7 +207,7 @@ def install() -> list[Patch]:
             continue
         if kind == "manager":
             wrapper = _wrap_manager(original)
-        elif inspect.iscoroutinefunction(original):
+        elif class_name.startswith("Async"):  # their create is a sync def returning a coroutine
             wrapper = _wrap_async(original)
         else:
             wrapper = _wrap_sync(original)

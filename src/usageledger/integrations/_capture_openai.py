@@ -227,7 +227,7 @@ def install() -> list[Patch]:
         except (ImportError, AttributeError) as exc:
             capture.log.debug("openai %s.%s not captured: %s", class_name, method, exc)
             continue
-        make = _wrap_async if inspect.iscoroutinefunction(original) else _wrap_sync
+        make = _wrap_async if class_name.startswith("Async") else _wrap_sync
         patch = Patch(owner, method, make(original, api, azure))
         patch.apply()
         patches.append(patch)
