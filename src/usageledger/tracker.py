@@ -349,9 +349,10 @@ class UsageTracker:
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         self.log_success_event(kwargs, response_obj, start_time, end_time)
 
-    # other CustomLogger hooks LiteLLM may call: nothing to record
+    # the other CustomLogger hooks LiteLLM may call: the pre-call one keeps the caller's
+    # attributes for the success event; the rest have nothing to record
     def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
-        pass
+        self._litellm().log_pre_api_call(model, messages, kwargs)
 
     def log_post_api_call(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         pass

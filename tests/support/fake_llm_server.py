@@ -150,6 +150,7 @@ class FakeLLMServer:
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
         h.send_header("x-request-id", "req_fake")
+        h.send_header("request-id", "req_fake")
         h.end_headers()
         h.wfile.write(data)
 
@@ -158,6 +159,7 @@ class FakeLLMServer:
         h.send_header("Content-Type", "text/event-stream")
         h.send_header("Transfer-Encoding", "chunked")
         h.send_header("x-request-id", "req_fake")
+        h.send_header("request-id", "req_fake")
         h.end_headers()
         try:
             for name, data in events:

@@ -116,6 +116,9 @@ def _when(value: Any) -> datetime | None:
     return value.astimezone(UTC) if isinstance(value, datetime) else None
 
 
+#: the key under which the caller's attributes ride in LiteLLM's call details
+ATTRIBUTES_KEY = "usageledger_attributes"
+
 #: where a recorder sends a record: a function taking ``make_usage_record`` keywords, and
 #: the price overrides of that target (None for the default tables)
 Destination = tuple[Callable[[dict[str, Any]], Any], Mapping[str, Any] | None]
@@ -145,7 +148,8 @@ class LiteLLMRecorder:
         args = usage_from_litellm(kwargs, response_obj)
         if args is None:
             return None
-        args.update(current_attributes())
+        stashed = kwargs.get(ATTRIBUTES_KEY) if isinstance(kwargs, Mapping) else None
+        args.update(stashed if isinstance(stashed, Mapping) else current_attributes())
         start, end = _when(start_time), _when(end_time)
         if start is not None:
             args["timestamp"] = start
@@ -156,6 +160,15 @@ class LiteLLMRecorder:
             payload["latency_ms"] = round((end - start).total_seconds() * 1000.0, 3)
         args["payload"] = payload
         return args
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        """Keep the caller's attributes in the call's details: LiteLLM runs the success
+        callback of a sync stream in a thread that does not copy the caller's context."""
+        try:
+            if isinstance(kwargs, dict):
+                kwargs[ATTRIBUTES_KEY] = current_attributes()
+        except Exception:
+            log.exception("reading the attributes of a LiteLLM call failed")
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                           end_time: Any) -> None:
@@ -187,6 +200,9 @@ def _callback_class() -> type:
         def __init__(self, recorder: LiteLLMRecorder):
             super().__init__()
             self.recorder = recorder
+
+        def log_pre_api_call(self, model, messages, kwargs):  # type: ignore[no-untyped-def]
+            self.recorder.log_pre_api_call(model, messages, kwargs)
 
         def log_success_event(self, kwargs, response_obj, start_time, end_time):  # type: ignore[no-untyped-def]
             self.recorder.log_success_event(kwargs, response_obj, start_time, end_time)
