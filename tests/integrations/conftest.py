@@ -14,6 +14,7 @@ from tests.support.fake_llm_server import FakeLLMServer  # noqa: E402
 from usageledger.integrations.capture import uninstrument  # noqa: E402
 from usageledger.meter import Meter  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def llm_server():
     with FakeLLMServer() as server:
