@@ -1,11 +1,16 @@
-"""Integrations with provider SDKs and OpenTelemetry (DESIGN sections 6 and 9).
+"""Integrations with provider SDKs, LiteLLM and OpenTelemetry.
 
-Each submodule is imported on its own and imports no SDK at import time:
+Each submodule is imported on its own, and none imports an SDK at import time:
 
+- :mod:`.capture`: ``usageledger.instrument(target)`` / ``uninstrument()``, the automatic
+  capture of every OpenAI, Anthropic and LiteLLM call (SDKs patched when imported);
+- :mod:`.context`: ``usageledger.attributes(user_id=, customer_key=, session_id=, tags=)``;
+- :mod:`.openai`: usage of OpenAI Chat Completions / Responses / Embeddings objects (or dicts);
+- :mod:`.anthropic`: usage of Anthropic Messages objects (or dicts);
+- :mod:`.litellm`: a LiteLLM callback recording with any target;
 - :mod:`.genai`: the one mapping between a :class:`~usageledger.records.UsageRecord` and
   the OpenTelemetry GenAI attribute names;
-- :mod:`.openai`: usage of OpenAI Chat Completions / Responses objects (or dicts);
-- :mod:`.anthropic`: usage of Anthropic Messages objects (or dicts);
 - :mod:`.otel`: :class:`~.otel.OtelMetricsSink`, a pipeline sink that records the
-  ``gen_ai.client.token.usage`` histogram (needs the ``otel`` extra).
+  ``gen_ai.client.token.usage`` and ``gen_ai.client.operation.duration`` histograms, and
+  :class:`~.otel.UsageSpanProcessor`, GenAI spans into records (needs the ``otel`` extra).
 """

@@ -1,6 +1,6 @@
 """The one mapping between usageledger records and the OpenTelemetry GenAI semantic
-conventions (DESIGN section 9). Those names are still "development" upstream: when they
-change, this module is the only place to change.
+conventions. Those names are still "development" upstream: when they change, this module
+is the only place to change.
 
 Token convention. A usageledger record's ``input_tokens`` EXCLUDES cache reads and cache
 writes (the three are disjoint, see :mod:`usageledger.pricing`). The GenAI convention's
@@ -36,7 +36,13 @@ __all__ = [
     "TOKEN_TYPE",
     "TOKEN_USAGE_METRIC",
     "TOKEN_USAGE_BUCKETS",
+    "OPERATION_NAME",
+    "OPERATION_DURATION_METRIC",
+    "OPERATION_DURATION_BUCKETS",
     "genai_input_tokens",
+    "operation_name",
+    "operation_duration",
+    "has_token_usage",
     "to_genai_attributes",
     "from_genai_attributes",
     "metric_attributes",
@@ -54,12 +60,23 @@ OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
 CACHE_CREATION_INPUT_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
 REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+#: older names of the two token counts, read when the current ones are absent
+LEGACY_INPUT_TOKENS = "gen_ai.usage.prompt_tokens"
+LEGACY_OUTPUT_TOKENS = "gen_ai.usage.completion_tokens"
+OPERATION_NAME = "gen_ai.operation.name"
 TOKEN_TYPE = "gen_ai.token.type"
 TOKEN_USAGE_METRIC = "gen_ai.client.token.usage"
 #: the bucket boundaries the convention advises for ``gen_ai.client.token.usage``
 TOKEN_USAGE_BUCKETS = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )
+OPERATION_DURATION_METRIC = "gen_ai.client.operation.duration"
+#: the bucket boundaries (seconds) the convention advises for the duration histogram
+OPERATION_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)
+#: what a record without an ``operation`` in its payload is taken to be
+DEFAULT_OPERATION = "chat"
 
 
 def genai_input_tokens(record: UsageRecord) -> int:
@@ -102,7 +119,7 @@ def from_genai_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"{RESPONSE_MODEL} or {REQUEST_MODEL} must be a non-empty string, got {model!r}"
         )
-    total_input = count(INPUT_TOKENS, attrs.get(INPUT_TOKENS))
+    total_input = count(INPUT_TOKENS, _first(attrs, INPUT_TOKENS, LEGACY_INPUT_TOKENS))
     cache_read = count(CACHE_READ_INPUT_TOKENS, attrs.get(CACHE_READ_INPUT_TOKENS))
     cache_write = count(CACHE_CREATION_INPUT_TOKENS, attrs.get(CACHE_CREATION_INPUT_TOKENS))
     if cache_read + cache_write > total_input:
@@ -114,7 +131,7 @@ def from_genai_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
         "provider": provider,
         "model": model,
         "input_tokens": total_input - cache_read - cache_write,
-        "output_tokens": count(OUTPUT_TOKENS, attrs.get(OUTPUT_TOKENS)),
+        "output_tokens": count(OUTPUT_TOKENS, _first(attrs, OUTPUT_TOKENS, LEGACY_OUTPUT_TOKENS)),
         "cache_read_tokens": cache_read,
         "cache_write_tokens": cache_write,
         "reasoning_tokens": count(REASONING_OUTPUT_TOKENS, attrs.get(REASONING_OUTPUT_TOKENS)),
@@ -125,11 +142,41 @@ def from_genai_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+def _first(attrs: Mapping[str, Any], name: str, legacy: str) -> Any:
+    value = attrs.get(name)
+    return attrs.get(legacy) if value is None else value
+
+
+def has_token_usage(attrs: Mapping[str, Any]) -> bool:
+    """Whether ``attrs`` (a span's) report token counts."""
+    return any(attrs.get(k) is not None for k in (INPUT_TOKENS, OUTPUT_TOKENS,
+                                                  LEGACY_INPUT_TOKENS, LEGACY_OUTPUT_TOKENS))
+
+
+def operation_name(record: UsageRecord) -> str:
+    """``gen_ai.operation.name`` of ``record``: its payload's ``operation`` (set by the
+    capture of SDK calls: ``chat``, ``embeddings``), else ``chat``."""
+    payload = record.payload
+    operation = payload.get("operation") if payload else None
+    return operation if isinstance(operation, str) and operation else DEFAULT_OPERATION
+
+
+def operation_duration(record: UsageRecord) -> float | None:
+    """The call's duration in seconds from its payload's ``latency_ms`` (set by the
+    capture of SDK calls); None when the record has none."""
+    payload = record.payload
+    latency = payload.get("latency_ms") if payload else None
+    if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
+        return None
+    return latency / 1000.0
+
+
 def metric_attributes(record: UsageRecord) -> dict[str, str]:
-    """The low-cardinality attributes of ``gen_ai.client.token.usage`` for ``record``
-    (no ids or counts: every distinct attribute set is a separate time series)."""
-    return {PROVIDER_NAME: record.provider, REQUEST_MODEL: record.model,
-            RESPONSE_MODEL: record.model}
+    """The low-cardinality attributes of ``gen_ai.client.token.usage`` and
+    ``gen_ai.client.operation.duration`` for ``record`` (no ids or counts: every distinct
+    attribute set is a separate time series)."""
+    return {OPERATION_NAME: operation_name(record), PROVIDER_NAME: record.provider,
+            REQUEST_MODEL: record.model, RESPONSE_MODEL: record.model}
 
 
 def token_usage(record: UsageRecord) -> tuple[tuple[str, int], ...]:
