@@ -76,8 +76,8 @@ class MessageStreamUsage(StreamUsage):
 
 
 def _mode(kwargs: Mapping[str, Any]) -> Any:
-    headers = kwargs.get("extra_headers")
-    return headers.get(RAW_HEADER) if isinstance(headers, Mapping) else None
+    headers = kwargs.get("extra_headers")  # the SDKs type it as a mapping
+    return headers.get(RAW_HEADER) if headers is not None else None
 
 
 def _record(call: Call, parsed: Any) -> None:

@@ -114,7 +114,7 @@ class Prepared:
     def __init__(self, resource: Any, api: str, kwargs: dict[str, Any], plan: Any,
                  attrs: Mapping[str, Any], azure: type | None):
         headers = kwargs.get("extra_headers")
-        mode = headers.get(RAW_HEADER) if isinstance(headers, Mapping) else None
+        mode = headers.get(RAW_HEADER) if headers is not None else None
         stream = kwargs.get("stream") is True
         provider, tags = PROVIDER, None
         client = getattr(resource, "_client", None)
@@ -153,7 +153,7 @@ class Prepared:
 def _streaming_response(kwargs: Mapping[str, Any]) -> bool:
     # with_streaming_response hands back the body unread: nothing to read usage from
     headers = kwargs.get("extra_headers")
-    return isinstance(headers, Mapping) and headers.get(RAW_HEADER) == "stream"
+    return headers is not None and headers.get(RAW_HEADER) == "stream"
 
 
 def _wrap_sync(original: Any, api: str, azure: type | None) -> Any:

@@ -38,21 +38,18 @@ def usage_from_openai(response: Any) -> dict[str, Any]:
             "stream_options={'include_usage': True} (Chat Completions) or the final response"
         )
     if get(usage, "prompt_tokens") is not None:  # Chat Completions
-        names = ("prompt_tokens", "completion_tokens", "prompt_tokens_details",
-                 "completion_tokens_details")
+        names = _CHAT
     elif get(usage, "input_tokens") is not None:  # Responses API
-        names = ("input_tokens", "output_tokens", "input_tokens_details",
-                 "output_tokens_details")
+        names = _RESPONSES
     else:
         raise ValueError(
             f"OpenAI usage has neither prompt_tokens nor input_tokens: {usage!r}"
         )
-    total_name, output_name, in_details, out_details = names
-    total = count(f"usage.{total_name}", get(usage, total_name))
+    total_name, output_name, in_details, out_details, labels = names
+    total = count(labels[0], get(usage, total_name))
     details = get(usage, in_details)
-    cached = count(f"usage.{in_details}.cached_tokens", get(details, "cached_tokens"))
-    cache_write = count(f"usage.{in_details}.cache_write_tokens",
-                        get(details, "cache_write_tokens"))
+    cached = count(labels[1], get(details, "cached_tokens"))
+    cache_write = count(labels[2], get(details, "cache_write_tokens"))
     if cached + cache_write > total:
         raise ValueError(
             f"usage.{total_name}={total} must include the cached tokens "
@@ -62,13 +59,26 @@ def usage_from_openai(response: Any) -> dict[str, Any]:
         "provider": PROVIDER,
         "model": model_of(response, "OpenAI"),
         "input_tokens": total - cached - cache_write,
-        "output_tokens": count(f"usage.{output_name}", get(usage, output_name)),
+        "output_tokens": count(labels[3], get(usage, output_name)),
         "cache_read_tokens": cached,
         "cache_write_tokens": cache_write,
-        "reasoning_tokens": count(f"usage.{out_details}.reasoning_tokens",
-                                  get(get(usage, out_details), "reasoning_tokens")),
+        "reasoning_tokens": count(labels[4], get(get(usage, out_details), "reasoning_tokens")),
         "response_id": response_id(response),
     }
+
+
+def _shape(total: str, output: str, in_details: str, out_details: str) -> tuple[Any, ...]:
+    # the field names used in error messages, made once rather than per response
+    labels = (f"usage.{total}", f"usage.{in_details}.cached_tokens",
+              f"usage.{in_details}.cache_write_tokens", f"usage.{output}",
+              f"usage.{out_details}.reasoning_tokens")
+    return total, output, in_details, out_details, labels
+
+
+_CHAT = _shape("prompt_tokens", "completion_tokens", "prompt_tokens_details",
+               "completion_tokens_details")
+_RESPONSES = _shape("input_tokens", "output_tokens", "input_tokens_details",
+                    "output_tokens_details")
 
 
 def record_openai(target: Any, response: Any, **fields: Any) -> str:
