@@ -18,8 +18,7 @@ from typing import Any
 
 from . import capture
 from .anthropic import usage_from_anthropic
-from .capture import Call, Patch, StreamUsage, check_guards, plans, report, skip, watch_stream
-from .context import _current
+from .capture import Call, Patch, StreamUsage, begin, report, watch_stream
 
 PROVIDER = "anthropic"
 RAW_HEADER = "X-Stainless-Raw-Response"
@@ -90,12 +89,10 @@ def _record(call: Call, parsed: Any) -> None:
 def _wrap_sync(original: Any) -> Any:
     @functools.wraps(original)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        plan = plans.get(PROVIDER)
-        if skip(plan):
+        started = begin(PROVIDER)
+        if started is None:
             return original(self, *args, **kwargs)
-        attrs = _current.get()
-        if plan.guards:
-            check_guards(plan, attrs)
+        plan, attrs = started
         mode = _mode(kwargs)
         if mode == "stream":  # with_streaming_response: the body is the caller's to read
             return original(self, *args, **kwargs)
@@ -114,12 +111,10 @@ def _wrap_sync(original: Any) -> Any:
 def _wrap_async(original: Any) -> Any:
     @functools.wraps(original)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        plan = plans.get(PROVIDER)
-        if skip(plan):
+        started = begin(PROVIDER)
+        if started is None:
             return await original(self, *args, **kwargs)
-        attrs = _current.get()
-        if plan.guards:
-            check_guards(plan, attrs)
+        plan, attrs = started
         mode = _mode(kwargs)
         if mode == "stream":
             return await original(self, *args, **kwargs)
@@ -152,12 +147,10 @@ def _request_slot(manager: Any) -> str:
 def _wrap_manager(original: Any) -> Any:
     @functools.wraps(original)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        plan = plans.get(PROVIDER)
-        if skip(plan):
+        started = begin(PROVIDER)
+        if started is None:
             return original(self, *args, **kwargs)
-        attrs = _current.get()
-        if plan.guards:
-            check_guards(plan, attrs)
+        plan, attrs = started
         manager = original(self, *args, **kwargs)
         try:
             slot = _request_slot(manager)

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import capture
-from .capture import Call, Patch, StreamUsage, check_guards, plans, report, skip, watch_stream
-from .context import _current
+from .capture import Call, Patch, StreamUsage, begin, report, watch_stream
 from .openai import usage_from_openai
 
 PROVIDER = "openai"
@@ -159,12 +158,10 @@ def _streaming_response(kwargs: Mapping[str, Any]) -> bool:
 def _wrap_sync(original: Any, api: str, azure: type | None) -> Any:
     @functools.wraps(original)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        plan = plans.get(PROVIDER)
-        if skip(plan):
+        started = begin(PROVIDER)
+        if started is None:
             return original(self, *args, **kwargs)
-        attrs = _current.get()
-        if plan.guards:
-            check_guards(plan, attrs)
+        plan, attrs = started
         if _streaming_response(kwargs):
             return original(self, *args, **kwargs)
         try:
@@ -186,12 +183,10 @@ def _wrap_sync(original: Any, api: str, azure: type | None) -> Any:
 def _wrap_async(original: Any, api: str, azure: type | None) -> Any:
     @functools.wraps(original)
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        plan = plans.get(PROVIDER)
-        if skip(plan):
+        started = begin(PROVIDER)
+        if started is None:
             return await original(self, *args, **kwargs)
-        attrs = _current.get()
-        if plan.guards:
-            check_guards(plan, attrs)
+        plan, attrs = started
         if _streaming_response(kwargs):
             return await original(self, *args, **kwargs)
         try:

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._common import recorder_for
+from .context import _current
 
 __all__ = ["instrument", "uninstrument", "Instrumentation", "capture_errors", "PROVIDERS"]
 
@@ -135,6 +136,19 @@ def check_guards(plan: Plan, attrs: Mapping[str, Any]) -> None:
         guard.require(**kwargs)
 
 
+def begin(provider: str) -> tuple[Plan, Mapping[str, Any]] | None:
+    """What every SDK wrapper does first: the plan and the attributes in context, the
+    guards asked (their refusal propagates); None when the wrapper must only pass
+    through (see :func:`skip`)."""
+    plan = plans.get(provider)
+    if plan is None or skip(plan):
+        return None
+    attrs = _current.get()
+    if plan.guards:
+        check_guards(plan, attrs)
+    return plan, attrs
+
+
 def skip(plan: Plan | None) -> bool:
     """True when an SDK wrapper must only pass through: nothing captures its provider,
     or LiteLLM is the caller while LiteLLM's own callback records the call (one record)."""
@@ -225,17 +239,20 @@ class StreamUsage:
             report(self.where, exc)
 
 
+def _keep(seen: StreamUsage, item: Any) -> bool:
+    try:
+        return seen.see(item)
+    except Exception as exc:
+        report(seen.where, exc)
+        return True
+
+
 def observe(iterator: Iterable[Any], seen: StreamUsage) -> Any:
     """The stream's items through ``seen``; records when the stream ends, fails, or this
     generator is closed or dropped (an abandoned stream)."""
     try:
         for item in iterator:
-            try:
-                keep = seen.see(item)
-            except Exception as exc:
-                report(seen.where, exc)
-                keep = True
-            if keep:
+            if _keep(seen, item):
                 yield item
     finally:
         seen.finish()
@@ -244,12 +261,7 @@ def observe(iterator: Iterable[Any], seen: StreamUsage) -> Any:
 async def observe_async(iterator: Any, seen: StreamUsage) -> Any:
     try:
         async for item in iterator:
-            try:
-                keep = seen.see(item)
-            except Exception as exc:
-                report(seen.where, exc)
-                keep = True
-            if keep:
+            if _keep(seen, item):
                 yield item
     finally:
         seen.finish()
