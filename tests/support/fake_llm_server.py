@@ -59,6 +59,17 @@ def response_model(requested: str) -> str:
     return requested if requested.endswith(SUFFIX) else requested + SUFFIX
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client closing its pooled keep-alive connection is not an error worth a trace
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Seen:
     method: str
@@ -84,8 +95,7 @@ class FakeLLMServer:
             def do_POST(self) -> None:
                 server._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.openai_url = self.url + "/v1"
