@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAIL_MODEL = "fail-500"
+#: an Anthropic stream that sends message_start, then an error event
+MIDSTREAM_FAIL_MODEL = "fail-midstream"
 SUFFIX = "-2024-08-06"
 TEXT = ("Hel", "lo", " wor", "ld")
 
@@ -276,6 +278,12 @@ class FakeLLMServer:
                 "content": [{"type": "text", "text": "".join(TEXT)}], "stop_reason": "end_turn",
                 "stop_sequence": None, "usage": ANTHROPIC_USAGE})
         start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+        start = ("message_start", {"type": "message_start", "message": {
+            "id": mid, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})
+        if model.startswith(MIDSTREAM_FAIL_MODEL):
+            return self._sse(h, [start, ("error", {"type": "error", "error": {
+                "type": "overloaded_error", "message": "Overloaded"}})])
         events: list[tuple[str | None, Any]] = [
             ("message_start", {"type": "message_start", "message": {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
