@@ -12,7 +12,12 @@ from anthropic.resources.messages.messages import AsyncMessages, Messages
 
 import usageledger
 from tests.integrations.helpers import MESSAGES, dump, tokens
-from tests.support.fake_llm_server import EXPECTED, FAIL_MODEL, response_model
+from tests.support.fake_llm_server import (
+    EXPECTED,
+    FAIL_MODEL,
+    MIDSTREAM_FAIL_MODEL,
+    response_model,
+)
 from usageledger.integrations.capture import capture_errors
 
 MODEL = "claude-sonnet-4"
@@ -185,6 +190,21 @@ def test_an_abandoned_stream_records_the_usage_seen_so_far_once(llm_server, inst
     # message_start reported the input side and 1 output token; message_delta (200) unseen
     seen_so_far = {**EXPECTED["anthropic"], "output_tokens": 1}
     assert [tokens(r) for r in records] == [seen_so_far, seen_so_far]
+
+
+def test_a_stream_failing_partway_raises_the_sdk_error_and_records_what_it_saw(
+        llm_server, instrumented):
+    stream = _client(llm_server).messages.create(**{**ARGS, "model": MIDSTREAM_FAIL_MODEL},
+                                                 stream=True)
+    seen = []
+    with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+        for event in stream:
+            seen.append(event.type)
+    assert seen == ["message_start"]
+    [record] = instrumented.query()  # the input side was billed: recorded once
+    assert tokens(record) == {**EXPECTED["anthropic"], "output_tokens": 1}
+    stream.close()
+    assert len(instrumented.query()) == 1
 
 
 def test_attributes_follow_threads_tasks_and_nest(llm_server, instrumented):

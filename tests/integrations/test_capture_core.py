@@ -183,3 +183,22 @@ def test_records_reach_a_real_collector_typed(llm_server, tmp_path):
         assert set(row["payload"]) <= {"operation", "latency_ms", "stream"}
         assert row["payload"]["operation"] == "chat"
     assert by_provider["openai"]["cost"] is not None  # priced by the collector
+
+
+def test_a_usage_tracker_target_counts_captured_calls(llm_server, tmp_path):
+    from usageledger.tracker import UsageTracker
+
+    tracker = UsageTracker(tmp_path / "usage_summary.json", durability="memory",
+                           flush_interval=0.05)
+    handle = usageledger.instrument(tracker)
+    try:
+        _client(llm_server).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert tracker.flush(30)
+        today = tracker.get_today()
+    finally:
+        handle.uninstrument()
+        tracker.shutdown(30)
+    row = today["by_model"][f"openai/{response_model('gpt-4o')}"]
+    assert (row["calls"], row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        1, 600, 400, 300)
+    assert row["cost"] > 0

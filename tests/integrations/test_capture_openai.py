@@ -427,3 +427,15 @@ def test_instrument_refuses_bad_arguments_naming_them(meter):
     with pytest.raises(ValueError, match="already instrumented"):
         usageledger.instrument(meter, stream_usage=False)
     handle.uninstrument()
+
+
+def test_with_streaming_response_passes_through_unrecorded(llm_server, instrumented):
+    # the body is the caller's to read: we neither read it nor change the request
+    client = _client(llm_server)
+    errors = capture_errors()
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=MESSAGES, stream=True) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert "stream_options" not in llm_server.requests[-1].body
+    assert lines[-1] == "data: [DONE]"
+    assert instrumented.query() == [] and capture_errors() == errors

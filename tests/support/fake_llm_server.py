@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAIL_MODEL = "fail-500"
+#: an Anthropic stream that sends message_start, then an error event
+MIDSTREAM_FAIL_MODEL = "fail-midstream"
 SUFFIX = "-2024-08-06"
 TEXT = ("Hel", "lo", " wor", "ld")
 
@@ -59,6 +61,17 @@ def response_model(requested: str) -> str:
     return requested if requested.endswith(SUFFIX) else requested + SUFFIX
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client closing its pooled keep-alive connection is not an error worth a trace
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @dataclass
 class Seen:
     method: str
@@ -84,8 +97,7 @@ class FakeLLMServer:
             def do_POST(self) -> None:
                 server._handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", port), Handler)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.openai_url = self.url + "/v1"
@@ -266,6 +278,12 @@ class FakeLLMServer:
                 "content": [{"type": "text", "text": "".join(TEXT)}], "stop_reason": "end_turn",
                 "stop_sequence": None, "usage": ANTHROPIC_USAGE})
         start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+        start = ("message_start", {"type": "message_start", "message": {
+            "id": mid, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})
+        if model.startswith(MIDSTREAM_FAIL_MODEL):
+            return self._sse(h, [start, ("error", {"type": "error", "error": {
+                "type": "overloaded_error", "message": "Overloaded"}})])
         events: list[tuple[str | None, Any]] = [
             ("message_start", {"type": "message_start", "message": {
                 "id": mid, "type": "message", "role": "assistant", "model": model,

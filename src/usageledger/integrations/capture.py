@@ -156,8 +156,9 @@ def skip(plan: Plan | None) -> bool:
 
 
 def called_from_litellm() -> bool:
-    """Whether the first caller outside the SDKs and this package is LiteLLM (a walk of
-    two to four frames, about 0.3 us, paid only while the LiteLLM callback is active)."""
+    """Whether the first caller outside the SDKs and this package is LiteLLM (a walk of a
+    few frames: under 0.4 us measured on the loaded test machine, paid only while the
+    LiteLLM callback is active)."""
     frame: Any = sys._getframe(2)
     while frame is not None:
         name = frame.f_globals.get("__name__", "")
