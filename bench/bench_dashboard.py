@@ -42,15 +42,21 @@ def median_s(fn: Callable[[], object], runs: int = 7) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
-    n = ap.parse_args().records
-    work = Path(tempfile.mkdtemp(prefix="ul-dash-bench-"))
-    store = create_storage(f"sqlite:///{work / 'u.db'}")
-    t = time.perf_counter()
-    recs = make_records(n)
-    for i in range(0, n, 20_000):
-        store.save_many([msgspec.structs.replace(r, customer_key=f"customer-{j % 50}")
-                         for j, r in enumerate(recs[i:i + 20_000], i)])
-    print(f"loaded {n:,} records in {time.perf_counter() - t:.1f} s")
+    ap.add_argument("--db", help="reuse a store an earlier run loaded (its path is printed)")
+    args = ap.parse_args()
+    n = args.records
+    if args.db:
+        store = create_storage(f"sqlite:///{args.db}")
+        print(f"reusing {args.db}: {store.count():,} records")
+    else:
+        work = Path(tempfile.mkdtemp(prefix="ul-dash-bench-"))
+        store = create_storage(f"sqlite:///{work / 'u.db'}")
+        t = time.perf_counter()
+        recs = make_records(n)
+        for i in range(0, n, 20_000):
+            store.save_many([msgspec.structs.replace(r, customer_key=f"customer-{j % 50}")
+                             for j, r in enumerate(recs[i:i + 20_000], i)])
+        print(f"loaded {n:,} records into {work / 'u.db'} in {time.perf_counter() - t:.1f} s")
     since = T0.date().isoformat()
     until = (T0.date().fromordinal(T0.date().toordinal() + DAYS - 1)).isoformat()
     window = f"since={since}&until={until}"
@@ -71,6 +77,12 @@ def main() -> None:
         assert r.status_code == 200, (path, r.status_code, r.text[:300])
         ms = median_s(lambda path=path: client.get(path))
         print(f"| {label} | {ms * 1000:.1f} | {ms / base:.1f}x |")
+    # the queries one overview page runs, each as the API answers it
+    print("\n| query of the overview (as /api/v1/summary) | median ms |\n|---|---:|")
+    for group_by in ("day", "provider,model", "user_id", "customer_key", "tag:env"):
+        path = f"/api/v1/summary?group_by={group_by}&{window}"
+        ms = median_s(lambda path=path: client.get(path))
+        print(f"| group_by={group_by} | {ms * 1000:.1f} |")
     store.close()
 
 
