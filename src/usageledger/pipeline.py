@@ -41,6 +41,7 @@ class Pipeline:
         sink: Sink,
         *,
         journal_path: str | os.PathLike[str] | None = None,
+        journal_url: str | None = None,
         durability: str = "buffered",
         flush_interval: float = 0.05,
         max_buffer: int = 100_000,
@@ -61,7 +62,7 @@ class Pipeline:
         drain_also: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]
     ):
         if durability == "memory":
-            journal_path = None
+            journal_path = journal_url = None
         self.exit_timeout = exit_timeout
         self.dispatcher = Dispatcher(
             lambda: self.journals,
@@ -84,6 +85,7 @@ class Pipeline:
             flush_interval=flush_interval,
             max_buffer=max_buffer,
             fallback_dir=fallback_dir,
+            journal_url=journal_url,
             on_commit=self.dispatcher.notify,
             on_fork=self._after_fork_child,
             name=name,

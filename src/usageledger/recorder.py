@@ -34,6 +34,8 @@ from .journal import (
     JournalUnavailableError,
     MemoryJournal,
     SqliteJournal,
+    fallback_file_name,
+    open_journal,
 )
 from .records import encode
 
@@ -107,11 +109,12 @@ class Recorder:
         on_fork: Callable[[], None] | None = None,
         name: str = "usageledger",
         destination: str | None = None,
+        journal_url: str | None = None,
     ):
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
-        if durability != "memory" and journal_path is None:
-            raise ValueError(f"durability={durability!r} needs a journal path (db_path)")
+        if durability != "memory" and journal_path is None and journal_url is None:
+            raise ValueError(f"durability={durability!r} needs a journal path (db_path) or journal_url")
         self.durability = durability
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
@@ -119,6 +122,9 @@ class Recorder:
         self.name = name
         self._sync = durability in ("committed", "fsync")
         self._journal_path = None if journal_path is None else Path(journal_path).expanduser()
+        # a journal URL (e.g. a Redis stream) is the primary; a path given with it is where
+        # the local fallback journal lives
+        self._journal_url = journal_url
         self._fallback_dir = fallback_dir
         self._on_commit = on_commit
         # a fork made without os.register_at_fork hooks is seen here, on the hot path
@@ -132,14 +138,17 @@ class Recorder:
 
     # -- set-up ---------------------------------------------------------------------------
     def _open_primary(self) -> Journal:
-        if self._journal_path is None:
+        if self._journal_path is None and self._journal_url is None:
             return MemoryJournal()
         try:
-            return self._sqlite(self._journal_path)
+            if self._journal_url is not None:
+                return open_journal(self._journal_url, fsync=self.durability == "fsync")
+            return self._sqlite(self._journal_path)  # type: ignore[arg-type]
         except JournalDestinationError:
             raise  # a mistake in the set-up, not a disk failure: say so to the caller
         except (JournalError, OSError) as exc:
-            log.error("journal %s cannot be opened (%s); using the fallback location", self._journal_path, exc)
+            log.error("journal %s cannot be opened (%s); using the fallback location",
+                      self._journal_url or self._journal_path, exc)
             fallback = self._open_fallback()
             if fallback is None:
                 self._standin_since = time.monotonic()
@@ -158,6 +167,10 @@ class Recorder:
         return SqliteJournal(path, fsync=self.durability == "fsync", destination=self._destination)
 
     def fallback_paths(self) -> list[Path]:
+        if self._journal_url is not None:
+            if self._journal_path is not None:
+                return [self._journal_path]  # the local journal named beside the URL
+            return fallback_paths(fallback_file_name(self._journal_url), self._fallback_dir)
         return [] if self._journal_path is None else fallback_paths(self._journal_path, self._fallback_dir)
 
     def _open_fallback(self) -> Journal | None:
@@ -170,7 +183,8 @@ class Recorder:
             except (JournalError, OSError) as exc:
                 log.error("fallback journal %s cannot be opened either: %s", path, exc)
                 return None
-            log.error("writing to fallback journal %s while %s refuses writes", path, self._journal_path)
+            log.error("writing to fallback journal %s while %s refuses writes", path,
+                      self._journal_url or self._journal_path)
             return journal
         return None
 
@@ -178,6 +192,8 @@ class Recorder:
         """Fallback journals of this destination left by earlier processes: opened at
         start so the dispatcher drains them and stats() counts them; nothing accepted
         stays stranded there once the primary works again."""
+        if self._journal_url is not None:
+            return self._url_fallbacks()
         if self._journal_path is None:
             return []
         found = open_fallbacks(self._journal_path, self._destination, self._fallback_dir,
@@ -185,6 +201,19 @@ class Recorder:
         for journal in found:
             log.info("draining fallback journal %s left for %s", journal.location, self._journal_path)
         return list(found)
+
+    def _url_fallbacks(self) -> list[Journal]:
+        """Local fallback journals an earlier outage of the URL's journal left: drained."""
+        found: list[Journal] = []
+        for path in self.fallback_paths():
+            if not path.is_file() or any(j.location == str(path) for j in self.journals):
+                continue
+            try:
+                found.append(self._sqlite(path))
+                log.info("draining fallback journal %s left for %s", path, self._journal_url)
+            except (JournalError, OSError) as exc:
+                log.warning("fallback journal %s cannot be opened to drain it: %s", path, exc)
+        return found
 
     def _reset_state(self) -> None:
         """Fresh buffer, locks and thread: at start and in a forked child."""
