@@ -85,6 +85,9 @@ class DeliveryConfig:
     api_base: str = "http://127.0.0.1:8765"
     api_url: str = "/api/v1"
     db_path: str = dataclasses.field(default_factory=_default_db_path)
+    #: a journal off the box (``redis://host:port/db?stream=NAME``); ``db_path`` is then
+    #: the local fallback journal
+    journal_url: str | None = None
     log_file: str | None = None
     log_level: str = "INFO"
     log_bodies: bool = False
@@ -212,6 +215,19 @@ def parse_path(value: Any, bad: Callable[[str], ConfigError]) -> str | None:
     return str(Path(value).expanduser())
 
 
+def parse_journal_url(value: Any, bad: Callable[[str], ConfigError]) -> str | None:
+    from .journal import check_journal_url
+
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad("a journal URL such as redis://host:6379/0?stream=NAME")
+    try:
+        return check_journal_url(value)
+    except ValueError as exc:
+        raise bad(f"a journal URL such as redis://host:6379/0?stream=NAME ({exc})") from None
+
+
 def _parse(key: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key}={value!r} (from {source}) must be {expected}")
@@ -251,6 +267,8 @@ def _parse(key: str, value: Any, source: str) -> Any:
         return value
     if key in ("db_path", "log_file"):
         return parse_path(value, bad)
+    if key == "journal_url":
+        return parse_journal_url(value, bad)
     if key in ("api_base", "api_url"):
         if not isinstance(value, str):
             raise bad("a string")

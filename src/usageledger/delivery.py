@@ -68,6 +68,7 @@ class PersistentDelivery:
         self._pipeline = Pipeline(
             self.sink,
             journal_path=config.db_path,
+            journal_url=config.journal_url,
             durability=config.durability,
             flush_interval=config.flush_interval,
             max_buffer=config.max_buffer,

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .journal import journal_stream
 from .pipeline import Pipeline, default_journal_path
 from .records import KIND_USAGE, UsageRecord, make_usage_record
 from .sinks.storage import StorageSink
@@ -18,7 +19,7 @@ from .storage.base import Aggregate, StorageBackend
 __all__ = ["Meter"]
 
 _PIPELINE_OPTIONS = (
-    "durability", "journal_path", "flush_interval", "max_buffer", "max_batch_size",
+    "durability", "journal_path", "journal_url", "flush_interval", "max_buffer", "max_batch_size",
     "batch_interval", "max_attempts", "max_retry_age", "max_backoff", "exit_timeout",
 )
 
@@ -27,8 +28,10 @@ class Meter:
     """``Meter(storage="memory"|"sqlite"|"jsonl"|"postgres"|"redis"|URL|StorageBackend, **kw)``.
 
     Storage keywords (``db_path``, ``path``, ``url``...) go to ``create_storage``;
-    pipeline keywords (``durability``, ``journal_path``, ``flush_interval``,
-    ``batch_interval``...) to the pipeline. By default a memory store uses a memory
+    pipeline keywords (``durability``, ``journal_path``, ``journal_url``, ``flush_interval``,
+    ``batch_interval``...) to the pipeline. ``journal_url="redis://host:port/db?stream=NAME"``
+    (or the environment's ``USAGELEDGER_JOURNAL_URL``, stream suffixed ``.meter``) puts
+    the journal on a Redis stream; the journal file beside the store is then its fallback. By default a memory store uses a memory
     journal and a persistent store a journal file beside it (or in the user data dir),
     so nothing accepted is lost at exit or on SIGTERM.
     """
@@ -48,6 +51,9 @@ class Meter:
 
         self.prices = check_prices(prices)  # bad overrides fail here, not in the dispatcher
         options.setdefault("batch_interval", 0.05)
+        if options.get("journal_url") is None and os.environ.get("USAGELEDGER_JOURNAL_URL"):
+            # the shared setting names the Redis database; the meter keeps its own stream
+            options["journal_url"] = journal_stream(os.environ["USAGELEDGER_JOURNAL_URL"], "meter")
         drain_also: list[Path] = []
         if "journal_path" not in options and options.get("durability") != "memory":
             options["journal_path"] = self._journal_beside(self.storage)

@@ -2,6 +2,7 @@
 each id to OUT once ``enqueue`` has returned (i.e. once it is acknowledged).
 
 python -m tests.core.producer JOURNAL URL OUT --mode committed|buffered --count N --end stop|exit|wait
+    [--journal-url redis://host:port/0?stream=NAME]  (JOURNAL is then the local fallback)
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ def main() -> None:
     ap.add_argument("--lease", type=float, default=15.0)
     ap.add_argument("--dispatch-timeout", type=float, default=10.0)
     ap.add_argument("--max-attempts", type=int, default=None)
+    ap.add_argument("--journal-url", default=None)
     ap.add_argument("--linger", type=float, default=0.0, help="seconds to wait before the end")
     args = ap.parse_args()
     d = PersistentDelivery(db_path=args.journal, api_base=args.url, durability=args.mode,
                            batch_interval=0.05, lease_s=args.lease, timeout=args.dispatch_timeout,
                            immediate_pause_seconds=0.05, max_backoff=0.5,
-                           max_attempts=args.max_attempts)
+                           max_attempts=args.max_attempts, journal_url=args.journal_url)
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     print("ready", flush=True)
     for i in range(args.count):

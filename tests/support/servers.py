@@ -58,14 +58,19 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_redis() -> RedisServer:
+def start_redis(port: int | None = None, directory: str | None = None,
+                persistence: tuple[str, ...] = ("--appendonly", "no")) -> RedisServer:
+    """A redis-server on ``port`` (a free one by default) keeping its files in
+    ``directory`` (a new temp dir by default); ``persistence`` replaces the default
+    "no AOF" arguments, e.g. ``("--appendonly", "yes", "--appendfsync", "always")``.
+    Started again on the same port and directory, it reloads what it persisted."""
     if shutil.which("redis-server") is None:
         _apt_install("redis-server")
-    port = free_port()
-    d = tempfile.mkdtemp(prefix="ul-redis-")
+    port = port or free_port()
+    d = directory or tempfile.mkdtemp(prefix="ul-redis-")
     proc = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes",
-         "--daemonize", "no", "--dir", d, "--save", "", "--appendonly", "no"],
+         "--daemonize", "no", "--dir", d, "--save", "", *persistence],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     _wait_port(port)

@@ -21,7 +21,8 @@ from .sqlite import SqliteJournal
 __all__ = [
     "Journal", "JournalItem", "JournalError", "JournalDestinationError", "JournalUnavailableError",
     "MemoryJournal", "SqliteJournal", "READY", "INFLIGHT",
-    "DEAD", "open_journal", "is_journal_url", "fallback_file_name", "JOURNAL_URL_SCHEMES",
+    "DEAD", "open_journal", "is_journal_url", "fallback_file_name", "journal_stream",
+    "check_journal_url", "JOURNAL_URL_SCHEMES",
 ]
 
 #: URL schemes ``open_journal`` takes (a plain path is an SQLite journal file)
@@ -80,3 +81,19 @@ def fallback_file_name(target: str | os.PathLike[str]) -> str:
     if is_journal_url(target):
         return Path(str(target).split("://", 1)[1] or "memory").name or "memory.journal"
     return Path(target).name
+
+
+def journal_stream(url: str, suffix: str) -> str:
+    """``url`` with its stream named ``<stream>.<suffix>``: one stream per destination when
+    several pipelines share one Redis journal setting (each stream has one sink)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    from .redis import parse_journal_url
+
+    check_journal_url(url)
+    if _scheme(url) not in ("redis", "rediss", "unix"):
+        raise ValueError(f"journal URL {url!r} is not a Redis URL: a stream name needs redis://")
+    server, stream = parse_journal_url(url)
+    parts = urlsplit(server)
+    query = [*parse_qsl(parts.query, keep_blank_values=True), ("stream", f"{stream}.{suffix}")]
+    return urlunsplit(parts._replace(query=urlencode(query)))

@@ -34,7 +34,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .base import DEAD, INFLIGHT, READY, Journal, JournalError, JournalItem, state_code
+from .base import DEAD, INFLIGHT, Journal, JournalError, JournalItem, state_code
 
 __all__ = ["RedisJournal", "parse_journal_url"]
 
@@ -271,7 +271,7 @@ class RedisJournal(Journal):
         # recorder falls back to its local journal instead of blocking the caller
         self._redis = redis.Redis.from_url(
             server, socket_timeout=timeout, socket_connect_timeout=min(timeout, 2.0),
-            retry=Retry(NoBackoff(), 1),
+            retry=Retry(NoBackoff(), 0),  # a blind retry could run a claim twice
         )
         s = self.stream
         self._due, self._dead, self._counters, self._lease = (
@@ -285,6 +285,13 @@ class RedisJournal(Journal):
         # what this process claimed: id -> [(entry id, fields)] (ack/retry/dead by entry id)
         self._claims: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
         self._claims_lock = threading.Lock()
+        # settlements (ack/retry/dead) Redis did not confirm: replayed before the next claim,
+        # else their entries would stay in flight for this live dispatcher
+        self._unsettled: list[tuple[Any, list[str], list[Any]]] = []
+        # a claim whose reply was lost (connection dropped after Redis ran it) left entries
+        # pending for this owner that it does not know: found and made ready before the next
+        self._lost_claim = False
+        self._settle_lock = threading.RLock()
         self._ready = False
         try:
             self._setup()
@@ -356,9 +363,62 @@ class RedisJournal(Journal):
 
         self._call(run)
 
+    def _settle(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        # under the settle lock: recovering from a lost claim reply must not see an entry
+        # taken from the claims map whose settlement is still on its way
+        try:
+            self._call(script, keys=keys, args=args)
+        except JournalError:
+            with self._claims_lock:
+                self._unsettled.append((script, keys, args))
+            self._lost_claim = True  # the dispatcher drops the rest of this batch
+            raise
+
+    def _recover(self, owner: str) -> None:
+        """After Redis failed a claim or a settlement: the dispatcher gave up settling the
+        rest of that batch, and a claim whose reply was lost left entries nobody here
+        knows. Every entry pending for ``owner`` goes back to ready (a send still under
+        way may then deliver its records twice: the collector keeps one copy by id)."""
+        with self._settle_lock:
+            def run() -> int:
+                lost = [p["message_id"] for p in self._redis.xpending_range(
+                    self.stream, GROUP, min="-", max="+", count=100_000, consumername=owner)]
+                if lost:
+                    self._redis.xclaim(self.stream, GROUP, PARKED, 0, lost, justid=True)
+                return len(lost)
+
+            lost = self._call(run)
+            with self._claims_lock:
+                self._claims.clear()
+            self._lost_claim = False
+            if lost:
+                log.warning("journal %s: %d claimed items whose settlement failed are ready again",
+                            self.location, lost)
+
+    def _replay(self) -> None:
+        with self._claims_lock:
+            todo, self._unsettled = self._unsettled, []
+        while todo:
+            script, keys, args = todo[0]
+            try:
+                self._call(script, keys=keys, args=args)
+            except JournalError:
+                with self._claims_lock:
+                    self._unsettled[:0] = todo
+                raise
+            todo.pop(0)
+
     def claim(self, n: int, owner: str) -> list[JournalItem]:
-        rows = self._call(self._claim, keys=[self.stream, self._due],
-                          args=[GROUP, owner, n, f"{time.time():.6f}", PARKED])
+        if self._unsettled:
+            self._replay()
+        if self._lost_claim:
+            self._recover(owner)
+        try:
+            rows = self._call(self._claim, keys=[self.stream, self._due],
+                              args=[GROUP, owner, n, f"{time.time():.6f}", PARKED])
+        except JournalError:
+            self._lost_claim = True  # Redis may have run it: look for its entries next time
+            raise
         out = []
         with self._claims_lock:
             for eid, flat, seen in rows:
@@ -380,11 +440,16 @@ class RedisJournal(Journal):
         return [taken[i:i + _CHUNK] for i in range(0, len(taken), _CHUNK)]
 
     def ack(self, ids: list[str]) -> None:
-        for part in self._chunks(self._take(ids)):
-            self._call(self._ack, keys=[self.stream, self._counters],
-                       args=[GROUP, *(eid for eid, _ in part)])
+        with self._settle_lock:
+            for part in self._chunks(self._take(ids)):
+                self._settle(self._ack, [self.stream, self._counters],
+                             [GROUP, *(eid for eid, _ in part)])
 
     def retry(self, ids: list[str], error: str, not_before: float) -> None:
+        with self._settle_lock:
+            self._retry_locked(ids, error, not_before)
+
+    def _retry_locked(self, ids: list[str], error: str, not_before: float) -> None:
         for part in self._chunks(self._take(ids)):
             args: list[Any] = [GROUP, f"{not_before:.6f}"]
             for eid, f in part:
@@ -392,9 +457,13 @@ class RedisJournal(Journal):
                 again = {**f, b"attempts": str(attempts).encode(), b"last_error": error.encode(),
                          b"not_before": f"{not_before:.6f}".encode()}
                 args += [eid, _pack([x for kv in again.items() for x in kv])]
-            self._call(self._retry, keys=[self.stream, self._due, self._counters], args=args)
+            self._settle(self._retry, [self.stream, self._due, self._counters], args)
 
     def dead(self, ids: list[str], error: str) -> None:
+        with self._settle_lock:
+            self._dead_locked(ids, error)
+
+    def _dead_locked(self, ids: list[str], error: str) -> None:
         died = f"{time.time():.6f}"
         for part in self._chunks(self._take(ids)):
             args: list[Any] = [GROUP]
@@ -404,7 +473,7 @@ class RedisJournal(Journal):
                           b"created": f[b"created"], b"last_error": error.encode(),
                           b"died": died.encode()}
                 args += [eid, _pack([x for kv in letter.items() for x in kv])]
-            self._call(self._dead_script, keys=[self.stream, self._dead], args=args)
+            self._settle(self._dead_script, [self.stream, self._dead], args)
 
     def requeue(self, ids: list[str] | None = None) -> int:
         wanted = None if ids is None else set(ids)
@@ -537,13 +606,18 @@ class RedisJournal(Journal):
         return self._public(self._call(self._dead_rows, True, limit), died=True)
 
     def has_pending(self) -> bool:
+        """As the contract says; also True while the server cannot be reached: the stream
+        may hold items, so a flush must not report them settled."""
         def run() -> bool:
             pipe = self._redis.pipeline(transaction=False)
             pipe.xlen(self.stream)
             pipe.zcard(self._due)
             return any(pipe.execute())
 
-        return self._call(run)
+        try:
+            return self._call(run)
+        except JournalError:
+            return True
 
     def stats(self) -> dict[str, Any]:
         def run() -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from ..journal import journal_stream
 from ..pipeline import Pipeline
 from ..records import KIND_RUN, encode_json_object, new_id
 from ..sinks.base import Sink
@@ -168,6 +169,7 @@ class TelemetryClient:
         return Pipeline(
             sink,
             journal_path=journal,
+            journal_url=None if c.journal_url is None else journal_stream(c.journal_url, name),
             durability=c.durability,
             flush_interval=c.flush_interval,
             batch_interval=c.batch_interval,

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from ..config import ConfigError, parse_bool, parse_path, parse_positive_float
+from ..config import ConfigError, parse_bool, parse_journal_url, parse_path, parse_positive_float
 from ..config import _parse as _parse_delivery_key
 
 __all__ = [
@@ -34,6 +34,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "api_base": ("USAGELEDGER_API_BASE",),
     "api_url": ("USAGELEDGER_API_URL",),
     "api_key": ("USAGELEDGER_API_KEY",),
+    "journal_url": ("USAGELEDGER_JOURNAL_URL",),
     "sheets_enabled": ("GOOGLE_SHEETS_API_ENABLED",),
     "sheets_api_url": ("GOOGLE_SHEETS_API_URL",),
     "sheets_credentials_file": ("GOOGLE_APPLICATION_CREDENTIALS",),
@@ -56,6 +57,9 @@ class TelemetryConfig:
     ndjson_dir: str | None = None
     #: one journal file per destination (default ``<base_dir>/journal``)
     journal_dir: str | None = None
+    #: journals on Redis streams (``redis://host:port/db?stream=NAME``): one stream per
+    #: destination, ``NAME.<destination>``; the files in ``journal_dir`` are their fallback
+    journal_url: str | None = None
     agent_owner: str | None = None
     #: recorded in every run (default: this machine's name)
     host: str | None = None
@@ -188,6 +192,8 @@ def _parse(key: str, value: Any, source: str) -> Any:
         return parse_positive_float(value, bad)
     if key in _PATH_KEYS:
         return parse_path(value, bad)
+    if key == "journal_url":
+        return parse_journal_url(value, bad)
     if key == "sheets_api_url":
         if not isinstance(value, str) or not value.startswith(("http://", "https://")):
             raise bad("an http:// or https:// URL")
