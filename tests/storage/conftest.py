@@ -14,7 +14,7 @@ import pytest
 from usageledger.storage import create_storage
 from usageledger.storage.base import StorageBackend
 
-KINDS = ("memory", "sqlite", "jsonl", "postgres", "redis")
+KINDS = ("memory", "sqlite", "jsonl", "postgres", "redis", "chdb")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,8 @@ def opener(request, tmp_path) -> Iterator[Callable[[], StorageBackend]]:
             store = create_storage(f"sqlite:///{tmp_path}/usage.db")
         elif kind == "jsonl":
             store = create_storage("jsonl", path=tmp_path / "usage.jsonl")
+        elif kind == "chdb":
+            store = create_storage(f"chdb:///{tmp_path}/usage.chdb")
         elif kind == "postgres":
             store = create_storage(request.getfixturevalue("storage_pg_url"))
         else:

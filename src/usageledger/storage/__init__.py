@@ -1,8 +1,9 @@
 """Storage backends for usage records and agent runs, chosen by name or URL.
 
 ``create_storage(kind, **kw)`` where ``kind`` is a name (``memory``, ``sqlite``, ``jsonl``,
-``postgres``, ``redis``) or a URL (``memory://``, ``sqlite:///relative.db``,
-``sqlite:////absolute/path.db``, ``jsonl:///path``, ``postgresql://...``, ``redis://...``).
+``postgres``, ``redis``, ``chdb``, ``clickhouse``) or a URL (``memory://``,
+``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``jsonl:///path``,
+``postgresql://...``, ``redis://...``, ``chdb:///path``, ``clickhouse://user:pass@host:8123/db``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from .base import RUN_RESULTS, RunWrite, StorageBackend
 
 __all__ = ["create_storage", "StorageBackend", "RunWrite", "RUN_RESULTS", "STORAGE_KINDS"]
 
-STORAGE_KINDS = ("memory", "sqlite", "jsonl", "postgres", "redis")
-_URL_SCHEMES = ("memory://", "sqlite:///path", "jsonl:///path", "postgresql://...", "redis://...")
+STORAGE_KINDS = ("memory", "sqlite", "jsonl", "postgres", "redis", "chdb", "clickhouse")
+_URL_SCHEMES = ("memory://", "sqlite:///path", "jsonl:///path", "postgresql://...", "redis://...",
+                "chdb:///path", "clickhouse://...")
 
 
 def _file_path(url: str, scheme: str, kw: dict[str, Any], keys: tuple[str, ...]) -> str | Path:
@@ -49,6 +51,9 @@ def create_storage(kind: str = "memory", **kw: Any) -> StorageBackend:
     - ``jsonl`` (``path=``) / ``jsonl:///path``: :class:`~usageledger.storage.jsonl.JsonlStorage`
     - ``postgres`` (``url=``/``dsn=``) / ``postgresql://...``: :class:`~usageledger.storage.postgres.PostgresStorage`
     - ``redis`` (``url=``) / ``redis://...``: :class:`~usageledger.storage.redis.RedisStorage`
+    - ``chdb`` (``path=``) / ``chdb:///path``, ``clickhouse`` (``url=``) /
+      ``clickhouse://user:pass@host:8123/db`` (``clickhouses://`` for HTTPS):
+      :class:`~usageledger.storage.clickhouse.ClickHouseStorage`
 
     Other keywords go to the backend's constructor. Unknown kinds raise ValueError.
     """
@@ -88,6 +93,20 @@ def create_storage(kind: str = "memory", **kw: Any) -> StorageBackend:
         if lowered != "redis":
             kw["url"] = name
         return RedisStorage(**kw)
+    if lowered == "chdb" or lowered.startswith("chdb://"):
+        from .clickhouse import ClickHouseStorage
+
+        _path_option(name, "chdb", kw, "path", "db_path")
+        return ClickHouseStorage(**kw)
+    if lowered == "clickhouse" or lowered.startswith(("clickhouse://", "clickhouses://")):
+        from .clickhouse import ClickHouseStorage
+
+        if lowered != "clickhouse":
+            kw["url"] = name
+        if not kw.get("url"):
+            raise ValueError("clickhouse storage needs url='clickhouse://user:pass@host:8123/db' "
+                             "(or pass the URL as kind; chdb:///path for the embedded engine)")
+        return ClickHouseStorage(**kw)
     raise ValueError(
         f"unknown storage {kind!r}: use one of {', '.join(STORAGE_KINDS)} "
         f"or a URL ({', '.join(_URL_SCHEMES)})"
