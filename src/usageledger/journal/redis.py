@@ -104,15 +104,11 @@ end
 return out
 """
 
-# KEYS: stream, counters; ARGV: group, entry ids...
+# KEYS: stream, counters; ARGV: group, entry ids... One XACK and one XDEL for the batch:
+# an entry acknowledged elsewhere already is deleted already, XDEL then does nothing
 _ACK = """
-local n = 0
-for i = 2, #ARGV do
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[i]) == 1 then
-    redis.call('XDEL', KEYS[1], ARGV[i])
-    n = n + 1
-  end
-end
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 if n > 0 then redis.call('HINCRBY', KEYS[2], 'delivered', n) end
 return n
 """
