@@ -131,7 +131,7 @@ def _check_range(since: datetime | None, until: datetime | None) -> None:
 # -- opening things --------------------------------------------------------------------------
 
 _LOCK_TIMEOUT = typer.Option(5.0, "--lock-timeout", min=0, help="seconds to wait for a locked journal")
-_DB = typer.Argument(..., help="journal file (the db_path of PersistentDelivery)", show_default=False)
+_DB = typer.Argument(..., help="journal file (the db_path of PersistentDelivery) or redis://host:port/db?stream=NAME", show_default=False)
 _STORAGE = typer.Option(..., "--storage", help="storage URL: sqlite:///path.db, jsonl:///path, postgresql://..., redis://...", show_default=False)
 _SINCE = typer.Option(None, "--since", help="from this date/time (inclusive): 2026-11-01, 2026-11-01T12:00, 7d")
 _UNTIL = typer.Option(None, "--until", help="before this date/time (exclusive)")
@@ -139,9 +139,11 @@ _UNTIL = typer.Option(None, "--until", help="before this date/time (exclusive)")
 
 def _journal(db: str, lock_timeout: float) -> PersistentQueueManager:
     from .delivery import PersistentQueueManager
+    from .journal import is_journal_url
     from .journal.sqlite import check_journal_file
 
-    check_journal_file(db)
+    if not is_journal_url(db):
+        check_journal_file(db)
     return PersistentQueueManager(db, busy_timeout_ms=int(lock_timeout * 1000))
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DeliveryConfig, IniManager
-from .journal import SqliteJournal
+from .journal import SqliteJournal, is_journal_url, open_journal
 from .journal.sqlite import check_journal_file
 from .logs import configure_logging, log_body
 from .pipeline import Pipeline
@@ -136,10 +136,15 @@ class PersistentDelivery:
 
 
 class PersistentQueueManager:
-    """Inspect and repair a journal file: stats, failures, requeue, purge."""
+    """Inspect and repair a journal file (or a ``redis://...?stream=NAME`` journal URL):
+    stats, failures, requeue, purge."""
 
     def __init__(self, db_path: str | Path, *, busy_timeout_ms: int = 10_000,
                  fallback_dir: str | Path | None = None):
+        if is_journal_url(db_path):  # a journal on a Redis stream: the same maintenance
+            self.journal = open_journal(str(db_path))
+            self._fallback_dir = None
+            return
         path = Path(db_path).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"no journal at {path}")
@@ -159,7 +164,8 @@ class PersistentQueueManager:
         # while this file refused writes): the next pipeline on this journal delivers them
         s["fallback_waiting"] = 0
         s["fallback_journals"] = []
-        for fb in open_fallbacks(self.journal.path, self.journal.destination, self._fallback_dir):
+        local = isinstance(self.journal, SqliteJournal)  # a Redis stream's fallbacks are per host
+        for fb in open_fallbacks(self.journal.path, self.journal.destination, self._fallback_dir) if local else []:
             try:
                 fs = fb.stats()
             finally:

@@ -228,3 +228,23 @@ def test_sigkill_of_the_dispatching_producer_loses_nothing(redis_server, tmp_pat
     assert twice <= resent, f"{len(twice - resent)} ids sent again that no dead dispatcher held"
     s = journal.stats()
     assert (s["ready"], s["inflight"]) == (0, 0)
+
+
+def test_dead_letters_are_inspected_and_requeued_by_url(redis_server, capsys, monkeypatch):
+    from usageledger.cli import main
+    from usageledger.delivery import PersistentQueueManager
+
+    url = stream_url(redis_server)
+    j = RedisJournal(url)
+    j.append([("a", "raw", b'{"id":"a","n":1}'), ("b", "raw", b'{"id":"b","n":2}')])
+    j.claim(2, "me")
+    j.dead(["a", "b"], "HTTP 400: bad")
+    m = PersistentQueueManager(url)
+    assert m.stats()["failed"] == 2
+    assert [(f["id"], f["payload"]["n"], f["last_error"]) for f in m.failed()] == [
+        ("a", 1, "HTTP 400: bad"), ("b", 2, "HTTP 400: bad")]
+    monkeypatch.setenv("COLUMNS", "200")
+    capsys.readouterr()
+    assert main(["requeue", url, "a"]) == 0
+    assert j.stats()["dead"] == 1 and [i.id for i in j.claim(5, "me")] == ["a"]
+    assert main(["failed", url]) == 0 and "HTTP 400: bad" in capsys.readouterr().out
