@@ -75,10 +75,13 @@ def test_every_client_selects_the_redis_journal_by_url(redis_server, tmp_path, s
     assert int(r.hget("meter:counters", "delivered")) == 1
     m.close(5)
 
-    tc = TelemetryClient(base_dir=tmp_path / "tel", api_enabled=False,
+    tc = TelemetryClient(base_dir=tmp_path / "tel", api_base=server.url,
                          journal_url=stream_url(redis_server, "tel"))
-    assert {p.journal.location.rsplit("=", 1)[1] for p in tc.pipelines.values()} == {
-        "tel.ndjson", "tel.sqlite"}  # one stream per destination
+    # the collector, shared by every host, on its own stream; the files this host writes
+    # keep local journals (a stream is drained by whichever host holds its lease)
+    assert tc.pipelines["collector"].journal.location.endswith("?stream=tel.collector")
+    assert isinstance(tc.pipelines["ndjson"].journal, SqliteJournal)
+    assert isinstance(tc.pipelines["sqlite"].journal, SqliteJournal)
     tc.close()
 
 

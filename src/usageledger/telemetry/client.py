@@ -57,6 +57,9 @@ from .models import (
 from .ndjson import KIND_EVENT, NdjsonSink, NDJSONWriter
 from .sqlite_writer import DatabaseWriter, SqliteRunSink
 
+#: destinations that write files on this host (never journaled on a shared stream)
+_LOCAL_SINKS = frozenset({"ndjson", "sqlite"})
+
 log = logging.getLogger("usageledger.telemetry")
 
 __all__ = ["TelemetryClient", "RunContext"]
@@ -169,7 +172,10 @@ class TelemetryClient:
         return Pipeline(
             sink,
             journal_path=journal,
-            journal_url=None if c.journal_url is None else journal_stream(c.journal_url, name),
+            # a stream is drained by whichever host holds its lease: only destinations every
+            # host shares (the collector, Sheets) may use one; local files keep local journals
+            journal_url=None if c.journal_url is None or name in _LOCAL_SINKS
+            else journal_stream(c.journal_url, name),
             durability=c.durability,
             flush_interval=c.flush_interval,
             batch_interval=c.batch_interval,

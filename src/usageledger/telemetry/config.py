@@ -57,8 +57,9 @@ class TelemetryConfig:
     ndjson_dir: str | None = None
     #: one journal file per destination (default ``<base_dir>/journal``)
     journal_dir: str | None = None
-    #: journals on Redis streams (``redis://host:port/db?stream=NAME``): one stream per
-    #: destination, ``NAME.<destination>``; the files in ``journal_dir`` are their fallback
+    #: journals on Redis streams (``redis://host:port/db?stream=NAME``) for the destinations
+    #: every host shares (collector, Sheets): one stream each, ``NAME.<destination>``; the
+    #: local-file destinations keep their journals in ``journal_dir``, also the fallback
     journal_url: str | None = None
     agent_owner: str | None = None
     #: recorded in every run (default: this machine's name)
