@@ -94,7 +94,7 @@ def bench_aggregates(n: int, kinds: list[str]) -> None:
             print(f"{kind}: loaded at {loads[kind]:,.0f} records/s", flush=True)
             results[kind] = {name: p50(lambda fn=fn, s=store: fn(s)) for name, fn in ops.items()}
             (total,) = store.aggregate(())
-            checks[kind] = (total["count"], total["cost"], [r["user_id"] for r in top10(store)])
+            checks[kind] = (total["count"], total["cost"], tuple(r["user_id"] for r in top10(store)))
             for name, s in results[kind].items():
                 print(f"  {name}: {fmt(s)}", flush=True)
             store.close()
