@@ -192,8 +192,10 @@ def test_sigkill_of_the_dispatching_producer_loses_nothing(redis_server, tmp_pat
     def spawn(k: int) -> None:
         out = tmp_path / f"acked{k}"
         outs.append(out)
+        # a 3 s lease (renewed every second): a live dispatcher stalled longer than its
+        # lease on a loaded machine is taken over like a dead one, and its claims sent again
         p = start_producer(tmp_path / f"local{k}.db", server.url, out, "--mode", "committed",
-                           "--lease", "1", "--journal-url", url)
+                           "--lease", "3", "--journal-url", url)
         procs[p.pid] = p
 
     for k in range(3):
@@ -209,12 +211,15 @@ def test_sigkill_of_the_dispatching_producer_loses_nothing(redis_server, tmp_pat
         # what the dead dispatcher held: the only ids that may be sent twice
         resent |= {i["id"] for i in journal.items("inflight", 10_000)}
         spawn(k)
-        time.sleep(0.5)
+        time.sleep(1.0)
     server.default = server.ok()
     for p in procs.values():
         p.send_signal(signal.SIGTERM)  # still producing: SIGTERM writes what was accepted
     for p in procs.values():
         assert p.wait(60) == -signal.SIGTERM
+    # a SIGTERMed producer waits exit_timeout (2 s) for its sends, then exits: what it still
+    # held is sent again by the next dispatcher too
+    resent |= {i["id"] for i in journal.items("inflight", 10_000)}
     d = PersistentDelivery(db_path=tmp_path / "drain.db", api_base=server.url, journal_url=url,
                            batch_interval=0.02, lease_s=1.0)
     assert d.flush(60), d.stats()
