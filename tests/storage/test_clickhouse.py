@@ -176,8 +176,9 @@ def test_serve_on_chdb(tmp_path):
         for _ in range(2):  # the same batch twice: the second is all duplicates
             r = httpx.post(c.url + "/api/v1/track", json={"tracked": batch}, timeout=60)
             assert r.status_code == 200, r.text
-        statuses = [x["status"] for x in r.json()["results"]]
-        assert statuses == ["duplicate"] * 300
+        answer = r.json()
+        assert (answer["accepted"], answer["duplicate"]) == (0, 300)
+        assert set(answer["duplicate_ids"]) == {x["id"] for x in batch}
         s = httpx.get(c.url + "/api/v1/summary", params={"group_by": "user_id"}, timeout=30).json()
         assert s["totals"]["count"] == 300
         assert Decimal(s["totals"]["cost"]) == Decimal("0.000300")
