@@ -30,11 +30,11 @@ from fastapi.responses import Response
 from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from ..pricing import price_record
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
 from . import budgets as budget_routes
+from . import prices as price_routes
 from . import schema
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
 from .pages import install_pages
@@ -103,7 +103,8 @@ def create_app(
     ``api_keys``: accepted ``Authorization: Bearer`` keys, compared in constant time. With
     none, only loopback clients are served (403 for others). ``max_body_bytes`` caps every
     request body, before and after gzip decompression (413 beyond). ``price``: records
-    sent without a cost are priced with the offline price tables. ``alert_journal``: the
+    sent without a cost are priced from the prices kept in the storage (``/api/v1/prices``),
+    then the offline price tables. ``alert_journal``: the
     journal file of budget alerts (None: alerts wait in memory only)."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
@@ -120,8 +121,7 @@ def create_app(
     store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
     if not isinstance(store, StorageBackend):
         raise TypeError(f"storage must be a StorageBackend or a storage URL, got {storage!r}")
-    pricer: Callable[[UsageRecord], UsageRecord] | None = (
-        (lambda record: price_record(record, None)) if price else None)
+    pricer: Callable[[UsageRecord], UsageRecord] | None = None
     metrics = Metrics()
     usage_totals = UsageTotals(store)
     signer = SessionSigner(keys)
@@ -212,6 +212,9 @@ def create_app(
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
     budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
     app.state.budgets = budgets
+    price_router, app.state.prices = price_routes.attach(store, authorize, call)
+    if price:  # overrides, then aliases, then the table (usageledger.pricebook)
+        pricer = app.state.prices.price
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -432,6 +435,7 @@ def create_app(
 
     app.include_router(api)
     app.include_router(budget_router)
+    app.include_router(price_router)
 
     # -- service -----------------------------------------------------------------------------
     @app.get("/healthz", summary="Liveness")

@@ -89,25 +89,29 @@ class MemoryBudgets:
 
 
 class SqlBudgets:
-    """Budgets and claims in two tables. A backend supplies ``_budget_sql(sql, params)``:
+    """Budgets and claims in two tables. A backend supplies ``_side_sql(sql, params)``:
     run one statement (written with ``?`` placeholders) in its own transaction and return
-    its rows (none for a statement without result)."""
+    its rows (none for a statement without result). The same hook serves prices
+    (:class:`~usageledger.storage._prices.SqlPrices`); ``_budget_sql`` is its older name."""
 
     supports_budgets = True
     _placeholder = "?"
 
-    def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
+
+    def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        return self._side_sql(sql, params)
 
     def _create_budget_tables(self) -> None:
         for ddl in BUDGET_TABLES:
-            self._budget_sql(ddl, [])
+            self._side_sql(ddl, [])
 
     def _bq(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         if not self.__dict__.get("_budget_tables"):
             self._create_budget_tables()
             self.__dict__["_budget_tables"] = True
-        return self._budget_sql(sql.replace("?", self._placeholder), list(params))
+        return self._side_sql(sql.replace("?", self._placeholder), list(params))
 
     def put_budget(self, name: str, definition: dict[str, Any]) -> None:
         self._bq("INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name) "

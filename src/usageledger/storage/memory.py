@@ -9,6 +9,7 @@ from typing import Any
 
 from ..records import UsageRecord
 from ._budgets import MemoryBudgets
+from ._prices import MemoryPrices
 from .base import (
     _US_PER_HOUR,
     Aggregate,
@@ -29,7 +30,7 @@ from .base import (
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(MemoryBudgets, StorageBackend):
+class MemoryStorage(MemoryBudgets, MemoryPrices, StorageBackend):
     """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
     thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..records import UsageRecord, encode
 from ._budgets import BUDGET_TABLES, SqlBudgets
+from ._prices import PRICE_TABLES, SqlPrices
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -165,7 +166,7 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PostgresStorage(SqlBudgets, StorageBackend):
+class PostgresStorage(SqlBudgets, SqlPrices, StorageBackend):
     """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):
@@ -359,7 +360,7 @@ class PostgresStorage(SqlBudgets, StorageBackend):
 
     _placeholder = "%s"
 
-    def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with self._pool.connection() as conn, conn.transaction():
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
@@ -369,6 +370,12 @@ class PostgresStorage(SqlBudgets, StorageBackend):
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7301460)")
             for ddl in BUDGET_TABLES:
+                conn.execute(ddl)
+
+    def _create_price_tables(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7301460)")
+            for ddl in PRICE_TABLES:
                 conn.execute(ddl)
 
     # -- runs -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import msgspec
 from .._sqlite import connect_wal
 from ..records import UsageRecord
 from ._budgets import SqlBudgets
+from ._prices import SqlPrices
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -172,7 +173,7 @@ def _tag_path(key: str) -> str | None:
     return None if '"' in key else f'$."{key}"'
 
 
-class SQLiteStorage(SqlBudgets, StorageBackend):
+class SQLiteStorage(SqlBudgets, SqlPrices, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
 
@@ -434,7 +435,7 @@ class SQLiteStorage(SqlBudgets, StorageBackend):
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
 
-    def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with self._transaction() as c:
             return c.execute(sql, params).fetchall()
 

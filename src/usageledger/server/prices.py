@@ -1,0 +1,125 @@
+"""The collector's price routes (``/api/v1/prices``), over the prices in its storage.
+
+- ``PUT /prices/{provider}/{model}``: one entry of the model's history (its
+  ``effective_from`` date, or from the beginning); an entry at the same date is replaced;
+- ``DELETE /prices/{provider}/{model}?effective_from=YYYY-MM-DD``: one entry (without the
+  parameter: the entry from the beginning);
+- ``GET /prices/{provider}/{model}``: its history; ``GET /prices``: every entry and alias;
+- ``PUT /prices/aliases/{provider}/{name}`` ``{"model": ...}``; ``DELETE`` the same path.
+
+Bad input answers 400 naming the field. Provider, model and alias names are kept
+lower-cased, as records are matched to them case-insensitively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.params import Depends
+from fastapi.responses import Response
+
+from ..pricebook import PriceBook, PriceInputError, entry_json, parse_price
+from ..storage.base import StorageBackend
+
+__all__ = ["attach"]
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(_encode(obj), status_code=status, media_type="application/json")
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return msgspec.json.decode(raw) if raw.strip() else None
+    except msgspec.DecodeError as exc:
+        raise HTTPException(400, f"body: not JSON: {exc}") from None
+
+
+def attach(store: StorageBackend, authorize: Callable[..., Any],
+           call: Callable[..., Any]) -> tuple[APIRouter, PriceBook]:
+    """The price routes over ``store`` and the :class:`PriceBook` that prices /track."""
+    book = PriceBook(store)
+    router = APIRouter(prefix="/api/v1/prices", dependencies=[Depends(authorize)], tags=["prices"])
+
+    def need() -> None:
+        if not getattr(store, "supports_prices", False):
+            raise HTTPException(501, f"the collector's storage ({type(store).__name__}) does not keep "
+                                     "prices: use sqlite, postgresql or memory")
+
+    def history(provider: str, model: str) -> list[dict[str, Any]]:
+        return [e for e in call(store.list_prices) if (e["provider"], e["model"]) == (provider, model)]
+
+    @router.get("", summary="Every price entry (with its history) and alias")
+    def list_prices() -> Response:
+        need()
+        return _json({"prices": call(store.list_prices), "aliases": call(store.list_aliases)})
+
+    @router.put("/aliases/{provider}/{name}", summary="Map a deployment name or snapshot to a priced model")
+    async def put_alias(provider: str, name: str, request: Request) -> Response:
+        need()
+        body = await _body(request)
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or set(body) != {"model"} or not isinstance(model, str) or not model.strip():
+            raise HTTPException(400, f"the request body: model must be the priced model's name, as "
+                                     f"{{\"model\": \"gpt-4o-2024-08-06\"}}, got {body!r}")
+        p, n, m = provider.lower(), name.lower(), model.strip().lower()
+        await _run(call, store.put_alias, p, n, m)
+        book.refresh()
+        return _json({"provider": p, "name": n, "model": m})
+
+    @router.delete("/aliases/{provider}/{name}", summary="Delete an alias")
+    def delete_alias(provider: str, name: str) -> Response:
+        need()
+        if not call(store.delete_alias, provider.lower(), name.lower()):
+            raise HTTPException(404, f"no alias {provider}/{name}")
+        book.refresh()
+        return _json({"provider": provider.lower(), "name": name.lower(), "deleted": True})
+
+    @router.put("/{provider}/{model}", summary="Add or replace one entry of a model's price history")
+    async def put_price(provider: str, model: str, request: Request) -> Response:
+        need()
+        try:
+            day, entry = parse_price(await _body(request), "the request body")
+        except PriceInputError as exc:
+            raise HTTPException(400, str(exc)) from None
+        p, m = provider.lower(), model.lower()
+        await _run(call, store.put_price, p, m, day, entry_json(entry))
+        book.refresh()
+        return _json({"provider": p, "model": m, "history": history(p, m)})
+
+    @router.get("/{provider}/{model}", summary="A model's price history")
+    def get_price(provider: str, model: str) -> Response:
+        need()
+        p, m = provider.lower(), model.lower()
+        got = history(p, m)
+        if not got:
+            raise HTTPException(404, f"no price entry for {p}/{m}")
+        return _json({"provider": p, "model": m, "history": got})
+
+    @router.delete("/{provider}/{model}", summary="Delete one entry of a model's price history")
+    def delete_price(provider: str, model: str, effective_from: str | None = None) -> Response:
+        need()
+        try:
+            day, _ = parse_price({"input_per_mtok": "0", "output_per_mtok": "0",
+                                  "effective_from": effective_from}, "the query")
+        except PriceInputError as exc:
+            raise HTTPException(400, str(exc)) from None
+        p, m = provider.lower(), model.lower()
+        if not call(store.delete_price, p, m, day):
+            raise HTTPException(404, f"no price entry for {p}/{m} from {day or 'the beginning'}")
+        book.refresh()
+        return _json({"provider": p, "model": m, "effective_from": day or None, "deleted": True})
+
+    return router, book
+
+
+async def _run(call: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(call, fn, *args)
