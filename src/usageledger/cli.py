@@ -574,6 +574,11 @@ def budget_rm(
     _out().print(f"budget {name} deleted")
 
 
+from .cli_prices import prices_app  # noqa: E402 (its commands import helpers defined above)
+
+app.add_typer(prices_app, name="prices")
+
+
 # -- entry points ------------------------------------------------------------------------------
 
 
