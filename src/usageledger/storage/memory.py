@@ -7,6 +7,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
+import msgspec
+
 from ..records import UsageRecord
 from ._budgets import MemoryBudgets
 from ._prices import MemoryPrices
@@ -18,6 +20,7 @@ from .base import (
     RunWrite,
     StorageBackend,
     add_record,
+    add_totals,
     apply_run_write,
     make_filters,
     page_runs,
@@ -72,6 +75,27 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, StorageBackend):
     def save_many(self, records: Iterable[UsageRecord]) -> set[str]:
         with self._lock:
             return {r.id for r in self._add(records)}
+
+    def replace_costs(self, records: Sequence[UsageRecord]) -> int:
+        """Store the cost and currency of ``records`` on the stored records of the same id
+        (the totals follow); returns how many were stored (unknown ids are skipped)."""
+        with self._lock:
+            changed = {r.id: r for r in records if r.id in self._by_id}
+            if not changed:
+                return 0
+            for i, (us, id_, old) in enumerate(self._rows):
+                new = changed.get(id_)
+                if new is None:
+                    continue
+                new = msgspec.structs.replace(old, cost=new.cost, currency=new.currency)
+                t = self._hourly[(us // _US_PER_HOUR, old.provider, old.model)]
+                one = zero_totals()
+                add_record(one, old)
+                add_totals(t, one, -1)
+                add_record(t, new)
+                self._rows[i] = (us, id_, new)
+                self._by_id[id_] = new
+            return len(changed)
 
     def _newest_first(self) -> Iterable[tuple[int, str, UsageRecord]]:
         if not self._sorted:

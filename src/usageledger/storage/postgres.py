@@ -146,6 +146,32 @@ WITH ins AS (
 )
 SELECT id FROM ins"""
 _DAILY_BACKFILL = f"INSERT INTO usage_daily {_DAILY_ROWS.format(src='usage')}"
+# Reprice changes rows' cost in place: their sums leave the rollups (negated), the rows
+# change, their new sums enter; one transaction. Each statement sees the rows as they are
+# when it starts, so the three are separate.
+_REPRICE_TEMP = ("CREATE TEMP TABLE IF NOT EXISTS reprice_in (id TEXT PRIMARY KEY, cost NUMERIC, "
+                 "currency TEXT) ON COMMIT DELETE ROWS")
+_NEG_SUMS = ", ".join(f"-{x}" for x in ["count(*)", *(f"sum({t})" for t in _TOKENS),
+                                         "coalesce(sum(cost), 0)", "(count(*) FILTER (WHERE cost IS NULL))"])
+
+
+def _rollups_of_changed(sums: str) -> str:
+    return f"""
+WITH chg AS (SELECT * FROM usage WHERE id IN (SELECT id FROM reprice_in)), roll AS (
+    INSERT INTO usage_hourly
+    SELECT {_HOUR}, provider, model, {sums} FROM chg GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (hour, provider, model) DO UPDATE SET {_ADD.format(table="usage_hourly")}
+)
+INSERT INTO usage_daily {_DAILY_ROWS.format(src="chg").replace(_SUMS, sums)}"""
+
+
+_REPRICE = [
+    _rollups_of_changed(_NEG_SUMS),
+    "UPDATE usage AS u SET cost = r.cost, currency = r.currency FROM reprice_in AS r WHERE u.id = r.id",
+    _rollups_of_changed(_SUMS),
+    "DELETE FROM usage_hourly WHERE count = 0",
+    "DELETE FROM usage_daily WHERE count = 0",
+]
 #: attempts of a batch that PostgreSQL aborted to break a deadlock (nothing of it is stored)
 _DEADLOCK_ATTEMPTS = 3
 _SELECT = f"SELECT {', '.join(_COLS)} FROM usage"
@@ -243,6 +269,22 @@ class PostgresStorage(SqlBudgets, SqlPrices, StorageBackend):
                         copy.write_row(row)
                 cur.execute(_INSERT)
                 return {r[0] for r in cur.fetchall()}
+
+    def replace_costs(self, records: Sequence[UsageRecord]) -> int:
+        """Store the cost and currency of ``records`` on the stored rows of the same id, the
+        rollups following exactly, in one transaction; returns how many rows changed."""
+        batch = unique_records(records)
+        if not batch:
+            return 0
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(_REPRICE_TEMP)
+            with cur.copy("COPY reprice_in (id, cost, currency) FROM STDIN") as copy:
+                for r in sorted(batch.values(), key=lambda r: r.id):
+                    copy.write_row((r.id, r.cost, r.currency))
+            n = cur.execute("SELECT count(*) FROM usage WHERE id IN (SELECT id FROM reprice_in)").fetchone()[0]
+            for sql in _REPRICE:
+                cur.execute(sql)
+            return n
 
     # -- reads ------------------------------------------------------------------------------
     @staticmethod

@@ -144,6 +144,21 @@ _DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW
     UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM usage AS u, json_each(u.tags) AS t
         WHERE u.rowid > ?1 AND u.tags <> '{{}}'
 ) WHERE true GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
+# Reprice changes a row's cost in place: its old sums leave the rollups (the same statements
+# over the changed ids, negated), then its new ones enter, in one transaction.
+_IDS = "(SELECT id FROM temp.reprice_ids)"
+_NEG_SUMS = (
+    "-COUNT(*), -SUM(input_tokens), -SUM(output_tokens), -SUM(cache_read_tokens), "
+    "-SUM(cache_write_tokens), -SUM(reasoning_tokens), -COALESCE(SUM(cost_nano), 0), "
+    "-SUM(cost IS NOT NULL AND cost_nano IS NULL), -SUM(cost IS NULL)"
+)
+_REPRICE = [
+    sql.replace("u.rowid > ?1", f"u.id IN {_IDS}").replace("rowid > ?1", f"id IN {_IDS}")
+    for sql in (_ROLLUP_NEW.replace(_NEW_SUMS, _NEG_SUMS), _DAILY_NEW.replace(_NEW_SUMS, _NEG_SUMS),
+                "UPDATE usage SET cost = ?2, cost_nano = ?3, currency = ?4 WHERE id = ?1",
+                _ROLLUP_NEW, _DAILY_NEW,
+                "DELETE FROM usage_hourly WHERE count = 0", "DELETE FROM usage_daily WHERE count = 0")
+]
 #: every rowid is above this: the rollups of a whole table (opening a file without them)
 _ALL_ROWS = -(2**63)
 _RUNS = """CREATE TABLE IF NOT EXISTS runs (
@@ -275,6 +290,29 @@ class SQLiteStorage(SqlBudgets, SqlPrices, StorageBackend):
                 c.execute(_ROLLUP_NEW, (top,))
                 c.execute(_DAILY_NEW, (top,))
         return new
+
+    def replace_costs(self, records: Sequence[UsageRecord]) -> int:
+        """Store the cost and currency of ``records`` on the stored rows of the same id, the
+        rollups following exactly, in one transaction; returns how many rows changed."""
+        batch = unique_records(records)
+        if not batch:
+            return 0
+        sub_hourly, sub_daily, update, add_hourly, add_daily, *prune = _REPRICE
+        with self._transaction() as c:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS reprice_ids (id TEXT PRIMARY KEY)")
+            c.execute("DELETE FROM temp.reprice_ids")
+            c.executemany("INSERT INTO temp.reprice_ids SELECT id FROM usage WHERE id = ?",
+                          [(i,) for i in batch])
+            n = c.execute("SELECT COUNT(*) FROM temp.reprice_ids").fetchone()[0]
+            c.execute(sub_hourly)
+            c.execute(sub_daily)
+            c.executemany(update, [(r.id, None if r.cost is None else str(r.cost), cost_nano(r.cost),
+                                    r.currency) for r in batch.values()])
+            c.execute(add_hourly)
+            c.execute(add_daily)
+            for sql in prune:
+                c.execute(sql)
+        return n
 
     # -- reads ------------------------------------------------------------------------------
     @staticmethod
