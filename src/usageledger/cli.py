@@ -574,9 +574,10 @@ def budget_rm(
     _out().print(f"budget {name} deleted")
 
 
-from .cli_prices import prices_app  # noqa: E402 (its commands import helpers defined above)
+from .cli_prices import prices_app, reprice  # noqa: E402 (its commands import helpers defined above)
 
 app.add_typer(prices_app, name="prices")
+app.command()(reprice)
 
 
 # -- entry points ------------------------------------------------------------------------------

@@ -61,9 +61,44 @@ def prices_show(
         out.print(f"  {k:<22} {v}")
 
 
-def _parse_at(value: str) -> datetime:
+def _parse_at(value: str, option: str = "--at") -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"--at must be an ISO 8601 time such as 2025-03-10T12:00:00Z, got {value!r}") from None
+        raise ValueError(f"{option} must be an ISO 8601 time such as 2025-03-10T12:00:00Z, got {value!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def reprice(
+    storage: str = typer.Option(..., "--storage", help="storage URL: sqlite:///path.db, postgresql://...", show_default=False),
+    since: str = typer.Option(None, "--since", help="records from this time (ISO 8601 date or time, UTC)", show_default=False),
+    until: str = typer.Option(None, "--until", help="records before this time (ISO 8601 date or time, UTC)", show_default=False),
+    provider: str = typer.Option(None, "--provider", help="only this provider", show_default=False),
+    model: str = typer.Option(None, "--model", help="only this model", show_default=False),
+    only_unknown: bool = typer.Option(False, "--only-unknown", help="only records without a cost"),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, help="records per transaction"),
+) -> None:
+    """Recompute the cost of stored records from the current prices (overrides, aliases,
+    table), in batches, the summaries following. Safe to stop and run again."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .cli import _err, _out, _storage
+    from .reprice import reprice as run
+
+    start = None if since is None else _parse_at(since, "--since")
+    end = None if until is None else _parse_at(until, "--until")
+    store = _storage(storage, must_exist=True)
+    try:
+        filters = {k: v for k, v in (("since", start), ("until", end), ("provider", provider),
+                                     ("model", model)) if v is not None}
+        total = store.aggregate((), **filters)[0]["count"]
+        with Progress(TextColumn("repricing"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[changed]:,} changed"), TimeElapsedColumn(),
+                      console=_err(), transient=False) as bar:
+            task = bar.add_task("reprice", total=total, changed=0)
+            got = run(store, since=start, until=end, provider=provider, model=model,
+                      only_unknown=only_unknown, batch_size=batch_size,
+                      progress=lambda seen, changed: bar.update(task, completed=seen, changed=changed))
+    finally:
+        store.close()
+    _out().print(f"{got['seen']:,} records read, {got['changed']:,} costs changed")
