@@ -131,3 +131,25 @@ def test_replicas_see_changes_within_the_cache(store):
     assert cached.price(rec).cost == Decimal("3")  # still within its cache
     cached.refresh()
     assert cached.price(rec).cost is None
+
+
+def test_post_reprice_job(client, store):
+    import time
+
+    recs = [record(i, model="late-ft", cost=None, input_tokens=1000 + i, output_tokens=i) for i in range(30)]
+    ids = track(client, *recs)
+    assert all(costs(store)[i][0] is None for i in ids)
+    client.put("/api/v1/prices/openai/late-ft", json={"input_per_mtok": "2", "output_per_mtok": "6"})
+    r = client.post("/api/v1/reprice", json={"model": "late-ft", "only_unknown": True})
+    assert r.status_code == 202, r.text
+    job = r.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (got := client.get(f"/api/v1/reprice/{job}").json())["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (got["status"], got["seen"], got["changed"]) == ("done", 30, 30), got
+    after = costs(store)
+    for rec in recs:
+        assert after[rec["id"]] == ((rec["input_tokens"] * 2 + rec["output_tokens"] * 6) / Decimal(1_000_000), "USD")
+    assert client.post("/api/v1/reprice", json={"since": "yesterday"}).status_code == 400
+    assert "only_unknown" in client.post("/api/v1/reprice", json={"only_unknown": "yes"}).json()["detail"]
+    assert client.get("/api/v1/reprice/nope").status_code == 404

@@ -6,6 +6,9 @@
   parameter: the entry from the beginning);
 - ``GET /prices/{provider}/{model}``: its history; ``GET /prices``: every entry and alias;
 - ``PUT /prices/aliases/{provider}/{name}`` ``{"model": ...}``; ``DELETE`` the same path.
+- ``POST /reprice`` ``{"since", "until", "provider", "model", "only_unknown"}`` (all
+  optional) starts a reprice job in this process (202 with its ``job_id``);
+  ``GET /reprice/{job_id}`` answers its progress.
 
 Bad input answers 400 naming the field. Provider, model and alias names are kept
 lower-cased, as records are matched to them case-insensitively.
@@ -13,7 +16,10 @@ lower-cased, as records are matched to them case-insensitively.
 
 from __future__ import annotations
 
+import threading
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -43,7 +49,9 @@ async def _body(request: Request) -> Any:
 
 def attach(store: StorageBackend, authorize: Callable[..., Any],
            call: Callable[..., Any]) -> tuple[APIRouter, PriceBook]:
-    """The price routes over ``store`` and the :class:`PriceBook` that prices /track."""
+    """The price and reprice routes over ``store`` and the :class:`PriceBook` that prices
+    /track. Reprice jobs run in a thread of this process; their progress is kept in memory
+    (a restart forgets it; running the job again is harmless, as reprice is idempotent)."""
     book = PriceBook(store)
     router = APIRouter(prefix="/api/v1/prices", dependencies=[Depends(authorize)], tags=["prices"])
 
@@ -116,7 +124,84 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
         book.refresh()
         return _json({"provider": p, "model": m, "effective_from": day or None, "deleted": True})
 
-    return router, book
+    reprice_router = APIRouter(prefix="/api/v1/reprice", dependencies=[Depends(authorize)], tags=["prices"])
+    jobs: dict[str, dict[str, Any]] = {}
+    jobs_lock = threading.Lock()
+
+    @reprice_router.post("", summary="Start recomputing stored costs from the current prices", status_code=202)
+    async def start_reprice(request: Request) -> Response:
+        from ..reprice import reprice, supports_reprice
+
+        if not supports_reprice(store):
+            raise HTTPException(501, f"the collector's storage ({type(store).__name__}) cannot reprice: "
+                                     "use sqlite, postgresql or memory")
+        body = await _body(request) or {}
+        options = _reprice_options(body)
+        job_id = uuid.uuid4().hex
+        job: dict[str, Any] = {"job_id": job_id, "status": "running", "seen": 0, "changed": 0,
+                               "options": body, "error": None}
+        with jobs_lock:
+            jobs[job_id] = job
+
+        def progress(seen: int, changed: int) -> None:
+            job.update(seen=seen, changed=changed)
+
+        def run() -> None:
+            try:
+                job.update(reprice(store, book=PriceBook(store), progress=progress, **options), status="done")
+            except Exception as exc:  # the job's answer carries it
+                job.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            book.refresh()
+
+        threading.Thread(target=run, name=f"reprice-{job_id[:8]}", daemon=True).start()
+        return _json(dict(job), 202)
+
+    @reprice_router.get("/{job_id}", summary="A reprice job's progress")
+    def reprice_job(job_id: str) -> Response:
+        with jobs_lock:
+            job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no reprice job {job_id!r} in this collector process")
+        return _json(dict(job))
+
+    both = APIRouter()
+    both.include_router(router)
+    both.include_router(reprice_router)
+    return both, book
+
+
+def _reprice_options(body: Any) -> dict[str, Any]:
+    """Keyword arguments of :func:`usageledger.reprice.reprice` from a request body (400
+    naming the field)."""
+    if not isinstance(body, dict):
+        raise HTTPException(400, f"the request body must be a JSON object, got {body!r}")
+    unknown = set(body) - {"since", "until", "provider", "model", "only_unknown"}
+    if unknown:
+        raise HTTPException(400, f"the request body has unknown field(s) {sorted(unknown)}; use "
+                                 "since, until, provider, model, only_unknown")
+    out: dict[str, Any] = {}
+    for k in ("since", "until"):
+        v = body.get(k)
+        if v is None:
+            continue
+        try:
+            t = datetime.fromisoformat(v.replace("Z", "+00:00")) if isinstance(v, str) else None
+        except ValueError:
+            t = None
+        if t is None:
+            raise HTTPException(400, f"the request body: {k} must be an ISO 8601 time, got {v!r}")
+        out[k] = t if t.tzinfo else t.replace(tzinfo=UTC)
+    for k in ("provider", "model"):
+        v = body.get(k)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise HTTPException(400, f"the request body: {k} must be a non-empty string, got {v!r}")
+        if v is not None:
+            out[k] = v
+    only = body.get("only_unknown", False)
+    if not isinstance(only, bool):
+        raise HTTPException(400, f"the request body: only_unknown must be true or false, got {only!r}")
+    out["only_unknown"] = only
+    return out
 
 
 async def _run(call: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> Any:
