@@ -43,6 +43,24 @@ def summaries(store):
     return {g: store.aggregate(g) for g in GROUPINGS}
 
 
+def assert_same_budgets(store, fresh, currencies):
+    """Budgets' spend follows a reprice: the same status as over a fresh ingest."""
+    from usageledger.budgets import Budgets
+
+    for cur in currencies:
+        for name, scope in (("all", {}), ("u1", {"user_id": "u1"}), ("team-a", {"tags": {"team": "a"}})):
+            body = {"scope": scope, "limit": "100", "period": "total", "currency": cur}
+            Budgets(store).put(name, body)
+            Budgets(fresh).put(name, body)
+            got, want = Budgets(store).status(name), Budgets(fresh).status(name)
+            # equal amounts (SQL backends and memory may write one amount with other trailing zeros)
+            for d in (got, want):
+                for k in ("spent", "remaining"):
+                    d[k] = Decimal(d[k])
+            assert got == want, (name, cur)
+            assert Decimal(got["spent"]) > 0, (name, cur)
+
+
 def test_reprice_unknown_then_all_equals_fresh_ingest(store, tmp_path):
     recs = records()
     store.save_many(recs)  # my-ft and other-ft have no price yet: cost unknown
@@ -72,6 +90,7 @@ def test_reprice_unknown_then_all_equals_fresh_ingest(store, tmp_path):
     fresh = create_storage("memory")
     fresh.save_many(list(after.values()))
     assert summaries(store) == summaries(fresh)
+    assert_same_budgets(store, fresh, currencies=("USD", "EUR"))
     # idempotent: a second run changes nothing
     assert reprice(store, only_unknown=True) == {"seen": 120, "changed": 0}
 
@@ -90,3 +109,4 @@ def test_reprice_unknown_then_all_equals_fresh_ingest(store, tmp_path):
     fresh2 = create_storage("memory")
     fresh2.save_many(list(final.values()))
     assert summaries(store) == summaries(fresh2)
+    assert_same_budgets(store, fresh2, currencies=("USD",))
