@@ -544,6 +544,8 @@ MAX_BODY_ENV = "USAGELEDGER_SERVER_MAX_BODY_BYTES"
 ALERT_JOURNAL_ENV = "USAGELEDGER_SERVER_ALERT_JOURNAL"
 #: stores that several processes can share: one file with a writer lock, or a server
 _SHARED_STORES = ("sqlite", "postgres", "postgresql", "redis", "rediss")
+#: seconds a worker may take to answer its supervisor's health check
+WORKER_HEALTHCHECK_S = 60
 
 
 def serve(
@@ -601,8 +603,13 @@ def serve(
     os.environ[MAX_BODY_ENV] = str(max_body_bytes)
     os.environ[API_KEYS_ENV] = ",".join(api_keys or ())
     os.environ[ALERT_JOURNAL_ENV] = "" if alert_journal is None else os.fspath(alert_journal)
+    # the supervisor pings each worker every 0.5 s and kills one that does not answer in
+    # time; a worker answers only once its interpreter has started, which took over
+    # uvicorn's default 5 s on a loaded 2-core machine (the worker was killed and
+    # restarted before serving): a worker is given a minute
     uvicorn.run("usageledger.server.app:app_from_env", factory=True, workers=workers,
-                host=host, port=port, log_level=log_level, access_log=False)
+                host=host, port=port, log_level=log_level, access_log=False,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
 
 
 def app_from_env() -> FastAPI:
