@@ -187,8 +187,7 @@ def create_app(
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     # -- auth --------------------------------------------------------------------------------
-    # async: a plain def dependency would cost every request a hop through the threadpool
-    async def authorize(request: Request) -> None:
+    def authorize(request: Request) -> None:
         if not keys:
             client = request.client
             if not _is_loopback(client.host if client else None):
@@ -209,7 +208,11 @@ def create_app(
                 401, "missing or invalid API key: send Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": "Bearer"})
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    async def authorized(request: Request) -> None:
+        # the API's dependency: a plain def one costs every request a threadpool hop
+        authorize(request)
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
     budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
     app.state.budgets = budgets
 
