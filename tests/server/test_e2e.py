@@ -184,30 +184,34 @@ def test_serve_with_two_workers_on_sqlite_stores_each_id_once(tmp_path):
     time). Overlapping batches posted on several connections at once: between them the
     workers accept each id exactly once, and the totals are exact."""
     calls = _calls(3000)
-    with Collector(f"sqlite:///{tmp_path}/w.db", workers=2, log_path=tmp_path / "w.log") as col:
-        assert len(col.worker_pids()) == 2
-        answers: list[tuple[list[str], dict]] = []
-        errors: list[BaseException] = []
+    col = Collector(f"sqlite:///{tmp_path}/w.db", workers=2, log_path=tmp_path / "w.log")
+    col.start(timeout=120)  # two fresh interpreters on a loaded machine
+    try:
+            assert len(col.worker_pids()) == 2
+            answers: list[tuple[list[str], dict]] = []
+            errors: list[BaseException] = []
 
-        def post(start: int) -> None:
-            try:
-                with httpx.Client(timeout=120) as http:
-                    for i in range(start, start + 2000, 250):
-                        chunk = calls[i % 3000:i % 3000 + 250]
-                        resp = http.post(col.url + "/api/v1/track", json={"tracked": chunk})
-                        answers.append(([c["id"] for c in chunk], resp.json()))
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            def post(start: int) -> None:
+                try:
+                    with httpx.Client(timeout=120) as http:
+                        for i in range(start, start + 2000, 250):
+                            chunk = calls[i % 3000:i % 3000 + 250]
+                            resp = http.post(col.url + "/api/v1/track", json={"tracked": chunk})
+                            answers.append(([c["id"] for c in chunk], resp.json()))
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
 
-        threads = [threading.Thread(target=post, args=(s,)) for s in (0, 1000, 2000, 500)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
-        accepted = [i for ids, ans in answers for i in ids if i not in set(ans["duplicate_ids"])]
-        assert sorted(accepted) == sorted(c["id"] for c in calls)
-        summary = httpx.get(col.url + "/api/v1/summary", params={"group_by": "user_id"}).json()
-        assert summary["totals"]["count"] == 3000
-        assert Decimal(summary["totals"]["cost"]) == Decimal("0.003")
-        assert sum(g["count"] for g in summary["groups"]) == 3000
+            threads = [threading.Thread(target=post, args=(s,)) for s in (0, 1000, 2000, 500)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors, errors
+            accepted = [i for ids, ans in answers for i in ids if i not in set(ans["duplicate_ids"])]
+            assert sorted(accepted) == sorted(c["id"] for c in calls)
+            summary = httpx.get(col.url + "/api/v1/summary", params={"group_by": "user_id"}).json()
+            assert summary["totals"]["count"] == 3000
+            assert Decimal(summary["totals"]["cost"]) == Decimal("0.003")
+            assert sum(g["count"] for g in summary["groups"]) == 3000
+    finally:
+        col.stop()

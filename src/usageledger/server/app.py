@@ -187,8 +187,7 @@ def create_app(
             raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     # -- auth --------------------------------------------------------------------------------
-    # async: a plain def dependency would cost every request a hop through the threadpool
-    async def authorize(request: Request) -> None:
+    def authorize(request: Request) -> None:
         if not keys:
             client = request.client
             if not _is_loopback(client.host if client else None):
@@ -209,7 +208,11 @@ def create_app(
                 401, "missing or invalid API key: send Authorization: Bearer <key>",
                 headers={"WWW-Authenticate": "Bearer"})
 
-    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    async def authorized(request: Request) -> None:
+        # the API's dependency: a plain def one costs every request a threadpool hop
+        authorize(request)
+
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
     budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
     app.state.budgets = budgets
     price_router, app.state.prices = price_routes.attach(store, authorize, call)
@@ -548,6 +551,8 @@ MAX_BODY_ENV = "USAGELEDGER_SERVER_MAX_BODY_BYTES"
 ALERT_JOURNAL_ENV = "USAGELEDGER_SERVER_ALERT_JOURNAL"
 #: stores that several processes can share: one file with a writer lock, or a server
 _SHARED_STORES = ("sqlite", "postgres", "postgresql", "redis", "rediss")
+#: seconds a worker may take to answer its supervisor's health check
+WORKER_HEALTHCHECK_S = 60
 
 
 def serve(
@@ -605,8 +610,13 @@ def serve(
     os.environ[MAX_BODY_ENV] = str(max_body_bytes)
     os.environ[API_KEYS_ENV] = ",".join(api_keys or ())
     os.environ[ALERT_JOURNAL_ENV] = "" if alert_journal is None else os.fspath(alert_journal)
+    # the supervisor pings each worker every 0.5 s and kills one that does not answer in
+    # time; a worker answers only once its interpreter has started, which took over
+    # uvicorn's default 5 s on a loaded 2-core machine (the worker was killed and
+    # restarted before serving): a worker is given a minute
     uvicorn.run("usageledger.server.app:app_from_env", factory=True, workers=workers,
-                host=host, port=port, log_level=log_level, access_log=False)
+                host=host, port=port, log_level=log_level, access_log=False,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
 
 
 def app_from_env() -> FastAPI:
