@@ -342,9 +342,11 @@ class SqliteJournal(Journal):
                     n = c.execute(
                         f"UPDATE items SET state=0, owner=NULL{undo} WHERE state=1 AND owner=?", (row[0],)
                     ).rowcount
-                    if n:
-                        why = "its process died" if dead else "its lease expired"
-                        log.warning("dispatcher %s %s: %d in-flight items returned to ready", row[0], why, n)
+                    if n and dead:
+                        log.warning("lease of %s taken over before it expired: its process died; %d"
+                                    " in-flight items returned to ready (their attempt not counted)", row[0], n)
+                    elif n:
+                        log.warning("lease of %s expired: %d in-flight items returned to ready", row[0], n)
                 if row is None:
                     # no lease row: whoever held claims before is gone (e.g. lease released)
                     c.execute(
