@@ -176,7 +176,8 @@ class SqliteJournal(Journal):
                 raise JournalDestinationError(
                     f"journal {self.path} belongs to {row[0]}, not to {destination}: records of one"
                     " destination would be delivered to the other. Give this pipeline its own"
-                    " journal (journal_path= / db_path=)"
+                    f" journal (journal_path= / db_path=), or, if {row[0]} is gone for good,"
+                    f" deliver or purge what waits in {self.path} and remove it"
                 )
             return destination
 
