@@ -11,6 +11,7 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -307,6 +308,7 @@ def _before_fork() -> None:
     # pause our own threads at a safe point: the writer between commits, the dispatcher
     # between settlements, and no thread inside SQLite (the fork gate); the hot path is
     # untouched (buffered enqueue takes none of these locks)
+    _register_multiprocessing_finalizer()
     deadline = time.monotonic() + FORK_WAIT_S
     for p in list(_live):
         for lock in (p.recorder._write_lock, p.dispatcher._settle_lock):
@@ -349,9 +351,11 @@ _mp_child = _MultiprocessingChild()
 
 
 def _register_multiprocessing_finalizer() -> None:
-    import multiprocessing.util as mp_util
-
-    mp_util.register_after_fork(_mp_child, _MultiprocessingChild.after_fork)
+    # only where multiprocessing is in use (it is imported before it forks): an application
+    # that never imports it pays nothing, and one where it cannot be imported still works
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.register_after_fork(_mp_child, _MultiprocessingChild.after_fork)  # idempotent
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -382,7 +386,6 @@ def _install_process_hooks() -> None:
         os.register_at_fork(
             before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
         )
-        _register_multiprocessing_finalizer()
         if threading.current_thread() is threading.main_thread():
             try:
                 _previous_sigterm = signal.getsignal(signal.SIGTERM)

@@ -176,7 +176,8 @@ class SqliteJournal(Journal):
                 raise JournalDestinationError(
                     f"journal {self.path} belongs to {row[0]}, not to {destination}: records of one"
                     " destination would be delivered to the other. Give this pipeline its own"
-                    " journal (journal_path= / db_path=)"
+                    f" journal (journal_path= / db_path=), or, if {row[0]} is gone for good,"
+                    f" deliver or purge what waits in {self.path} and remove it"
                 )
             return destination
 
@@ -342,9 +343,11 @@ class SqliteJournal(Journal):
                     n = c.execute(
                         f"UPDATE items SET state=0, owner=NULL{undo} WHERE state=1 AND owner=?", (row[0],)
                     ).rowcount
-                    if n:
-                        why = "its process died" if dead else "its lease expired"
-                        log.warning("dispatcher %s %s: %d in-flight items returned to ready", row[0], why, n)
+                    if n and dead:
+                        log.warning("lease of %s taken over before it expired: its process died; %d"
+                                    " in-flight items returned to ready (their attempt not counted)", row[0], n)
+                    elif n:
+                        log.warning("lease of %s expired: %d in-flight items returned to ready", row[0], n)
                 if row is None:
                     # no lease row: whoever held claims before is gone (e.g. lease released)
                     c.execute(
