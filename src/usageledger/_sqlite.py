@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["connect_wal", "ForkGate", "fork_gate"]
@@ -19,9 +20,10 @@ def connect_wal(
     synchronous: str = "NORMAL",
     schema: str | None = None,
     pragmas: tuple[str, ...] = (),
+    migrate: Callable[[sqlite3.Connection], None] | None = None,
 ) -> sqlite3.Connection:
     """A connection (autocommit, usable from any thread) to ``path`` in WAL mode, with
-    ``schema`` applied. A new file is created 0600 first: usage data can name customers.
+    ``schema`` applied, then ``migrate(conn)``. A new file is created 0600 first: usage data can name customers.
 
     When several processes open a new file at once, switching it to WAL and the first
     ``CREATE TABLE`` can answer "database is locked" at once, without waiting for the busy
@@ -43,6 +45,8 @@ def connect_wal(
                     conn.execute(f"PRAGMA {pragma}")
                 if schema:
                     conn.executescript(schema)
+                if migrate is not None:
+                    migrate(conn)
                 return conn
             except sqlite3.OperationalError as exc:
                 busy = "locked" in str(exc) or "busy" in str(exc)

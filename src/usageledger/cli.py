@@ -342,6 +342,45 @@ def purge(
     print(f"purged {n:,} {name} item{'s' if n != 1 else ''}; {in_state - n:,} {name} left")
 
 
+@app.command()
+def salvage(
+    db: str = typer.Argument(..., metavar="FILE", help="the journal file to check and salvage", show_default=False),
+) -> None:
+    """Check a journal; when it is damaged, move it aside and put every readable record
+    into a new journal at the same path, to be delivered again."""
+    import logging
+
+    from .journal.base import JournalError
+    from .journal.sqlite import SqliteJournal
+
+    p = Path(db).expanduser()
+    if not p.exists():
+        raise JournalError(f"no journal at {p}: the file does not exist")
+    if p.is_dir():
+        raise JournalError(f"{p} is a directory, not a journal file")
+    quiet = logging.getLogger("usageledger.journal")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # this command reports the salvage itself, below
+    try:
+        journal = SqliteJournal(p)
+    finally:
+        quiet.setLevel(level)
+    try:
+        done = journal.salvaged
+        ready = journal.stats()["ready"]
+    finally:
+        journal.close()
+    if done is None:
+        print(f"{p}: no damage found; nothing to do ({ready:,} ready)")
+        return
+    print(f"{p} was damaged: {' '.join(done['reason'].split())}")
+    print(f"moved it aside to {done['from']}")
+    print(f"salvaged {done['items']:,} record{'s' if done['items'] != 1 else ''}"
+          f" and {done['dead']:,} dead-lettered into a new journal at {p}")
+    for problem in done["problems"]:
+        print(f"  {problem}")
+
+
 # -- storage commands --------------------------------------------------------------------------
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import logging
+import operator
 import os
 import threading
 import time
@@ -135,6 +137,7 @@ class Recorder:
         self.journals: list[Journal] = [self._open_primary()]
         self.journals.extend(self._existing_fallbacks())
         self._reset_state()
+        self._rescue_read_only(self.journals[0])
 
     # -- set-up ---------------------------------------------------------------------------
     def _open_primary(self) -> Journal:
@@ -232,6 +235,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._active = 0  # index in self.journals taking writes
         self._primary_failed_at = 0.0
+        self._primary_ok = True  # the primary took the last write tried on it
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
@@ -351,7 +355,10 @@ class Recorder:
                 self._transit = n  # before popping: `pending` must never dip below the truth
                 first = self._taken + 1
                 self._taken += n
-                if not self._write([self._buf.popleft() for _ in range(n)]) and self._sync:
+                # n pops in one C loop: the writer shares the GIL with the application, so
+                # its per-record work stays out of bytecode (see _encode_all)
+                batch = list(map(operator.call, itertools.repeat(self._buf.popleft, n)))
+                if not self._write(batch) and self._sync:
                     self._refused.append((first, first + n - 1, self.last_error or "refused"))
             elif self._held:
                 self._write([])
@@ -370,7 +377,7 @@ class Recorder:
 
     def _write_items(self, items: list[tuple]) -> bool:
         """True when the rows are stored in a journal (False: held, dropped or refused)."""
-        rows = [r for r in (self._encode(i) for i in items) if r is not None]
+        rows = self._encode_all(items)
         if self._held:
             self._transit += len(self._held)
             rows = [*self._held, *rows]
@@ -395,6 +402,24 @@ class Recorder:
                 lost, len(self._held),
             )
         return False
+
+    def _encode_all(self, items: list[tuple]) -> list[tuple]:
+        """``(id, kind, bytes)`` rows for ``items``, with no bytecode per record when the
+        batch is all bytes (PersistentDelivery encodes on the caller's thread) or all
+        objects that encode (each record's bytecode is time the application's threads,
+        which share the GIL with this one, wait for)."""
+        if not items:
+            return []
+        ids, kinds, objs = zip(*items, strict=True)
+        types = set(map(type, objs))
+        if types == {bytes}:
+            return items
+        if bytes not in types:
+            try:
+                return list(zip(ids, kinds, map(encode, objs), strict=True))
+            except Exception:  # one bad record: find it, one at a time
+                pass
+        return [r for r in map(self._encode, items) if r is not None]
 
     def _encode(self, item: tuple) -> tuple[str, str, bytes] | None:
         id_, kind, obj = item
@@ -450,11 +475,43 @@ class Recorder:
                 log.error("journal %s refused %d records: %s", self.journals[i].location, len(rows), exc)
                 if i == 0:
                     self._primary_failed_at = time.monotonic()
+                    self._primary_ok = False
                 i += 1
                 continue
+            if i == 0:
+                self._primary_ok = True
             if i != self._active:
                 self._active = i
+            if i > 0:
+                self._rescue_read_only(self.journals[0])
             return True
+
+    def _rescue_read_only(self, journal: Journal) -> None:
+        """A journal that refuses writes cannot claim, so its items would never leave:
+        copy them into the fallback journal and deliver them from there (the copy in the
+        read-only file is not counted as pending; any record delivered twice is dropped by
+        the collector, by id)."""
+        if not getattr(journal, "read_only", False):
+            return
+        self._primary_ok = False
+        if len(self.journals) == 1:
+            fallback = self._open_fallback()
+            if fallback is None:
+                return
+            self.journals.append(fallback)
+            self._active = 1
+        try:
+            items, upto = journal.copy_out()  # type: ignore[attr-defined]
+            for start in range(0, len(items), _CHUNK):
+                self.journals[1].append(items[start:start + _CHUNK])
+        except Exception as exc:  # stays read-only and uncopied: tried again on the next refusal
+            log.error("copying the items of read-only journal %s into %s failed: %s",
+                      journal.location, self.journals[1].location, exc)
+            return
+        journal.mark_copied(upto)  # type: ignore[attr-defined]
+        if items:
+            log.error("copied %d records from read-only journal %s into %s, to be delivered from there",
+                      len(items), journal.location, self.journals[1].location)
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -492,7 +549,9 @@ class Recorder:
             "write_errors": self.write_errors,
             "caller_runs": self.caller_runs,
             "journal": self.journals[self._active].location if self.journals else None,
-            "fallback_active": self._active != 0,
+            # true while writes go to a fallback, and while the primary refuses them (between
+            # two tries of the primary, the next write would go to the fallback again)
+            "fallback_active": self._active != 0 or not self._primary_ok,
             # where accepted records are now: "journal" (the primary file), "fallback", or
             # "memory" (no journal on disk takes them: lost if the process dies)
             "tier": self._tier(),

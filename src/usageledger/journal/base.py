@@ -8,6 +8,11 @@ Items are ``(id, kind, data, attempts)``; the journal never parses ``data``. One
 dispatcher at a time holds the lease of a journal (across processes). When a new
 holder takes a lease whose previous holder let it expire, the in-flight items of that
 holder return to ready; rows held by a live lease holder are never reset.
+
+Beyond the contract, a journal may expose ``read_only`` (True while its storage refuses
+writes) with ``copy_out() -> (items, mark)`` and ``mark_copied(mark)``: the recorder then
+copies the items into its fallback journal, to be delivered from there. SqliteJournal
+does; a journal without them is never treated as read-only.
 """
 
 from __future__ import annotations

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import itertools
 import logging
+import operator
 import os
+import random
+import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from .._sqlite import connect_wal, fork_gate
 from .base import (
@@ -43,7 +50,8 @@ CREATE TABLE IF NOT EXISTS items (
     not_before REAL NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     last_error TEXT,
-    owner TEXT
+    owner TEXT,
+    claim INTEGER
 );
 CREATE TABLE IF NOT EXISTS dead (
     id TEXT NOT NULL,
@@ -64,10 +72,122 @@ _LEASE = "dispatcher"
 #: key/value facts about the journal; ``destination`` names where its records go
 _META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
+# Every write of the delivery path is ONE statement (see append()): append, ack, retry
+# and dead are INSERTs into views whose INSTEAD OF triggers do the work, atomically, in C.
+# The partial index finds the rows of one claim; rows enter it only when claimed, so
+# appends do not pay for it.
+# Payloads live in their own table keyed by the item's rowid (rows appended by earlier
+# versions keep theirs in items.data): claims and retries rewrite only the small item
+# rows, not pages of payload, so an outage of retries writes little WAL.
+_OPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payloads (rowid INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS items_claim ON items(claim) WHERE claim IS NOT NULL;
+CREATE VIEW IF NOT EXISTS op_append(ids, kinds, kind_width, spans, blob, created)
+    AS SELECT NULL, NULL, NULL, NULL, NULL, NULL;
+CREATE TRIGGER IF NOT EXISTS op_append_do INSTEAD OF INSERT ON op_append BEGIN
+    INSERT INTO items(id, kind, data, created)
+        SELECT value, rtrim(CAST(substr(new.kinds, key * new.kind_width + 1, new.kind_width) AS TEXT)),
+               x'', new.created
+        FROM json_each(new.ids);
+    -- new rowids are max(rowid)+1 in turn, so the batch ends at max(rowid)
+    INSERT OR REPLACE INTO payloads(rowid, data)
+        SELECT (SELECT max(rowid) - json_array_length(new.ids) + 1 FROM items) + key,
+               substr(new.blob, CAST(substr(new.spans, key * 24 + 1, 12) AS INTEGER),
+                      CAST(substr(new.spans, key * 24 + 13, 12) AS INTEGER))
+        FROM json_each(new.ids);
+END;
+CREATE VIEW IF NOT EXISTS op_ack(rowids) AS SELECT NULL;
+CREATE TRIGGER IF NOT EXISTS op_ack_do INSTEAD OF INSERT ON op_ack BEGIN
+    DELETE FROM payloads WHERE rowid IN (SELECT rowid FROM items
+        WHERE rowid IN (SELECT value FROM json_each(new.rowids)) AND state=1);
+    DELETE FROM items WHERE rowid IN (SELECT value FROM json_each(new.rowids)) AND state=1;
+    UPDATE counters SET value=value+changes() WHERE name='delivered';
+END;
+CREATE VIEW IF NOT EXISTS op_retry(rowids, not_before, error) AS SELECT NULL, NULL, NULL;
+CREATE TRIGGER IF NOT EXISTS op_retry_do INSTEAD OF INSERT ON op_retry BEGIN
+    UPDATE items SET state=0, owner=NULL, claim=NULL, not_before=new.not_before, last_error=new.error
+        WHERE rowid IN (SELECT value FROM json_each(new.rowids)) AND state=1;
+    UPDATE counters SET value=value+changes() WHERE name='retried';
+END;
+CREATE VIEW IF NOT EXISTS op_dead(rowids, error, died) AS SELECT NULL, NULL, NULL;
+CREATE TRIGGER IF NOT EXISTS op_dead_do INSTEAD OF INSERT ON op_dead BEGIN
+    INSERT INTO dead(id, kind, data, attempts, created, last_error, died)
+        SELECT id, kind, coalesce(p.data, items.data), attempts, created, new.error, new.died
+        FROM items LEFT JOIN payloads p ON p.rowid = items.rowid
+        WHERE items.rowid IN (SELECT value FROM json_each(new.rowids)) AND state=1 ORDER BY items.rowid;
+    DELETE FROM payloads WHERE rowid IN (SELECT rowid FROM items
+        WHERE rowid IN (SELECT value FROM json_each(new.rowids)) AND state=1);
+    DELETE FROM items WHERE rowid IN (SELECT value FROM json_each(new.rowids)) AND state=1;
+END;
+"""
+
+#: after a checkpoint the WAL file is cut back to this size: a burst (or an outage of
+#: retries) does not hold its disk space for good
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: space set aside next to each journal and given back when the disk fills, so that the
+#: checkpoint and the deletes that free space can still run (capped at 1/16 of the disk)
+RESERVE_BYTES = 1024 * 1024
+_RESERVE_RETRY_S = 5.0
+
+_APPEND = "INSERT INTO op_append(ids, kinds, kind_width, spans, blob, created) VALUES (?, ?, ?, ?, ?, ?)"
+#: an item's payload, wherever it is stored (rows of earlier versions: in items.data)
+_DATA = "coalesce(p.data, items.data)"
+_FROM_ITEMS = "items LEFT JOIN payloads p ON p.rowid = items.rowid"
+_CLAIM = (
+    "UPDATE items SET state=?, owner=?, claim=?, attempts=attempts+1 WHERE rowid IN ("
+    " SELECT rowid FROM items WHERE state=? AND not_before<=? ORDER BY rowid LIMIT ?)"
+)
+# one row for the whole claim: the metadata as a JSON array, the payloads concatenated
+# in the same (aggregate) order, cut apart by their lengths
+_CLAIMED = (
+    f"SELECT json_group_array(json_array(items.rowid, id, kind, attempts, length({_DATA}))),"
+    f" CAST(group_concat({_DATA}, '') AS BLOB) FROM {_FROM_ITEMS}"
+    " WHERE claim=? AND state=1 AND owner=?"
+)
+_json_encode = msgspec.json.Encoder().encode
+_SPAN = "{:012d}{:012d}"
+_ROWID, _ID = operator.itemgetter(0), operator.itemgetter(1)
+_ITEM_FIELDS = operator.itemgetter(1, 2, 3, 4)  # (rowid, id, kind, data, attempts) -> item
+_new_item = functools.partial(tuple.__new__, JournalItem)  # no bytecode per item
+
+
+def _json_text(obj: Any) -> str:
+    # JSON goes to SQLite as TEXT: from SQLite 3.45 a BLOB argument is read as JSONB
+    return _json_encode(obj).decode()
+
+_json_decode = msgspec.json.decode
+
+
+def _schema_objects(script: str) -> set[str]:
+    return set(re.findall(r"CREATE (?:TABLE|INDEX|VIEW|TRIGGER) IF NOT EXISTS (\w+)", script))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring a journal made by an older version up to this one:
+    nothing to do (one read) when every object exists. Otherwise one transaction: run
+    as one statement per transaction, the schema wrote ~40 WAL frames, more than a small
+    disk that a journal could still use has room for."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    if _ALL_OBJECTS <= have:
+        return
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(items)")}  # none: a new file
+    alter = "ALTER TABLE items ADD COLUMN claim INTEGER;" if cols and "claim" not in cols else ""
+    try:  # executescript commits any open transaction first: BEGIN goes in the script
+        conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}{alter}{_OPS_SCHEMA}COMMIT;")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if alter and "duplicate column" in str(exc):  # another process migrated first
+            return _migrate(conn)
+        raise
+
+
+_ALL_OBJECTS = _schema_objects(_SCHEMA) | _schema_objects(_OPS_SCHEMA)
+
 #: what items(), retrying() and recent_dead() return per row; dead rows have no backoff
 #: and no owner
 _ITEM_KEYS = ("id", "kind", "data", "attempts", "created", "not_before", "last_error", "owner")
-_ITEM_COLS = ", ".join(_ITEM_KEYS)
+_ITEM_COLS = ", ".join(_ITEM_KEYS).replace("data", _DATA)
 _DEAD_COLS = "id, kind, data, attempts, created, 0, last_error, NULL"
 
 
@@ -96,31 +216,92 @@ class SqliteJournal(Journal):
         # table needs no index on id (one btree less on the append path)
         self._claims: dict[str, list[int]] = {}
         self._claims_lock = threading.Lock()
+        # settle writes (ack/retry/dead) that failed, e.g. on a full disk: replayed before
+        # the next operation, so claimed rows never stay in flight for a live holder
+        self._unsettled: list[tuple[str, tuple]] = []
+        self._reserve = Path(f"{self.path}-reserve")
+        self._reserve_due: float | None = 0.0  # when to (re)make the reserve; None: in place
+        self._gen = 0  # bumped when the file is replaced: connections to the old one go
+        self._salvage_lock = threading.RLock()
+        #: what was salvaged when a damaged file was replaced (None: never)
+        self.salvaged: dict[str, Any] | None = None
+        #: the file refuses writes (immutable, read-only mount): claims return nothing,
+        #: and the recorder copies the items into a writable fallback journal
+        self.read_only = False
+        self._copied_upto = 0  # items up to this rowid were copied into another journal
+        self._probe_due = 0.0
         self._open_checked()
+        self._probe_writable()
         #: where this journal's records go (recorded in its meta table; None: unknown)
         self.destination = self._claim_destination(destination)
+        self._keep_reserve()
 
     # -- connections -------------------------------------------------------------------
     def _open_checked(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with fork_gate:  # every SQLite call of the journal runs inside the fork gate
+            self._open_checked_ungated()
+
+    def _open_checked_ungated(self) -> None:
         try:
-            with fork_gate:
-                self._conn()
+            conn = self._conn()
+            # a cheap full read at open: a damaged page is found now, not by a claim that
+            # then fails forever
+            problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
                 raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error(
-                "journal %s is not a usable database (%s); moved it aside to %s and started a fresh journal",
-                self.path, exc, aside,
-            )
+            self._replace_corrupt(str(exc), self._gen)
+            return
+        if problems != ["ok"]:
+            self._replace_corrupt("; ".join(problems), self._gen)
+
+    def _replace_corrupt(self, reason: str, seen_gen: int) -> None:
+        """Move the damaged file aside, start a new journal at the same path and put every
+        record that can still be read from the old one into it (to be delivered again:
+        the collector drops any copy it already stored, by id). ``seen_gen``: the file
+        the error came from; another thread may have replaced it already."""
+        with fork_gate, self._salvage_lock:
+            if seen_gen != self._gen:
+                return
+            self._gen += 1  # every thread's connection to the old file is dropped
             self._local = threading.local()
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
-            with fork_gate:
-                self._conn()
+            log.error("journal %s is damaged (%s); moved it aside to %s and started a new journal at %s",
+                      self.path, reason, aside, self.path)
+            with self._claims_lock:
+                self._claims.clear()  # rowids of the old file
+                self._unsettled.clear()
+            self._conn()
+            self.salvaged = self._salvage_from(aside) | {"reason": reason}
+
+    def _salvage_from(self, aside: Path) -> dict[str, Any]:
+        from .salvage import read_salvage
+
+        try:
+            found = read_salvage(aside)
+        except Exception as exc:  # salvage is best effort; the new journal works anyway
+            log.error("nothing could be salvaged from %s: %s", aside, exc)
+            return {"from": str(aside), "items": 0, "dead": 0, "lost": None, "problems": [str(exc)]}
+        conn = self._conn()
+        for start in range(0, len(found.items), 5000):
+            self._write(_APPEND, self._append_params(found.items[start:start + 5000]))
+        if found.dead:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO dead(id, kind, data, attempts, created, last_error, died) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                found.dead)
+            conn.execute("COMMIT")
+        report = {"from": str(aside), "items": len(found.items), "dead": len(found.dead),
+                  "lost": found.lost, "header_rebuilt": found.header_rebuilt, "problems": found.problems}
+        log.error("salvaged %d records (and %d dead-lettered) from %s into %s; %s",
+                  len(found.items), len(found.dead), aside, self.path,
+                  "; ".join(found.problems) or "nothing else was damaged")
+        return report
 
     def _conn(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -129,12 +310,29 @@ class SqliteJournal(Journal):
             self._pid = os.getpid()
             self._claims = {}
             self._claims_lock = threading.Lock()
-        conn = getattr(self._local, "conn", None)
+            self._salvage_lock = threading.RLock()
+            self._unsettled = []
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None and local.gen != self._gen:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()  # this thread's handle on a file that was moved aside
+            conn = None
         if conn is None:
             conn = connect_wal(self.path, busy_timeout_ms=self.busy_timeout_ms,
-                               synchronous="FULL" if self.fsync else "NORMAL", schema=_SCHEMA)
-            self._local.conn = conn
+                               synchronous="FULL" if self.fsync else "NORMAL",
+                               pragmas=(f"journal_size_limit={WAL_SIZE_LIMIT}",), migrate=_migrate)
+            local.conn, local.gen = conn, self._gen
         return conn
+
+    def _failed(self, exc: sqlite3.Error) -> JournalError:
+        """The JournalError for ``exc``; a damaged file is moved aside and salvaged first."""
+        if isinstance(exc, sqlite3.DatabaseError) and _is_corruption(exc):
+            try:
+                self._replace_corrupt(str(exc), getattr(self._local, "gen", self._gen))
+            except Exception as again:  # noqa: BLE001 - reported with the original error
+                log.error("journal %s is damaged and could not be replaced: %s", self.path, again)
+        return JournalError(f"journal {self.path}: {exc}")
 
     @contextlib.contextmanager
     def _tx(self, immediate: bool = True):
@@ -155,11 +353,18 @@ class SqliteJournal(Journal):
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise JournalError(f"journal {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
 
     def _claim_destination(self, destination: str | None) -> str | None:
         """Record ``destination`` in a journal that has none (a new journal, or one made
         before journals recorded it: adopted), or check it against the recorded one."""
+        if self.read_only and destination is not None:
+            # a file that refuses writes cannot record one: check what it holds, if anything
+            recorded = self._claim_destination(None)
+            if recorded is not None and recorded != destination:
+                raise JournalDestinationError(
+                    f"journal {self.path} belongs to {recorded}, not to {destination}")
+            return destination
         if destination is None:  # only look: tools inspecting a journal change nothing
             has_meta = self._read("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
             if not has_meta:
@@ -185,68 +390,114 @@ class SqliteJournal(Journal):
     def append(self, items: list[tuple[str, str, bytes]]) -> None:
         if not items:
             return
-        # the batch's time as a literal: executemany then takes the caller's tuples as-is
-        sql = f"INSERT INTO items(id, kind, data, created) VALUES (?, ?, ?, {time.time():.6f})"
-        with self._tx() as c:
-            c.executemany(sql, items)
+        # One statement for the whole batch: sqlite3 releases and retakes the GIL around
+        # every step, and executemany steps once per row, so with one CPU-bound thread in
+        # the application each row could wait out a switch interval (a 5,000-row append
+        # took seconds).
+        params = self._append_params(items)
+        gen = self._gen
+        try:
+            self._write(_APPEND, params)
+        except JournalError:
+            if gen == self._gen:
+                raise
+            self._write(_APPEND, params)  # the file was damaged and replaced: into the new one
+
+    @staticmethod
+    def _append_params(items: list[tuple[str, str, bytes]]) -> tuple:
+        """The batch as six parameters, built with C loops only (no bytecode per row):
+        the ids as a JSON array of strings (json_each hands each one over without parsing
+        again), the kinds padded to one width, each payload's offset and length in the
+        blob as 12 digits each, and the payloads as one blob cut with substr() in SQL
+        (this SQLite may predate unhex()). Kinds and spans go as BLOBs: substr() of a
+        blob indexes bytes, of a text counts characters from the start (O(n) per row)."""
+        ids, kinds, datas = zip(*items, strict=True)
+        kinds_b = list(map(str.encode, kinds))
+        width = max(map(len, set(kinds_b)))
+        lens = list(map(len, datas))
+        spans = "".join(map(_SPAN.format, itertools.accumulate(lens, initial=1), lens)).encode()
+        kinds_blob = b"".join(map(bytes.ljust, kinds_b, itertools.repeat(width)))
+        return _json_text(ids), kinds_blob, width, spans, b"".join(datas), time.time()
 
     def claim(self, n: int, owner: str) -> list[JournalItem]:
-        with self._tx() as c:
-            rows = c.execute(
-                "UPDATE items SET state=?, owner=?, attempts=attempts+1 WHERE rowid IN ("
-                " SELECT rowid FROM items WHERE state=? AND not_before<=?"
-                " ORDER BY rowid LIMIT ?)"
-                " RETURNING rowid, id, kind, data, attempts",
-                (INFLIGHT, owner, READY, time.time(), n),
-            ).fetchall()
-        rows.sort()  # RETURNING order is unspecified; keep oldest first
+        # two statements, no explicit transaction (each is atomic on its own): mark the
+        # rows with a claim token, then read them back as ONE aggregated row, so the cost
+        # in GIL hand-overs does not grow with the batch
+        if self.read_only and not self._writable_again():
+            return []  # its items were copied into a writable journal and go from there
+        self._replay()
+        token = random.getrandbits(62)
+        self._write(_CLAIM, (INFLIGHT, owner, token, READY, time.time(), n))
+        meta, blob = self._read(_CLAIMED, (token, owner))[0]
+        rows = _json_decode(meta) if meta else []
+        if not rows:
+            return []
+        # C loops only from here (the dispatcher shares the GIL with the application):
+        # cut the payloads in aggregate order, then sort by rowid (aggregate order is
+        # unspecified; claims go oldest first)
+        rowids, ids, kinds, attempts, lens = zip(*rows, strict=True)
+        blob = blob or b""
+        cuts = map(slice, itertools.accumulate(lens, initial=0), itertools.accumulate(lens))
+        out = sorted(zip(rowids, ids, kinds, map(blob.__getitem__, cuts), attempts, strict=True))
+        rowids, ids = list(map(_ROWID, out)), list(map(_ID, out))
         with self._claims_lock:
-            for rowid, id_, *_ in rows:
-                self._claims.setdefault(id_, []).append(rowid)
-        return [JournalItem(r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+            if len(set(ids)) == len(ids) and self._claims.keys().isdisjoint(ids):
+                self._claims.update(zip(ids, map(list, zip(rowids, strict=True)), strict=True))
+            else:  # an id twice in the journal: keep every rowid under it
+                for rowid, id_ in zip(rowids, ids, strict=True):
+                    self._claims.setdefault(id_, []).append(rowid)
+        return list(map(_new_item, map(_ITEM_FIELDS, out)))
 
-    def _take_rowids(self, ids: list[str]) -> list[tuple[int]]:
-        out: list[tuple[int]] = []
+    def _take_rowids(self, ids: list[str]) -> str:
+        out: list[int] = []
         with self._claims_lock:
             for id_ in ids:
-                for rowid in self._claims.pop(id_, ()):
-                    out.append((rowid,))
-        return out
+                out.extend(self._claims.pop(id_, ()))
+        return _json_text(out) if out else ""
 
     def ack(self, ids: list[str]) -> None:
         rowids = self._take_rowids(ids)
-        if not rowids:
-            return
-        with self._tx() as c:
-            c.executemany("DELETE FROM items WHERE rowid=? AND state=1", rowids)
-            c.execute("UPDATE counters SET value=value+? WHERE name='delivered'", (len(rowids),))
+        if rowids:
+            self._settle("INSERT INTO op_ack(rowids) VALUES (?)", (rowids,))
 
     def retry(self, ids: list[str], error: str, not_before: float) -> None:
         rowids = self._take_rowids(ids)
-        if not rowids:
-            return
-        with self._tx() as c:
-            c.executemany(
-                "UPDATE items SET state=0, owner=NULL, not_before=?, last_error=? WHERE rowid=? AND state=1",
-                [(not_before, error, r) for (r,) in rowids],
-            )
-            c.execute("UPDATE counters SET value=value+? WHERE name='retried'", (len(rowids),))
+        if rowids:
+            self._settle("INSERT INTO op_retry(rowids, not_before, error) VALUES (?, ?, ?)",
+                         (rowids, not_before, error))
 
     def dead(self, ids: list[str], error: str) -> None:
         rowids = self._take_rowids(ids)
-        if not rowids:
-            return
-        now = time.time()
-        with self._tx() as c:
-            c.executemany(
-                "INSERT INTO dead(id, kind, data, attempts, created, last_error, died)"
-                " SELECT id, kind, data, attempts, created, ?, ? FROM items WHERE rowid=? AND state=1",
-                [(error, now, r) for (r,) in rowids],
-            )
-            c.executemany("DELETE FROM items WHERE rowid=? AND state=1", rowids)
+        if rowids:
+            self._settle("INSERT INTO op_dead(rowids, error, died) VALUES (?, ?, ?)",
+                         (rowids, error, time.time()))
+
+    def _settle(self, sql: str, params: tuple) -> None:
+        """Settle claimed rows; when the journal cannot write now (a full disk), keep the
+        write and replay it before the next operation instead of raising: the rows stay
+        in flight meanwhile, and are settled as soon as a write succeeds."""
+        with self._claims_lock:
+            self._unsettled.append((sql, params))
+        try:
+            self._replay()
+        except JournalError as exc:
+            log.warning("journal %s: %d settle writes wait for the journal to accept writes again: %s",
+                        self.path, len(self._unsettled), exc)
+
+    def _replay(self) -> None:
+        while True:
+            with self._claims_lock:
+                if not self._unsettled:
+                    return
+                sql, params = self._unsettled[0]
+            self._write(sql, params)
+            with self._claims_lock:
+                if self._unsettled and self._unsettled[0] == (sql, params):
+                    self._unsettled.pop(0)
 
     def requeue(self, ids: list[str] | None = None) -> int:
         where = "" if ids is None else " WHERE id=?"
+        # requeued rows keep their payload in items.data, as rows of earlier versions do
         move = f"INSERT INTO items(id, kind, data, created) SELECT id, kind, data, created FROM dead{where} ORDER BY rowid"
         with self._tx() as c:
             if ids is None:
@@ -265,7 +516,18 @@ class SqliteJournal(Journal):
             cond += " AND created<?"
             params.append(older_than)
         with self._tx() as c:
-            return c.execute(f"DELETE FROM {table} WHERE {cond}", params).rowcount
+            n = c.execute(f"DELETE FROM {table} WHERE {cond}", params).rowcount
+            if table == "items" and n:
+                c.execute("DELETE FROM payloads WHERE rowid NOT IN (SELECT rowid FROM items)")
+        if n >= 1000:  # a big delete: give the WAL it wrote back to the disk now
+            self.checkpoint()
+        return n
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and cut the WAL file to zero bytes (best effort:
+        a reader in another process can hold it back)."""
+        with fork_gate, contextlib.suppress(sqlite3.Error):
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def items(self, state: str | int, limit: int = 100) -> list[dict[str, Any]]:
         code = state_code(state)
@@ -273,7 +535,7 @@ class SqliteJournal(Journal):
             rows = self._read(f"SELECT {_DEAD_COLS} FROM dead ORDER BY rowid LIMIT ?", (limit,))
         else:
             rows = self._read(
-                f"SELECT {_ITEM_COLS} FROM items WHERE state=? ORDER BY not_before, rowid LIMIT ?",
+                f"SELECT {_ITEM_COLS} FROM {_FROM_ITEMS} WHERE state=? ORDER BY not_before, items.rowid LIMIT ?",
                 (code, limit),
             )
         return _dicts(rows)
@@ -281,8 +543,8 @@ class SqliteJournal(Journal):
     def retrying(self, limit: int = 10) -> tuple[int, list[dict[str, Any]]]:
         n = self._read("SELECT count(*) FROM items WHERE state=0 AND not_before>0")[0][0]
         rows = self._read(
-            f"SELECT {_ITEM_COLS} FROM items WHERE state=0 AND not_before>0"
-            " ORDER BY not_before, rowid LIMIT ?",
+            f"SELECT {_ITEM_COLS} FROM {_FROM_ITEMS} WHERE state=0 AND not_before>0"
+            " ORDER BY not_before, items.rowid LIMIT ?",
             (limit,),
         )
         return n, _dicts(rows)
@@ -292,16 +554,19 @@ class SqliteJournal(Journal):
         return _dicts(rows, (*_ITEM_KEYS, "died"))
 
     def has_pending(self) -> bool:
-        return bool(self._read("SELECT EXISTS(SELECT 1 FROM items)")[0][0])
+        # items copied into another journal (this one is read-only) are pending there
+        return bool(self._read("SELECT EXISTS(SELECT 1 FROM items WHERE rowid > ?)", (self._copied_upto,))[0][0])
 
     def stats(self) -> dict[str, Any]:
         # one read transaction: a snapshot, so an ack between two reads cannot make the
         # counts disagree (an item both in flight and delivered, or in neither)
         with self._tx(immediate=False) as c:
-            counts = dict(c.execute("SELECT state, count(*) FROM items GROUP BY state").fetchall())
+            counts = dict(c.execute("SELECT state, count(*) FROM items WHERE rowid > ? GROUP BY state",
+                                    (self._copied_upto,)).fetchall())
             counts[DEAD] = c.execute("SELECT count(*) FROM dead").fetchone()[0]
             counters = dict(c.execute("SELECT name, value FROM counters").fetchall())
-            oldest = c.execute("SELECT min(created) FROM items WHERE state=0").fetchone()[0]
+            oldest = c.execute("SELECT min(created) FROM items WHERE state=0 AND rowid > ?",
+                               (self._copied_upto,)).fetchone()[0]
             nxt = c.execute("SELECT min(not_before) FROM items WHERE state=0 AND not_before>0").fetchone()[0]
             lease = c.execute("SELECT holder, expires FROM lease WHERE name=?", (_LEASE,)).fetchall()
         return {
@@ -321,7 +586,135 @@ class SqliteJournal(Journal):
             with fork_gate:
                 return self._conn().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise JournalError(f"journal {self.path}: {exc}") from exc
+            raise self._failed(exc) from exc
+
+    def _write(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        """One statement in autocommit: atomic on its own (triggers included), and a
+        write statement takes the write lock up front, waiting out busy_timeout. On a
+        full disk: free the reserve, checkpoint and truncate the WAL, try once more."""
+        try:
+            with fork_gate:
+                return self._write_ungated(sql, params)
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
+
+    def _write_ungated(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        try:
+            cur = self._conn().execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if _is_read_only(exc):
+                self._now_read_only(exc)
+            if not _is_full(exc) or not self._make_room():
+                raise
+            cur = self._conn().execute(sql, params)
+        if self._reserve_due is not None and time.monotonic() >= self._reserve_due:
+            self._keep_reserve()
+        return cur
+
+    # -- read-only files --------------------------------------------------------------------
+    def _probe_writable(self) -> bool:
+        """A write that changes nothing: does the file take writes (now)?"""
+        try:
+            with fork_gate:
+                self._conn().execute("UPDATE counters SET value=value WHERE name='retried'")
+        except sqlite3.OperationalError as exc:
+            if _is_read_only(exc):
+                self._now_read_only(exc)
+                return False
+            return True  # another refusal (a full disk...): handled where it happens
+        except sqlite3.Error:
+            return True
+        if self.read_only:
+            self.read_only = False
+            log.warning("journal %s takes writes again", self.path)
+            self._forget_copied()
+        return True
+
+    def _writable_again(self) -> bool:
+        if time.monotonic() < self._probe_due:
+            return False
+        self._probe_due = time.monotonic() + _RESERVE_RETRY_S
+        return self._probe_writable()
+
+    def _now_read_only(self, exc: sqlite3.Error) -> None:
+        if not self.read_only:
+            log.error("journal %s refuses writes (%s): its items will be delivered from a copy"
+                      " in the fallback journal", self.path, exc)
+        self.read_only = True
+        self._probe_due = time.monotonic() + _RESERVE_RETRY_S
+
+    def copy_out(self) -> tuple[list[tuple[str, str, bytes]], int]:
+        """The items not copied yet (ready or in flight), oldest first, and the rowid to
+        pass to :meth:`mark_copied` once they are stored elsewhere. Reads only."""
+        rows = self._read(f"SELECT items.rowid, id, kind, {_DATA} FROM {_FROM_ITEMS}"
+                          " WHERE items.rowid > ? ORDER BY items.rowid", (self._copied_upto,))
+        upto = rows[-1][0] if rows else self._copied_upto
+        return [(r[1], r[2], bytes(r[3])) for r in rows], upto
+
+    def mark_copied(self, upto: int) -> None:
+        """Items up to rowid ``upto`` are stored in another journal: this one no longer
+        counts them as pending, and deletes them once it takes writes again."""
+        self._copied_upto = max(self._copied_upto, upto)
+
+    def _forget_copied(self) -> None:
+        if not self._copied_upto:
+            return
+        upto, self._copied_upto = self._copied_upto, 0
+        try:
+            with self._tx() as c:
+                c.execute("DELETE FROM payloads WHERE rowid <= ?", (upto,))
+                n = c.execute("DELETE FROM items WHERE rowid <= ?", (upto,)).rowcount
+        except JournalError as exc:
+            self._copied_upto = upto
+            log.warning("journal %s: the copied items could not be removed yet: %s", self.path, exc)
+            return
+        log.warning("journal %s: removed %d items that were delivered from their copy", self.path, n)
+
+    # -- full disks ------------------------------------------------------------------------
+    def _make_room(self) -> bool:
+        """The disk is full: give back the reserve file (space set aside at open for this
+        moment), then copy the WAL into the database and cut the WAL to nothing, so the
+        writes that free space (ack, retry, dead) can run. True when anything was freed."""
+        freed = False
+        try:
+            self._reserve.unlink()
+            freed = True
+            log.warning("journal %s: disk full; released the %s reserve to keep delivering",
+                        self.path, self._reserve)
+        except FileNotFoundError:
+            pass
+        self._reserve_due = time.monotonic() + _RESERVE_RETRY_S  # put it back once space returns
+        try:
+            row = self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            freed = freed or (row is not None and row[0] == 0)
+        except sqlite3.Error as exc:
+            log.warning("journal %s: checkpoint on a full disk failed: %s", self.path, exc)
+        return freed
+
+    def _keep_reserve(self) -> None:
+        """Set aside RESERVE_BYTES next to the journal while the disk has room for it
+        (looked at again every few seconds while it cannot be made)."""
+        self._reserve_due = None
+        if self._reserve.exists():
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            size = min(RESERVE_BYTES, st.f_blocks * st.f_frsize // 16)
+            if st.f_bavail * st.f_frsize < 4 * size:
+                self._reserve_due = time.monotonic() + _RESERVE_RETRY_S  # not yet
+                return
+            fd = os.open(self._reserve, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, b"\0" * size)  # real blocks, not a sparse hole
+            finally:
+                os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+            self._reserve_due = time.monotonic() + _RESERVE_RETRY_S
+            log.debug("journal %s: no reserve file (%s)", self.path, exc)
 
     def acquire(self, holder: str, lease_s: float) -> bool:
         # the timed lease (a row with an expiry) decides between live holders, a hung one
@@ -491,6 +884,17 @@ def check_journal_file(path: str | os.PathLike[str]) -> None:
             f"{p} is an SQLite database but not a usageledger journal"
             f" (no table {', '.join(sorted(missing))})"
         )
+
+
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    """The file refuses writes: opened read-only (immutable, read-only mount), or made so
+    while open, which SQLite reports as an I/O error (the kernel answers EPERM/EROFS)."""
+    msg = str(exc).lower()
+    return "readonly" in msg or "read-only" in msg or "disk i/o error" in msg
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc).lower()
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
