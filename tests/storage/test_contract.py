@@ -247,7 +247,8 @@ def test_day_and_hour_are_utc_for_aware_and_naive_timestamps(store):
 
 
 def test_decimal_cost_is_exact(store):
-    costs = ["0.1", "0.2", "0.000000000001", "1e-15", "12345678901234.123456789", "0.3"]
+    # (costs above 10^9 are refused by make_usage_record, as by the collector)
+    costs = ["0.1", "0.2", "0.000000000001", "1e-15", "123456789.123456789", "0.3"]
     records = [rec(i, cost=c) for i, c in enumerate(costs)] + [rec(9)]
     store.save_many(records)
     total = sum(Decimal(c) for c in costs)

@@ -38,6 +38,7 @@ from . import budgets as budget_routes
 from . import prices as price_routes
 from . import schema
 from .headers import SecurityHeadersMiddleware
+from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
 from .pages import install_pages
 from .session import COOKIE_NAME, SessionSigner
@@ -58,8 +59,6 @@ log = logging.getLogger("usageledger.server")
 
 #: the largest request body, compressed or not (the client's default batch cap is 4 MiB)
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-#: comma-separated bearer keys, read by ``serve`` when no ``api_keys`` are given
-API_KEYS_ENV = "USAGELEDGER_SERVER_API_KEYS"
 #: the largest page of /usage and /runs
 MAX_PAGE = 1000
 MAX_OFFSET = 10**9
@@ -618,8 +617,7 @@ def serve(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if not api_keys:
-        env = os.environ.get(API_KEYS_ENV, "")
-        api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
+        api_keys = keys_from_env() or None
     if workers > 1:
         scheme = storage.partition(":")[0].lower() if isinstance(storage, str) else ""
         if scheme not in _SHARED_STORES:
@@ -635,7 +633,7 @@ def serve(
     if not api_keys:
         log.warning(
             "NO API KEY CONFIGURED: this collector serves ONLY loopback clients (127.0.0.1, ::1) "
-            "and answers 403 to everyone else. Start it with --api-key KEY (or set %s) "
+            "and answers 403 to everyone else. Start it with --api-key-file PATH (or set %s) "
             "before exposing it%s.", API_KEYS_ENV,
             f" (it listens on {host})" if not _is_loopback_host(host) else "",
         )
