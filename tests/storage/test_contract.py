@@ -367,3 +367,12 @@ def test_concurrent_overlapping_batches_store_each_id_once(store):
     (row,) = store.aggregate(())
     assert row["count"] == len(records) and row["cost"] == Decimal("4.000")
     assert sum(g["count"] for g in store.aggregate(("hour", "model"))) == len(records)
+
+
+@pytest.mark.parametrize("key", ["a\\b", "back\\\\slash\\", 'quo"te', "dot.ted", "br[0]ack", "$", "*"])
+def test_any_tag_key_can_be_filtered_and_grouped(store, key):
+    store.save_many([rec(0, tags={key: "x"}), rec(1, tags={key: "y", "other": "x"}), rec(2, tags={"other": "x"})])
+    (hit,) = store.query(tags={key: "x"})
+    assert hit.tags == {key: "x"}
+    groups = {g[f"tag:{key}"]: g["count"] for g in store.aggregate((f"tag:{key}",))}
+    assert groups == {"x": 1, "y": 1, None: 1}
