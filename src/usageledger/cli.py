@@ -40,16 +40,26 @@ def serve(
     storage: str = typer.Option("sqlite:///usageledger.db", help="storage URL: sqlite:///path, postgresql://..., memory://"),
     host: str = typer.Option("127.0.0.1", help="interface to bind"),
     port: int = typer.Option(8765, help="port to listen on"),
-    api_key: list[str] = typer.Option(None, "--api-key", help="accepted bearer key (repeatable); none: loopback only"),
+    api_key: list[str] = typer.Option(None, "--api-key", help="accepted bearer key (repeatable; other local users can see it in the process list: prefer --api-key-file); none: loopback only"),
+    api_key_file: list[Path] = typer.Option(None, "--api-key-file", help="file of accepted bearer keys, one per line (repeatable; keep it chmod 600)"),
     alert_journal: str = typer.Option(None, "--alert-journal", help="journal of budget alerts (default: beside a sqlite store, else in the user data dir)", show_default=False),
     workers: int = typer.Option(1, "--workers", min=1, help="processes serving the port (sqlite, postgresql or redis storage)"),
 ) -> None:
     """Run the collector service. SIGTERM (and Ctrl-C) stop it cleanly: requests under
-    way finish, the storage is closed, the exit status is 0."""
+    way finish, the storage is closed, the exit status is 0. Keys come from
+    --api-key-file, --api-key, or else the comma-separated USAGELEDGER_SERVER_API_KEYS;
+    with none, only loopback clients are served."""
     from .server.app import serve as run
+    from .server.keys import read_key_file
 
+    keys = list(api_key or ())
+    for path in api_key_file or ():
+        try:
+            keys += read_key_file(path)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--api-key-file") from None
     with _exit_cleanly_on_sigterm():
-        run(storage, host=host, port=port, api_keys=api_key or None, alert_journal=alert_journal,
+        run(storage, host=host, port=port, api_keys=keys or None, alert_journal=alert_journal,
             workers=workers)
 
 

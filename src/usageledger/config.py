@@ -14,6 +14,8 @@ from typing import Any
 
 import platformdirs
 
+from .redact import REDACTED, redact_url
+
 __all__ = ["DeliveryConfig", "IniManager", "ConfigError", "ENV_PREFIX", "DURABILITIES"]
 
 ENV_PREFIX = "USAGELEDGER_"
@@ -110,6 +112,18 @@ class DeliveryConfig:
     compress: str | None = "gzip"
     #: where each value came from: "argument", "INI file PATH [tracker]", "environment NAME", "default"
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        # the key never, and a URL's credentials never, in tracebacks, logs or a REPL
+        shown = []
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if name == "api_key" and value is not None:
+                value = REDACTED
+            elif name == "api_base":
+                value = redact_url(value)
+            shown.append(f"{name}={value!r}")
+        return f"DeliveryConfig({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         for f in _FIELDS.values():
@@ -230,7 +244,10 @@ def parse_journal_url(value: Any, bad: Callable[[str], ConfigError]) -> str | No
 
 def _parse(key: str, value: Any, source: str) -> Any:
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{key}={value!r} (from {source}) must be {expected}")
+        if key == "api_key":  # say what is wrong without showing the key
+            return ConfigError(f"api_key (a {type(value).__name__}, from {source}) must be {expected}")
+        shown = redact_url(value) if key == "api_base" and isinstance(value, str) else value
+        return ConfigError(f"{key}={shown!r} (from {source}) must be {expected}")
 
     if key in _POSITIVE_FLOATS:
         return parse_positive_float(value, bad)

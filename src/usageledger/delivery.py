@@ -12,7 +12,7 @@ from typing import Any
 from .config import DeliveryConfig, IniManager
 from .journal import SqliteJournal, is_journal_url, open_journal
 from .journal.sqlite import check_journal_file
-from .logs import configure_logging, log_body
+from .logs import OWNER, configure_logging, log_body, new_owner, release_logging
 from .pipeline import Pipeline
 from .recorder import open_fallbacks
 from .records import KIND_RAW, encode_json_object, new_id
@@ -56,7 +56,9 @@ class PersistentDelivery:
         elif overrides:
             config = DeliveryConfig.resolve(base=config, **overrides)
         self.config = config
-        configure_logging(config.log_file, config.log_level)
+        # this instance's threads are named after it: its records go to its own log file
+        self._name = new_owner("usageledger-delivery")
+        configure_logging(config.log_file, config.log_level, owner=self._name)
         self.sink = sink if sink is not None else HttpSink(
             config.api_base,
             config.api_url,
@@ -83,7 +85,7 @@ class PersistentDelivery:
             lease_s=lease_s,
             fallback_dir=fallback_dir,
             exit_timeout=exit_timeout,
-            name="usageledger-delivery",
+            name=self._name,
         )
         self._submit = self._pipeline.submit
         self._warn_dead()
@@ -98,7 +100,7 @@ class PersistentDelivery:
             log.warning(
                 "%d failed deliveries wait in %s: see them with `usageledger failed %s` "
                 "and requeue them with `usageledger requeue %s --all`",
-                dead, where, where, where,
+                dead, where, where, where, extra={OWNER: self._name},
             )
 
     def enqueue(self, payload: dict[str, Any]) -> str:
@@ -124,7 +126,10 @@ class PersistentDelivery:
 
     def stop(self, timeout: float | None = None) -> bool:
         """Flush (deliver until ``timeout``) and close. Undelivered items stay queued."""
-        return self._pipeline.stop(timeout)
+        try:
+            return self._pipeline.stop(timeout)
+        finally:
+            release_logging(self._name)
 
     close = stop
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 
+from .limits import short
 from .records import UsageRecord, check_cost
 
 __all__ = ["calculate_cost", "price_record", "check_prices", "Rates", "PRICE_KEYS"]
@@ -117,6 +118,9 @@ def check_prices(prices: Mapping[str, Mapping[str, Any]] | None) -> Mapping[str,
 
 _cache: dict[tuple[str | None, str], Any] = {}  # -> Rates | ModelInfo (time-dependent) | None
 _warned: set[tuple[str | None, str]] = set()
+#: distinct unknown models warned about by name; past this, one last warning says so (a
+#: collector receiving made-up model names must not grow this set or its log forever)
+_MAX_WARNED = 1000
 _lock = threading.Lock()
 _UNKNOWN = None
 
@@ -197,16 +201,20 @@ def _lookup(provider: str | None, model: str) -> Any:
 
 def _warn_unknown(provider: str | None, model: str) -> None:
     key = (provider, model)
-    if key in _warned:
+    if key in _warned or len(_warned) > _MAX_WARNED:
         return
     with _lock:
-        if key in _warned:
+        if key in _warned or len(_warned) > _MAX_WARNED:
             return
         _warned.add(key)
+    if len(_warned) > _MAX_WARNED:
+        log.warning("no price known for more than %d models: no more warnings about unknown models", _MAX_WARNED)
+        return
+    # short(): escaped (a newline in a model name cannot start a forged log line) and cut
     log.warning(
-        "no price known for model %r (provider %r): its cost is recorded as unknown; "
-        "pass prices={%r: {'input': ..., 'output': ...}} to price it",
-        model, provider, model,
+        "no price known for model %s (provider %s): its cost is recorded as unknown; "
+        "pass prices={%s: {'input': ..., 'output': ...}} to price it",
+        short(model), short(provider), short(model),
     )
 
 

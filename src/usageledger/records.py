@@ -18,6 +18,18 @@ from typing import Any
 import msgspec
 import uuid_utils
 
+from .limits import (
+    MAX_ID_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_PAYLOAD_BYTES,
+    MAX_TEXT_CHARS,
+    cost_error,
+    depth_error,
+    short,
+    tags_error,
+    text_error,
+)
+
 __all__ = [
     "UsageRecord",
     "new_id",
@@ -116,14 +128,24 @@ def _check_tokens(field: str, value: Any) -> int:
     return int(value)
 
 
-def _check_str(field: str, value: Any, *, required: bool = False) -> str | None:
+def _check_str(field: str, value: Any, *, required: bool = False, limit: int = MAX_TEXT_CHARS) -> str | None:
     if value is None and not required:
         return None
     if type(value) is not str:
-        raise _bad(field, value, "a string", TypeError)
+        raise TypeError(f"{field} must be a string, got {short(value)}")
     if required and not value:
         raise _bad(field, value, "a non-empty string")
+    error = text_error(field, value, limit)
+    if error:
+        raise ValueError(error)
     return value
+
+
+def _check_cost_limits(cost: Decimal) -> Decimal:
+    error = cost_error(cost)
+    if error:
+        raise ValueError(error)
+    return cost
 
 
 def check_cost(value: Any) -> Decimal | None:
@@ -163,16 +185,25 @@ def check_tags(tags: Any) -> dict[str, str]:
             raise TypeError(f"tags keys must be strings, got {k!r}")
         if type(v) is not str:
             raise TypeError(f"tags[{k!r}] must be a string, got {v!r}")
+    error = tags_error(tags)
+    if error:
+        raise ValueError(error)
     return dict(tags)
 
 
-def check_json_object(field: str, value: Any) -> dict[str, Any] | None:
-    """A JSON object (dict with str keys, finite numbers), copied by a JSON round trip."""
+def check_json_object(
+    field: str, value: Any, max_bytes: int | None = None
+) -> dict[str, Any] | None:
+    """A JSON object (dict with str keys, finite numbers, at most ``MAX_JSON_DEPTH``
+    levels, at most ``max_bytes`` encoded), copied by a JSON round trip."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise _bad(field, value, "a JSON object (dict)", TypeError)
-    return msgspec.json.decode(_encode_checked(field, value))
+    data = _encode_checked(field, value)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"{field} must encode to at most {max_bytes} bytes of JSON, got {len(data)}")
+    return msgspec.json.decode(data)
 
 
 def encode_json_object(field: str, value: Any) -> bytes:
@@ -180,10 +211,15 @@ def encode_json_object(field: str, value: Any) -> bytes:
     for what JSON cannot hold (so the caller learns now, not the dispatcher later)."""
     if type(value) is not dict:
         raise _bad(field, value, "a dict", TypeError)
-    return _encode_checked(field, value)
+    # the collector reads the object's ``payload`` at MAX_JSON_DEPTH: one level more here
+    return _encode_checked(field, value, MAX_JSON_DEPTH + 1)
 
 
-def _encode_checked(field: str, value: Any) -> bytes:
+def _encode_checked(field: str, value: Any, depth: int = MAX_JSON_DEPTH) -> bytes:
+    # depth first: a circular dict would recurse until RecursionError in the encoder
+    error = depth_error(field, value, depth)
+    if error:
+        raise ValueError(f"{error} (or refers to itself)")
     try:
         data = _encoder.encode(value)
     except (TypeError, msgspec.EncodeError) as exc:
@@ -231,9 +267,9 @@ def make_usage_record(
     Written as inline type tests on the common case (exact ints and strs) because this
     runs in the caller's thread on every call; the helpers only run to raise or convert.
     """
-    if type(provider) is not str or not provider:
+    if type(provider) is not str or not provider or len(provider) > MAX_TEXT_CHARS:
         _check_str("provider", provider, required=True)
-    if type(model) is not str or not model:
+    if type(model) is not str or not model or len(model) > MAX_TEXT_CHARS:
         _check_str("model", model, required=True)
     if type(input_tokens) is not int or input_tokens < 0:
         input_tokens = _check_tokens("input_tokens", input_tokens)
@@ -246,18 +282,18 @@ def make_usage_record(
     if type(reasoning_tokens) is not int or reasoning_tokens < 0:
         reasoning_tokens = _check_tokens("reasoning_tokens", reasoning_tokens)
     if cost is not None:
-        cost = check_cost(cost)
-    if type(currency) is not str or not currency:
+        cost = _check_cost_limits(check_cost(cost))
+    if type(currency) is not str or not currency or len(currency) > MAX_TEXT_CHARS:
         _check_str("currency", currency, required=True)
-    if user_id is not None and type(user_id) is not str:
+    if user_id is not None and (type(user_id) is not str or len(user_id) > MAX_TEXT_CHARS):
         _check_str("user_id", user_id)
-    if session_id is not None and type(session_id) is not str:
+    if session_id is not None and (type(session_id) is not str or len(session_id) > MAX_TEXT_CHARS):
         _check_str("session_id", session_id)
-    if customer_key is not None and type(customer_key) is not str:
+    if customer_key is not None and (type(customer_key) is not str or len(customer_key) > MAX_TEXT_CHARS):
         _check_str("customer_key", customer_key)
-    if run_id is not None and type(run_id) is not str:
+    if run_id is not None and (type(run_id) is not str or len(run_id) > MAX_TEXT_CHARS):
         _check_str("run_id", run_id)
-    if response_id is not None and type(response_id) is not str:
+    if response_id is not None and (type(response_id) is not str or len(response_id) > MAX_TEXT_CHARS):
         _check_str("response_id", response_id)
     if timestamp is None:
         ts = datetime.now(UTC)
@@ -267,11 +303,11 @@ def make_usage_record(
         raise _bad("timestamp", timestamp, "a datetime", TypeError)
     if id is None:
         id = str(_uuid7())
-    elif type(id) is not str or not id:
-        _check_str("id", id, required=True)
+    elif type(id) is not str or not id or len(id) > MAX_ID_CHARS:
+        _check_str("id", id, required=True, limit=MAX_ID_CHARS)
     return UsageRecord(
         id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens,
         cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id,
         customer_key, run_id, response_id, check_tags(tags) if tags else {},
-        None if payload is None else check_json_object("payload", payload),
+        None if payload is None else check_json_object("payload", payload, MAX_PAYLOAD_BYTES),
     )

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["redact", "redact_headers", "is_sensitive", "REDACTED"]
+__all__ = ["redact", "redact_headers", "redact_url", "is_sensitive", "REDACTED"]
 
 REDACTED = "[REDACTED]"
 
@@ -20,6 +20,8 @@ _SECRET_WORDS = ("password", "passwd", "secret", "authorization", "cookie", "pri
 _TOKEN_KEY = re.compile(r"(^|[_\-.])token$|^token[_\-.]|(^|[_\-.])(access|refresh|id|auth|bearer|api|session|csrf)[_\-.]?token", re.I)
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]+")
 _INLINE_KEY = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}")
+# the user-info of a URL (``scheme://user:password@host``), anywhere in a text
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#@\s]+@")
 
 
 def is_sensitive(key: str) -> bool:
@@ -27,7 +29,14 @@ def is_sensitive(key: str) -> bool:
     return any(w in k for w in _SECRET_WORDS) or bool(_TOKEN_KEY.search(k))
 
 
+def redact_url(value: str) -> str:
+    """``value`` with the credentials of every URL in it masked: ``http://user:KEY@host``
+    becomes ``http://[REDACTED]@host`` (a user name alone may be the key)."""
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", value)
+
+
 def _text(value: str) -> str:
+    value = redact_url(value)
     return _INLINE_KEY.sub(REDACTED, _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value))
 
 

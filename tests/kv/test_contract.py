@@ -404,3 +404,40 @@ def test_undecodable_bytes_raise_clear_error(make_store):
             await other.close()
 
     run(make_store, body)
+
+
+def test_a_prefix_never_reaches_the_keys_of_a_longer_prefix(make_store):
+    async def body(s: KVStore):
+        base = make_store.prefix[:-1]  # without its ":"
+        app, app2 = make_store(key_prefix=base + "app"), make_store(key_prefix=base + "app2")
+        try:
+            assert app.key_prefix == base + "app:"  # the separator is added
+            await app.set("x", 1)
+            await app2.set("y", 2)
+            await app2.sadd("s", "m")
+            assert await app.keys() == ["x"]
+            assert await app.clear() == 1
+            assert await app2.keys() == ["s", "y"] and await app2.get("y") == 2
+        finally:
+            await app2.clear()
+            await app.close()
+            await app2.close()
+
+    run(make_store, body)
+
+
+def test_keys_written_under_a_bare_prefix_stay_readable(make_store):
+    async def body(s: KVStore):
+        base = make_store.prefix[:-1]
+        old = make_store(key_prefix=base + "legacy", prefix_separator="")
+        try:
+            assert old.key_prefix == base + "legacy"
+            await old.set("k", "v")  # stored as "<base>legacyk", as before separators
+            again = make_store(key_prefix=base + "legacy", prefix_separator="")
+            assert await again.get("k") == "v"
+            await again.close()
+        finally:
+            await old.clear()
+            await old.close()
+
+    run(make_store, body)

@@ -31,6 +31,7 @@ class Collector:
     #: more `usageledger serve` options, e.g. ["--alert-journal", path]
     extra_args: list[str] = field(default_factory=list)
     workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -47,7 +48,7 @@ class Collector:
         if self.workers != 1:
             cmd += ["--workers", str(self.workers)]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        env = {k: v for k, v in os.environ.items() if not k.startswith("USAGELEDGER_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("USAGELEDGER_")} | self.env
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,6 +1,8 @@
-"""Property-based fuzzing of the collector's OpenAPI spec (schemathesis) and of /track
-bodies (hypothesis): whatever the input, the answer is never a server error, and the
-storage keeps answering queries about what was accepted."""
+"""Property-based fuzzing of the collector's OpenAPI spec (schemathesis, inputs that fit
+the spec and inputs that do not) and of /track and run bodies (hypothesis, with hostile
+values: strings past the limits, deep nesting, numbers no double holds, costs that
+underflow): whatever the input, the answer is never a server error, and the storage keeps
+answering queries about what was accepted."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
+from usageledger import limits
 from usageledger.server import create_app
 from usageledger.storage import create_storage
 
@@ -47,7 +50,10 @@ json_scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12),
     st.sampled_from(["", "\x00", "2025-01-01T00:00:00", "0001-01-01T00:00:00+05:00",
                      "9999-12-31T23:59:59-05:00", "1E+30", "-1", "0.0000000000000000000001",
-                     "NaN", "openai::gpt-4o"]),
+                     "NaN", "openai::gpt-4o", "1e-100000000", "1e400", "0." + "1" * 60]),
+    # just past each string limit
+    st.sampled_from([limits.MAX_ID_CHARS, limits.MAX_TEXT_CHARS, limits.MAX_TAG_VALUE_CHARS])
+    .map(lambda n: "s" * (n + 1)),
 )
 json_values = st.recursive(json_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
@@ -62,11 +68,27 @@ items = st.one_of(
 )
 
 
+def _nest(depth: int, leaf: object = 1) -> object:
+    for _ in range(depth):
+        leaf = {"a": leaf}
+    return leaf
+
+
+deep_values = st.integers(min_value=limits.MAX_JSON_DEPTH - 2, max_value=limits.MAX_JSON_DEPTH + 3).map(_nest)
+items = st.one_of(items, st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=8), "provider": st.just("p"), "model": st.just("m")},
+    optional={"payload": deep_values, "tags": json_values, "cost": json_scalars}))
+
+
 @given(batch=st.lists(items, max_size=6))
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 def test_track_bodies_never_cause_a_server_error(batch):
     with TestClient(app, headers=AUTH) as client:
         resp = client.post("/api/v1/track", content=msgspec.json.encode({"tracked": batch}))
+        too_deep = any(limits.json_depth(item, 100) > limits.MAX_JSON_DEPTH + 1 for item in batch)
+        if too_deep:  # one rule for every endpoint: the whole body is refused
+            assert resp.status_code == 400 and "levels deep" in resp.json()["detail"], resp.text
+            return
         assert resp.status_code == 200, resp.text
         answer = resp.json()
         if "results" in answer:  # some item was rejected: one result per item
@@ -84,3 +106,39 @@ def test_track_bodies_never_cause_a_server_error(batch):
         assert summary.status_code == 200, summary.text
         assert client.get("/api/v1/usage", params={"limit": 1000}).status_code == 200
         assert client.get("/").status_code == 200
+
+
+RAW_HOSTILE = [
+    b'{"a":' * 1000 + b"1" + b"}" * 1000,  # deeper than the decoder goes
+    b"[" * 1000 + b"]" * 1000,
+    b"1e400",
+    b'{"cost": 1e400}',
+]
+run_fields = st.dictionaries(st.sampled_from(["status", "agent_name", "metrics_json", "x", "seq",
+                                              "run_id", "error_details"]),
+                             st.one_of(json_values, deep_values), max_size=4)
+
+
+@given(fields=run_fields, run_id=st.one_of(st.text(min_size=1, max_size=6), json_scalars),
+       raw=st.sampled_from([None, *RAW_HOSTILE]), where=st.sampled_from(["runs", "batch", "patch"]))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+def test_run_bodies_never_cause_a_server_error(fields, run_id, raw, where):
+    with TestClient(app, headers=AUTH) as client:
+        client.post("/api/v1/runs", json={"run_id": "fuzz-existing"})
+        if raw is not None:
+            body = raw if where != "batch" else b'{"runs":[{"id":"w","run_id":"r","x":' + raw + b"}]}"
+            if where == "runs" and raw.startswith(b"{") and raw != RAW_HOSTILE[0]:
+                body = b'{"run_id":"r","x":' + raw + b"}"
+        elif where == "batch":
+            body = msgspec.json.encode({"runs": [{"id": "w1", "run_id": run_id, **fields}]})
+        else:
+            body = msgspec.json.encode({"run_id": run_id, **fields} if where == "runs" else fields)
+        if where == "patch":
+            resp = client.patch("/api/v1/runs/fuzz-existing", content=body)
+        else:
+            resp = client.post("/api/v1/runs/batch" if where == "batch" else "/api/v1/runs", content=body)
+        assert resp.status_code < 500, (where, body[:200], resp.text[:300])
+        if raw is not None:
+            assert resp.status_code == 400, (where, raw[:40], resp.text[:300])
+        runs = client.get("/api/v1/runs", params={"limit": 1000})
+        assert runs.status_code == 200, runs.text[:300]

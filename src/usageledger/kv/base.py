@@ -8,6 +8,8 @@ Semantics shared by every backend (the contract suite in ``tests/kv`` checks the
 
 - Keys are ``str``. Each store prepends its ``key_prefix`` to every key it writes and strips
   it from every key it returns, so two stores with different prefixes never see each other.
+  A prefix ends with ``prefix_separator`` (``":"``; added when missing), so that the keys
+  of prefix ``app`` (``app:...``) are never listed or cleared by a store of prefix ``app2``.
 - ``ttl`` is seconds (``int``/``float`` > 0) or a ``timedelta``; ``ttl=None`` means the
   store's ``default_ttl`` (itself ``None`` = never expires). An expired key behaves exactly
   like a missing one.
@@ -278,9 +280,16 @@ class KVStore(ABC):
         default_ttl: TTL = None,
         serializer: str | Serializer = "json",
         allow_pickle: bool = False,
+        prefix_separator: str = ":",
     ):
         if not isinstance(key_prefix, str):
             raise KVConfigError(f"key_prefix={key_prefix!r} must be a str")
+        if not isinstance(prefix_separator, str):
+            raise KVConfigError(f"prefix_separator={prefix_separator!r} must be a str")
+        # "app" + "2:x" is "app2:x": without a separator one prefix's range holds another's
+        # keys. prefix_separator="" keeps the bare prefix (keys written that way before).
+        if key_prefix and prefix_separator and not key_prefix.endswith(prefix_separator):
+            key_prefix += prefix_separator
         self.key_prefix = key_prefix
         self.default_ttl = ttl_seconds(default_ttl, "default_ttl")
         self.codec = Codec(serializer, allow_pickle)

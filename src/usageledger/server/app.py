@@ -30,12 +30,15 @@ from fastapi.responses import Response
 from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from ..limits import MAX_ANSWER_BYTES, short
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
 from . import budgets as budget_routes
 from . import prices as price_routes
 from . import schema
+from .headers import SecurityHeadersMiddleware
+from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
 from .pages import install_pages
 from .session import COOKIE_NAME, SessionSigner
@@ -56,13 +59,15 @@ log = logging.getLogger("usageledger.server")
 
 #: the largest request body, compressed or not (the client's default batch cap is 4 MiB)
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-#: comma-separated bearer keys, read by ``serve`` when no ``api_keys`` are given
-API_KEYS_ENV = "USAGELEDGER_SERVER_API_KEYS"
 #: the largest page of /usage and /runs
 MAX_PAGE = 1000
 MAX_OFFSET = 10**9
 #: attempts of a seq-less PATCH racing other writers of the same run
 _PATCH_ATTEMPTS = 5
+#: rows fetched from storage at a time while a page is filled up to MAX_ANSWER_BYTES, so
+#: a page of large rows never holds more than this many of them in memory
+_RECORDS_CHUNK = 100
+_RUNS_CHUNK = 16
 
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
@@ -74,6 +79,27 @@ def plain(cost: Decimal) -> str:
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+def _page(fetch: Callable[[int, int], list[Any]], limit: int, offset: int, chunk: int,
+          encode: Callable[[Any], bytes]) -> tuple[list[bytes], bool]:
+    """Encoded rows from ``offset`` on, at most ``limit`` of them and (past the first) at
+    most MAX_ANSWER_BYTES in all, fetched ``chunk`` rows at a time; and whether more may
+    follow."""
+    parts: list[bytes] = []
+    size = 0
+    while len(parts) < limit:
+        want = min(chunk, limit - len(parts))
+        rows = fetch(want, offset + len(parts))
+        for row in rows:
+            data = encode(row)
+            if parts and size + len(data) > MAX_ANSWER_BYTES:
+                return parts, True
+            parts.append(data)
+            size += len(data)
+        if len(rows) < want:
+            return parts, False
+    return parts, True
 
 
 class StorageUnavailable(Exception):
@@ -147,6 +173,7 @@ def create_app(
     app.state.storage = store
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
 
     comps = schema.components()
     default_openapi = app.openapi
@@ -183,8 +210,9 @@ def create_app(
         except NotImplementedError as exc:
             raise HTTPException(501, str(exc)) from None
         except Exception as exc:
-            log.warning("storage call %s failed: %r", getattr(fn, "__name__", fn), exc)
-            raise StorageUnavailable(f"{type(exc).__name__}: {exc}") from None
+            # shortened and escaped: a driver's message may quote the request's values
+            log.warning("storage call %s failed: %s", getattr(fn, "__name__", fn), short(exc, 300))
+            raise StorageUnavailable(f"{type(exc).__name__}: {str(exc)[:500]}") from None
 
     # -- auth --------------------------------------------------------------------------------
     def authorize(request: Request) -> None:
@@ -283,11 +311,16 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
-        rows = call(store.query, limit=limit, offset=offset, **f)
-        # (replace does not type-check: the cost is encoded as the plain string)
-        rows = [r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)) for r in rows]
-        return _json({"records": rows, "limit": limit, "offset": offset,
-                      "next_offset": offset + len(rows) if len(rows) == limit else None})
+        def encode(r: UsageRecord) -> bytes:
+            # (replace does not type-check: the cost is encoded as the plain string)
+            return _encode(r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)))
+
+        parts, more = _page(lambda n, at: call(store.query, limit=n, offset=at, **f),
+                            limit, offset, _RECORDS_CHUNK, encode)
+        tail = _encode({"limit": limit, "offset": offset,
+                        "next_offset": offset + len(parts) if more else None})
+        return Response(b'{"records":[' + b",".join(parts) + b"]," + tail[1:],
+                        media_type="application/json")
 
     @api.get("/summary", summary="Totals grouped by day, hour, provider, model, ... (cost exact)")
     def summary(
@@ -354,7 +387,7 @@ def create_app(
         return _json({"run_id": run_id, "status": status}, 201 if status == "created" else 200)
 
     @api.patch(
-        "/runs/{run_id}",
+        "/runs/{run_id:path}",
         summary="Update fields of an agent run",
         openapi_extra=schema.body("RunPatch"),
         responses={200: schema.response("RunWriteResponse", "updated, or stale (not newer)"),
@@ -416,7 +449,7 @@ def create_app(
         items = decode_run_batch(data)
         return _json({"results": await run_in_threadpool(apply_batch, items)})
 
-    @api.get("/runs/{run_id}", summary="One agent run")
+    @api.get("/runs/{run_id:path}", summary="One agent run")
     def get_run(run_id: str) -> Response:
         _refuse_nul({"run_id": run_id})
         run = call(store.get_run, run_id)
@@ -432,9 +465,14 @@ def create_app(
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
         _refuse_nul({"agent_name": agent_name, "status": status})
-        runs = call(store.query_runs, agent_name=agent_name or None, status=status or None,
-                    limit=limit, offset=offset)
-        return _json({"runs": runs, "limit": limit, "offset": offset})
+        parts, more = _page(
+            lambda n, at: call(store.query_runs, agent_name=agent_name or None,
+                               status=status or None, limit=n, offset=at),
+            limit, offset, _RUNS_CHUNK, _encode)
+        tail = _encode({"limit": limit, "offset": offset,
+                        "next_offset": offset + len(parts) if more else None})
+        return Response(b'{"runs":[' + b",".join(parts) + b"]," + tail[1:],
+                        media_type="application/json")
 
     app.include_router(api)
     app.include_router(budget_router)
@@ -579,8 +617,7 @@ def serve(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     if not api_keys:
-        env = os.environ.get(API_KEYS_ENV, "")
-        api_keys = [k.strip() for k in env.split(",") if k.strip()] or None
+        api_keys = keys_from_env() or None
     if workers > 1:
         scheme = storage.partition(":")[0].lower() if isinstance(storage, str) else ""
         if scheme not in _SHARED_STORES:
@@ -596,7 +633,7 @@ def serve(
     if not api_keys:
         log.warning(
             "NO API KEY CONFIGURED: this collector serves ONLY loopback clients (127.0.0.1, ::1) "
-            "and answers 403 to everyone else. Start it with --api-key KEY (or set %s) "
+            "and answers 403 to everyone else. Start it with --api-key-file PATH (or set %s) "
             "before exposing it%s.", API_KEYS_ENV,
             f" (it listens on {host})" if not _is_loopback_host(host) else "",
         )

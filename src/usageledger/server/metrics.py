@@ -137,7 +137,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            # path_format: "/runs/{run_id}" also for a "{run_id:path}" route
+            label = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
             method = scope["method"]
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - start)
             self.metrics.requests.labels(label, method, str(status)).inc()

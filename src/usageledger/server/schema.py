@@ -10,8 +10,18 @@ from typing import Any
 
 import msgspec
 
+from ..limits import (
+    MAX_BATCH_ITEMS,
+    MAX_COST,
+    MAX_ID_CHARS,
+    MAX_SEQ,
+    MAX_TAG_KEY_CHARS,
+    MAX_TAG_VALUE_CHARS,
+    MAX_TAGS,
+    MAX_TEXT_CHARS,
+    MAX_TOKENS,
+)
 from ..records import TOKEN_FIELDS, UsageRecord
-from .wire import MAX_COST, MAX_SEQ, MAX_TOKENS
 
 REF = "#/components/schemas/{name}"
 
@@ -81,6 +91,17 @@ def components() -> dict[str, Any]:
                           "description": "ISO 8601; naive means UTC"}
     for key in ("id", "provider", "model", "currency"):
         props[key] = {**props[key], "minLength": 1}
+    props["id"]["maxLength"] = MAX_ID_CHARS
+    for key in ("provider", "model", "currency", "user_id", "session_id", "customer_key",
+                "run_id", "response_id"):
+        if "anyOf" in props[key]:  # str | None
+            props[key] = {"anyOf": [{"type": "string", "maxLength": MAX_TEXT_CHARS}, {"type": "null"}],
+                          **({"default": props[key]["default"]} if "default" in props[key] else {})}
+        else:
+            props[key] = {**props[key], "maxLength": MAX_TEXT_CHARS}
+    props["tags"] = {**props["tags"], "maxProperties": MAX_TAGS,
+                     "propertyNames": {"maxLength": MAX_TAG_KEY_CHARS},
+                     "additionalProperties": {"type": "string", "maxLength": MAX_TAG_VALUE_CHARS}}
     for key in TOKEN_FIELDS:
         props[key] = {**props[key], "minimum": 0, "maximum": MAX_TOKENS}
     props["cost"] = {
@@ -91,12 +112,12 @@ def components() -> dict[str, Any]:
     comps["TrackBody"] = {
         "type": "object",
         "required": ["tracked"],
-        "properties": {"tracked": {"type": "array", "items": {"anyOf": [
+        "properties": {"tracked": {"type": "array", "maxItems": MAX_BATCH_ITEMS, "items": {"anyOf": [
             {"$ref": REF.format(name="UsageRecord")}, {"$ref": REF.format(name="TrackAliasItem")},
         ]}}},
     }
     run_props = {
-        "run_id": {"type": "string", "minLength": 1},
+        "run_id": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS},
         "seq": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ,
                 "description": "orders the writes of one run; a write that is not newer "
                                "than the stored one changes nothing"},
@@ -125,7 +146,8 @@ def components() -> dict[str, Any]:
     }
     comps["RunBatch"] = {
         "type": "object", "required": ["runs"],
-        "properties": {"runs": {"type": "array", "items": {"$ref": REF.format(name="RunBatchItem")}}},
+        "properties": {"runs": {"type": "array", "maxItems": MAX_BATCH_ITEMS,
+                                "items": {"$ref": REF.format(name="RunBatchItem")}}},
     }
     return comps
 

@@ -13,11 +13,29 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
+from ..limits import (
+    MAX_BATCH_ITEMS,
+    MAX_COST,
+    MAX_COST_DECIMALS,
+    MAX_ID_CHARS,
+    MAX_JSON_DEPTH,
+    MAX_PAYLOAD_BYTES,
+    MAX_RUN_BYTES,
+    MAX_SEQ,
+    MAX_TEXT_CHARS,
+    MAX_TOKENS,
+    MAX_YEAR,
+    MIN_YEAR,
+    cost_error,
+    json_depth,
+    short,
+    tags_error,
+    text_error,
+)
 from ..records import TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
 from ..storage.base import RunWrite
 from ..telemetry.models import RunRecord
@@ -34,20 +52,13 @@ __all__ = [
     "read_gzip",
     "MAX_TOKENS",
     "MAX_SEQ",
+    "MAX_COST",
+    "MAX_COST_DECIMALS",
+    "MAX_BATCH_ITEMS",
 ]
 
-#: per-call token counts above this are refused: sums of millions of them must still fit
-#: the 64-bit integers of SQLite and PostgreSQL
-MAX_TOKENS = 10**12
-#: a cost above this (in the record's currency) is refused as an obvious unit mistake
-MAX_COST = Decimal(10**9)
-#: more decimals than this cannot be summed exactly in Decimal's default 28 digits
-MAX_COST_DECIMALS = 18
-#: seq is stored as a signed 64-bit integer; a client's seq stays far below its limit so
-#: that seq-less updates (stored seq + 1) can never overflow it
-MAX_SEQ = 2**62
-#: timestamps outside these years cannot be bucketed by day in every backend
-MIN_YEAR, MAX_YEAR = 1970, 9998
+# the limits live in usageledger.limits (shared with the client's record construction);
+# the names above stay importable from here
 
 #: payload keys taken as token counts in the seed-000 ``/track`` shape, by record field
 PAYLOAD_TOKEN_KEYS: dict[str, tuple[str, ...]] = {
@@ -112,12 +123,51 @@ def read_gzip(data: bytes, limit: int) -> bytes:
     return out
 
 
+def _unreadable(exc: BaseException, where: str) -> BodyError:
+    """400 for JSON that is valid text but that no decoder here can hold: nesting near
+    the interpreter's recursion limit, or a number no double can hold (``1e400``)."""
+    if isinstance(exc, RecursionError):
+        return BodyError(400, f"{where} nests JSON more than {MAX_JSON_DEPTH} levels deep "
+                              f"(the limit for a payload or a run field)")
+    if "out of range" in str(exc):
+        return BodyError(400, f"{where} holds a number out of range (a JSON number must fit a "
+                              f"double; send exact costs as strings): {exc}")
+    return BodyError(400, f"{where} is not usable JSON: {exc}")
+
+
+def _too_deep(where: str, value: Any, wrappers: int) -> None:
+    """400 when ``value`` (decoded JSON) nests values deeper than MAX_JSON_DEPTH below its
+    ``wrappers`` levels of envelope. One rule for every endpoint, checked right after
+    decoding (before any recursive walk): the decoder's own limit depends on the stack
+    it runs on, so it cannot be the rule."""
+    if json_depth(value, MAX_JSON_DEPTH + wrappers + 1) > MAX_JSON_DEPTH + wrappers:
+        raise BodyError(400, f"{where} nests JSON more than {MAX_JSON_DEPTH} levels deep "
+                             f"(the limit for a payload or a run field)")
+
+
+def _load(data: bytes | msgspec.Raw, where: str, wrappers: int) -> Any:
+    try:
+        obj = _decode_any(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _unreadable(exc, where) from None
+    _too_deep(where, obj, wrappers)
+    return obj
+
+
 def decode_body(data: bytes) -> Any:
     """Any JSON value, or 400 naming what is wrong with the text."""
     try:
         return _decode_any(data)
+    except RecursionError as exc:
+        raise _unreadable(exc, "the body") from None
     except msgspec.DecodeError as exc:
         raise BodyError(400, f"malformed JSON: {exc}") from None
+
+
+def _check_count(n: int, key: str) -> None:
+    if n > MAX_BATCH_ITEMS:
+        raise BodyError(413, f"a batch may hold at most {MAX_BATCH_ITEMS} items in \"{key}\", "
+                             f"got {n}: send it in smaller batches")
 
 
 def _shape_error(exc: msgspec.DecodeError, key: str) -> BodyError:
@@ -138,30 +188,37 @@ def decode_track(data: bytes) -> list[UsageRecord | Refused]:
         batch = _decode_fast(data)
     except msgspec.ValidationError:
         pass  # some item is not a plain record: go item by item below
+    except RecursionError as exc:
+        raise _unreadable(exc, "the body") from None
     except msgspec.DecodeError as exc:
         raise BodyError(400, f"malformed JSON: {exc}") from None
     else:
+        _check_count(len(batch.tracked), "tracked")
         return [_checked(r, nul) for r in batch.tracked]
     try:
         raw = _decode_raw_batch(data)
+    except RecursionError as exc:
+        raise _unreadable(exc, "the body") from None
     except msgspec.DecodeError as exc:
         raise _shape_error(exc, "tracked") from None
-    return [_decode_item(item, nul) for item in raw.tracked]
+    _check_count(len(raw.tracked), "tracked")
+    return [_decode_item(item, nul, i) for i, item in enumerate(raw.tracked)]
 
 
-def _decode_item(raw: msgspec.Raw, nul: bool) -> UsageRecord | Refused:
+def _decode_item(raw: msgspec.Raw, nul: bool, index: int) -> UsageRecord | Refused:
     try:
         return _checked(_decode_record(raw), nul)
     except msgspec.ValidationError:
         pass  # not a complete record: try the lenient shapes below for a precise error
-    obj = _decode_any(raw)  # valid JSON: the whole body decoded already
+    obj = _load(raw, f"item {index} of \"tracked\"", 1)
     if not isinstance(obj, dict):
         return Refused("", f"an item must be a JSON object, got {_short(obj)}")
     id_ = obj.get("id")
-    if not isinstance(id_, str) or not id_:
+    if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_CHARS:
         return Refused(
-            id_ if isinstance(id_, str) else "",
-            f"id must be a non-empty string (ids make delivery exactly-once), got {id_!r}",
+            id_ if isinstance(id_, str) and len(id_) <= MAX_ID_CHARS else "",
+            f"id must be a non-empty string of at most {MAX_ID_CHARS} characters "
+            f"(ids make delivery exactly-once), got {_short(id_)}",
         )
     try:
         record = record_from_dict(obj)
@@ -237,14 +294,20 @@ def _timestamp(value: Any) -> datetime:
 
 
 def _checked(r: UsageRecord, nul: bool) -> UsageRecord | Refused:
-    """What msgspec's types do not say: ranges, non-empty strings, UTC, exact cost."""
+    """What msgspec's types do not say: ranges, lengths, non-empty strings, UTC, exact
+    cost."""
     error = _record_error(r, nul)
-    return Refused(r.id, error) if error else r
+    if error is None:
+        return r
+    # an id too long to be one of ours is not echoed back (the answer stays small)
+    return Refused(r.id if len(r.id) <= MAX_ID_CHARS else "", error)
 
 
 def _record_error(r: UsageRecord, nul: bool) -> str | None:
     # one boolean expression for the common, valid case; the messages only when it fails
     if not (r.id and r.provider and r.model and r.currency
+            and len(r.id) <= MAX_ID_CHARS and len(r.provider) <= MAX_TEXT_CHARS
+            and len(r.model) <= MAX_TEXT_CHARS and len(r.currency) <= MAX_TEXT_CHARS
             and 0 <= r.input_tokens <= MAX_TOKENS and 0 <= r.output_tokens <= MAX_TOKENS
             and 0 <= r.cache_read_tokens <= MAX_TOKENS and 0 <= r.cache_write_tokens <= MAX_TOKENS
             and 0 <= r.reasoning_tokens <= MAX_TOKENS):
@@ -252,17 +315,24 @@ def _record_error(r: UsageRecord, nul: bool) -> str | None:
             if not getattr(r, field):
                 extra = " (ids make delivery exactly-once)" if field == "id" else ""
                 return f"{field} must be a non-empty string{extra}, got ''"
+            error = text_error(field, getattr(r, field), MAX_ID_CHARS if field == "id" else MAX_TEXT_CHARS)
+            if error:
+                return error
         for field in TOKEN_FIELDS:
             v = getattr(r, field)
             if not 0 <= v <= MAX_TOKENS:
                 return f"{field} must be an integer from 0 to {MAX_TOKENS}, got {v!r}"
+    for field in _STR_FIELDS:
+        v = getattr(r, field)
+        if v is not None and len(v) > MAX_TEXT_CHARS:
+            return text_error(field, v)
+    if r.tags and (error := tags_error(r.tags)):
+        return error
+    if r.payload is not None and (error := _payload_error(r)):
+        return error
     cost = r.cost
-    if cost is not None:
-        if not cost.is_finite() or cost < 0 or cost > MAX_COST:
-            return f"cost must be a finite number from 0 to {MAX_COST}, got {str(cost)!r}"
-        scaled = cost.scaleb(MAX_COST_DECIMALS)  # exact: at most 10 + 18 digits
-        if scaled != scaled.to_integral_value():
-            return f"cost must have at most {MAX_COST_DECIMALS} decimals, got {str(cost)!r}"
+    if cost is not None and (error := cost_error(cost)):
+        return error
     ts = r.timestamp
     if not MIN_YEAR <= ts.year <= MAX_YEAR:
         return f"timestamp must be between {MIN_YEAR} and {MAX_YEAR}, got {ts.isoformat()!r}"
@@ -272,6 +342,15 @@ def _record_error(r: UsageRecord, nul: bool) -> str | None:
         where = _nul_field(r)
         if where:
             return f"{where} contains a NUL character (\\u0000), which storage cannot hold"
+    return None
+
+
+def _payload_error(r: UsageRecord) -> str | None:
+    payload = r.payload
+    _too_deep(f"the item with id {_short(r.id)}", payload, 0)
+    size = len(msgspec.json.encode(payload))
+    if size > MAX_PAYLOAD_BYTES:
+        return f"payload must encode to at most {MAX_PAYLOAD_BYTES} bytes of JSON, got {size}"
     return None
 
 
@@ -299,8 +378,7 @@ def _has_nul(value: Any) -> bool:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return short(value, 80)
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -320,15 +398,20 @@ def _run_fields(obj: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
         if k == "metrics_json" and isinstance(v, str):
             try:  # the seed stored it as a string holding a JSON object
                 v = fields[k] = _decode_any(v)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 raise ValueError(f"metrics_json must be a JSON object, got {_short(v)}") from None
+            _too_deep("metrics_json", v, 0)
         try:
             msgspec.convert(v, typ)
         except msgspec.ValidationError:
             raise ValueError(f"run field {k} must be {_type_name(typ)}, got {_short(v)}") from None
     if _has_nul(fields):
         raise ValueError("run fields contain a NUL character (\\u0000), which storage cannot hold")
+    size = len(msgspec.json.encode(fields))
+    if size > MAX_RUN_BYTES:
+        raise ValueError(f"run fields must encode to at most {MAX_RUN_BYTES} bytes of JSON, got {size}")
     return fields
+
 def _type_name(typ: Any) -> str:
     return " or ".join(getattr(t, "__name__", str(t)) for t in getattr(typ, "__args__", (typ,)))
 
@@ -338,6 +421,9 @@ def _run_id(value: Any) -> str:
         raise ValueError(f"run_id must be a non-empty string, got {_short(value)}")
     if "\x00" in value:
         raise ValueError("run_id contains a NUL character (\\u0000)")
+    error = text_error("run_id", value)
+    if error:
+        raise ValueError(error)
     return value
 
 
@@ -357,14 +443,14 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 def decode_run(data: bytes) -> tuple[str, int | None, dict[str, Any]]:
     """``POST /runs`` body: (run_id, seq or None, fields). ValueError names the field."""
-    obj = _object(decode_body(data), "the run")
+    obj = _object(_load(data, "the body", 1), "the run")
     return _run_id(obj.get("run_id")), _seq(obj.get("seq")), _run_fields(obj, ("run_id", "seq"))
 
 
 def decode_run_patch(data: bytes, run_id: str) -> tuple[int | None, dict[str, Any]]:
     """``PATCH /runs/{run_id}`` body: (seq or None, fields). A ``run_id`` in the body must
     match the path."""
-    obj = _object(decode_body(data), "the update")
+    obj = _object(_load(data, "the body", 1), "the update")
     if "run_id" in obj and obj["run_id"] != run_id:
         raise ValueError(f"run_id in the body ({_short(obj['run_id'])}) differs from the path ({run_id!r})")
     return _seq(obj.get("seq")), _run_fields(obj, ("run_id", "seq"))
@@ -390,18 +476,22 @@ def decode_run_batch(data: bytes) -> list[RunItem]:
     item that fails validation carries its error (the others still apply)."""
     try:
         raw = _decode_raw_runs(data)
+    except RecursionError as exc:
+        raise _unreadable(exc, "the body") from None
     except msgspec.DecodeError as exc:
         raise _shape_error(exc, "runs") from None
+    _check_count(len(raw.runs), "runs")
     items = []
-    for r in raw.runs:
-        obj = _decode_any(r)
+    for i, r in enumerate(raw.runs):
+        obj = _load(r, f"item {i} of \"runs\"", 1)
         if not isinstance(obj, dict):
             items.append(RunItem("", error=f"a run write must be a JSON object, got {_short(obj)}"))
             continue
         id_ = obj.get("id")
-        if not isinstance(id_, str) or not id_:
-            items.append(RunItem(id_ if isinstance(id_, str) else "",
-                                 error=f"id (the write's id) must be a non-empty string, got {_short(id_)}"))
+        if not isinstance(id_, str) or not id_ or len(id_) > MAX_ID_CHARS:
+            items.append(RunItem(id_ if isinstance(id_, str) and len(id_) <= MAX_ID_CHARS else "",
+                                 error=f"id (the write's id) must be a non-empty string of at most "
+                                       f"{MAX_ID_CHARS} characters, got {_short(id_)}"))
             continue
         try:
             create = obj.get("create", True)

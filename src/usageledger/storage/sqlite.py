@@ -184,8 +184,9 @@ def _same(us: int) -> int:
 
 
 def _tag_path(key: str) -> str | None:
-    # a JSON path can quote any key except one containing a double quote
-    return None if '"' in key else f'$."{key}"'
+    # a quoted JSON path label cannot hold a double quote, and SQLite reads a backslash in
+    # it as an escape: such keys are matched through json_each instead
+    return None if '"' in key or "\\" in key else f'$."{key}"'
 
 
 class SQLiteStorage(SqlBudgets, SqlPrices, StorageBackend):

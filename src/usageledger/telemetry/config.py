@@ -17,6 +17,7 @@ import platformdirs
 
 from ..config import ConfigError, parse_bool, parse_journal_url, parse_path, parse_positive_float
 from ..config import _parse as _parse_delivery_key
+from ..redact import redact_url
 
 __all__ = [
     "TelemetryConfig", "ConfigError", "ENV_PREFIX", "ENV_ALIASES", "is_local_url",
@@ -168,6 +169,8 @@ class TelemetryConfig:
             value = getattr(self, name)
             if name in ("api_key", "sheets_token") and value:
                 value = "***"
+            elif name == "api_base" and isinstance(value, str):
+                value = redact_url(value)
             shown.append(f"{name}={value!r}")
         return f"TelemetryConfig({', '.join(shown)})"
 

@@ -94,7 +94,8 @@ class NDJSONWriter:
         """Append encoded JSON objects (without newlines) to ``path`` as one locked,
         fsynced write: whole lines, never interleaved with another process's."""
         body = b"\n".join(lines) + b"\n"
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: the torn-line check
+        # 0600: run summaries and errors can name customers (like every file we create)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)  # read: the torn-line check
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
