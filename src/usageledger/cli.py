@@ -687,7 +687,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def queue_monitor_main(argv: list[str] | None = None) -> int:
-    """`queue-monitor DB`: the name seed 000 documents for `usageledger monitor DB`."""
+    """`queue-monitor DB`: the name users of the original delivery queue know, for `usageledger monitor DB`."""
     args = list(sys.argv[1:] if argv is None else argv)
     return main(args, prog_name="queue-monitor", only="monitor")
 

@@ -1,4 +1,4 @@
-"""Delivery configuration (seed 000): arguments > ``[tracker]`` section of the INI file >
+"""Delivery configuration: arguments > ``[tracker]`` section of the INI file >
 ``USAGELEDGER_*`` environment > defaults. A bad value fails at construction naming the
 key, the value and where it came from."""
 
@@ -164,7 +164,7 @@ class DeliveryConfig:
             else:
                 sources[name] = "default"
         if values.get("max_retries") is not None and "max_attempts" not in values:
-            # seed 000 compatibility: retries after the first attempt
+            # the original client's spelling: retries after the first attempt
             values["max_attempts"] = int(_parse("max_retries", values["max_retries"], sources["max_retries"])) + 1
             sources["max_attempts"] = f"max_retries ({sources['max_retries']})"
         return cls(**values, sources=sources)

@@ -1,4 +1,4 @@
-"""PersistentDelivery (seed 000): a durable queue that delivers dicts to the collector's
+"""PersistentDelivery: a durable queue that delivers dicts to the collector's
 ``/track`` endpoint, on the usageledger pipeline; and PersistentQueueManager for
 maintenance of a journal file."""
 

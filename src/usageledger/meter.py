@@ -1,4 +1,4 @@
-"""Meter (seed 002): record usage without blocking, query and summarise it from a
+"""Meter: record usage without blocking, query and summarise it from a
 StorageBackend. ``record()`` goes through the core pipeline to a StorageSink."""
 
 from __future__ import annotations

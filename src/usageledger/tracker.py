@@ -1,4 +1,4 @@
-"""UsageTracker (seed 003): record LLM usage without stalling a streaming loop and keep
+"""UsageTracker: record LLM usage without stalling a streaming loop and keep
 daily totals in a JSON file.
 
 ``record()`` validates, builds a UsageRecord and hands it to the core pipeline (one append

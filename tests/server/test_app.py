@@ -112,7 +112,7 @@ def test_timestamps_are_stored_in_utc_and_a_missing_one_is_the_receipt_time(clie
     assert got["no-ts"].year >= 2025 and got["no-ts"].utcoffset().total_seconds() == 0
 
 
-def test_seed_000_track_shape_is_an_alias(client, store):
+def test_legacy_track_shape_is_an_alias(client, store):
     items = [
         {"id": "s1", "api_id": "openai", "service_key": "gpt-4o",
          "payload": {"input_tokens": 1000, "output_tokens": 200, "note": "x"}},
@@ -269,7 +269,7 @@ def test_an_older_write_never_rolls_back_a_newer_one(client):
     assert replayed_create.json()["status"] == "duplicate"
     got = client.get("/api/v1/runs/r").json()
     assert (got["status"], got["items"], got["seq"]) == ("success", 9, 5)
-    # an update replayed as a create is applied when it is newer (seed pitfall)
+    # an update replayed as a create is applied when it is newer (a pitfall of the original client)
     late = client.post("/api/v1/runs", json={"run_id": "r", "seq": 6, "status": "archived"})
     assert late.status_code == 200 and late.json()["status"] == "updated"
     assert client.get("/api/v1/runs/r").json()["status"] == "archived"

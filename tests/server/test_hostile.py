@@ -54,7 +54,7 @@ REFUSED_BODIES = [
      _body(*[record(i) for i in range(limits.MAX_BATCH_ITEMS + 1)])),
     ("more run writes than the cap", "POST", "/api/v1/runs/batch",
      msgspec.json.encode({"runs": [{"id": str(i), "run_id": "r"} for i in range(limits.MAX_BATCH_ITEMS + 1)]})),
-    ("cost 1e400 in the seed shape", "POST", "/api/v1/track",
+    ("cost 1e400 in the legacy shape", "POST", "/api/v1/track",
      b'{"tracked":[{"id":"a1","api_id":"openai","service_key":"gpt-4o","payload":{"cost":1e400}}]}'),
     ("cost 1e400 without timestamp", "POST", "/api/v1/track",
      b'{"tracked":[{"id":"a2","provider":"openai","model":"gpt-4o","cost":1e400}]}'),

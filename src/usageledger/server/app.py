@@ -1,4 +1,4 @@
-"""The collector service (DESIGN section 4): a FastAPI app over any StorageBackend.
+"""The collector service (docs/collector.md): a FastAPI app over any StorageBackend.
 
 - ``create_app(storage, api_keys=None, max_body_bytes=...)`` builds the ASGI app;
 - ``serve(storage, host=, port=, api_keys=)`` runs it under uvicorn

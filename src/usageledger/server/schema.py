@@ -125,7 +125,7 @@ def components() -> dict[str, Any]:
     comps["RunIn"] = {
         "type": "object", "required": ["run_id"], "properties": run_props,
         "additionalProperties": True,
-        "description": "An agent run (seed 001 RunRecord fields: agent_name, job_type, status, "
+        "description": "An agent run (the RunRecord fields: agent_name, job_type, status, "
                        "start_time, ...); every key other than run_id and seq is a field.",
     }
     comps["RunPatch"] = {

@@ -1,4 +1,4 @@
-"""The collector's wire (DESIGN section 4): request bodies decoded with msgspec into the
+"""The collector's wire (docs/collector.md): request bodies decoded with msgspec into the
 shared records, and per-item validation that names the field and the bad value.
 
 Decoding is strict JSON (no NaN/Infinity) for every endpoint, so what is stored can be
@@ -60,7 +60,7 @@ __all__ = [
 # the limits live in usageledger.limits (shared with the client's record construction);
 # the names above stay importable from here
 
-#: payload keys taken as token counts in the seed-000 ``/track`` shape, by record field
+#: payload keys taken as token counts in the legacy ``/track`` shape (``api_id``/``service_key``/``payload``), by record field
 PAYLOAD_TOKEN_KEYS: dict[str, tuple[str, ...]] = {
     "input_tokens": ("input_tokens", "prompt_tokens"),
     "output_tokens": ("output_tokens", "completion_tokens"),
@@ -232,7 +232,7 @@ def _is_alias(obj: dict[str, Any]) -> bool:
 
 
 def record_from_dict(obj: dict[str, Any]) -> UsageRecord:
-    """Build a record from a dict in our shape or in the seed-000 ``/track`` shape
+    """Build a record from a dict in our shape or in the legacy ``/track`` shape (``api_id``/``service_key``/``payload``)
     (``api_id``/``service_key``/``payload``), with the core's validation and messages.
     A missing ``timestamp`` is the time of receipt."""
     kw: dict[str, Any] = {"provider": obj.get("provider"), "model": obj.get("model"),
@@ -396,7 +396,7 @@ def _run_fields(obj: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
         if typ is None:
             continue  # other fields are kept as given
         if k == "metrics_json" and isinstance(v, str):
-            try:  # the seed stored it as a string holding a JSON object
+            try:  # the original client stored it as a string holding a JSON object
                 v = fields[k] = _decode_any(v)
             except (msgspec.DecodeError, RecursionError):
                 raise ValueError(f"metrics_json must be a JSON object, got {_short(v)}") from None

@@ -1,4 +1,4 @@
-"""HttpSink: POST batches to the collector's wire (DESIGN section 4). One request per
+"""HttpSink: POST batches to the collector's wire (docs/collector.md). One request per
 ``send``; no retries and no sleeps here (the Dispatcher owns them)."""
 
 from __future__ import annotations

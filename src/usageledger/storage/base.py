@@ -33,7 +33,7 @@ Aggregate = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class RunWrite:
-    """One write of an agent run (seed 001). ``fields`` is a JSON object of RunRecord
+    """One write of an agent run. ``fields`` is a JSON object of RunRecord
     fields; ``seq`` orders the writes of one run: a write whose ``seq`` is not greater
     than the stored one never replaces newer state (replays and reordering are harmless).
 
@@ -120,7 +120,7 @@ class StorageBackend:
         """What a backend implements for ``aggregate``: keys and filters are checked."""
         raise NotImplementedError
 
-    # -- agent runs (seed 001; served by the collector's /api/v1/runs) -----------------------
+    # -- agent runs (served by the collector's /api/v1/runs) ---------- -----------------------
     def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
         """Apply run writes in order, in one transaction; one of :data:`RUN_RESULTS` per
         write: ``created``; ``updated`` (fields merged, ``seq`` advanced); ``duplicate``
