@@ -4,6 +4,8 @@ collector process, real openai SDK."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from openai import OpenAI
@@ -29,6 +31,7 @@ def test_instrumented_call_over_budget_never_reaches_the_provider(tmp_path):
         r = httpx.post(col.url + "/api/v1/track", headers=auth, timeout=30,
                        json={"tracked": [record(cost="0.02", customer_key="acme")]})
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+        time.sleep(1.5)  # the collector answers checks from a 1 s cache (the PUT filled it)
         handle = usageledger.instrument(meter, providers=["openai"], guard=guard)
         try:
             client = OpenAI(base_url=llm.openai_url, api_key="k", max_retries=0)
