@@ -127,7 +127,9 @@ def test_meter_budgets_send_alerts_once_as_records_are_stored(tmp_path):
         assert wait_until(lambda: len(delivered(srv)) >= 2)
         time.sleep(0.5)
         assert sorted(a["threshold"] for a in delivered(srv)) == [0.5, 1.0]
-        assert (tmp_path / "usage.alerts.journal").exists()
+        # delivered from a journal file of their own, beside the meter's
+        journal = meter.budgets.alerts.journal_path
+        assert journal.parent == tmp_path and journal.name.endswith(".alerts.journal") and journal.exists()
 
 
 @pytest.mark.parametrize("kind", ["jsonl"])

@@ -171,3 +171,47 @@ def test_definitions_persist_in_storage_and_delete_removes_them(tmp_path):
     assert budgets.remove("drop") is True and budgets.remove("drop") is False
     assert [s["name"] for s in budgets.list()] == ["keep"]
     again.close()
+
+
+class SlowStore:
+    """A memory store whose aggregates take ``delay`` seconds, as a scan of a large window
+    does (a real backend, slowed: nothing about its answers is faked)."""
+
+    def __new__(cls, delay: float):
+        import time
+
+        from usageledger.storage.memory import MemoryStorage
+
+        class Slow(MemoryStorage):
+            def _aggregate(self, keys, f):
+                time.sleep(delay)
+                return super()._aggregate(keys, f)
+
+        return Slow()
+
+
+def test_a_slow_read_is_kept_ten_times_its_duration_then_refreshed_in_the_background():
+    import time
+
+    store = SlowStore(0.3)
+    budgets = Budgets(store, cache_s=0.05)
+    budgets.set("all", limit="10", period="day")
+    t0 = time.monotonic()
+    assert budgets.check()["budgets"][0]["spent"] == "0"
+    assert time.monotonic() - t0 >= 0.3  # the first check waits for the read
+    store.save_many([rec("3", datetime.now(UTC))])
+    time.sleep(0.1)  # past cache_s, within 10 x 0.3 s
+    t0 = time.monotonic()
+    assert budgets.check()["budgets"][0]["spent"] == "0"  # cached: no read
+    assert time.monotonic() - t0 < 0.25
+    time.sleep(3.0)  # past 10 x the read time
+    t0 = time.monotonic()
+    assert budgets.check()["budgets"][0]["spent"] == "0"  # stale, answered at once...
+    assert time.monotonic() - t0 < 0.25
+    deadline = time.monotonic() + 10
+    while budgets.check()["budgets"][0]["spent"] != "3":  # ...while it is read again
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # a budget's status (GET /budgets/{name}) reads afresh, whatever the cache holds
+    store.save_many([rec("1", datetime.now(UTC))])
+    assert budgets.status("all")["spent"] == "4"

@@ -38,13 +38,7 @@ _FIELDS = ("scope", "period", "limit", "currency", "alert_thresholds", "webhook_
 MAX_THRESHOLD = 10
 
 
-try:  # the package's exception root, where there is one
-    from ..errors import UsageLedgerError as _Root  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the tree
-    _Root = Exception  # type: ignore[misc,assignment]
-
-
-class BudgetExceeded(_Root):  # type: ignore[valid-type,misc]
+class BudgetExceeded(Exception):  # the package has no exception root yet: derive from it once it has
     """A call was refused because a budget that covers it is spent. ``budgets`` names
     them; ``status`` is the check answer (``{"allowed", "exceeded", "budgets"}``)."""
 

@@ -60,7 +60,8 @@ class BudgetService:
     def note(self, records: Sequence[UsageRecord], new: set[str]) -> None:
         """After /track stored ``new`` of ``records``: queue them for alert evaluation."""
         if self.loop is not None and new:
-            self.loop.note([r for r in records if r.id in new])
+            left = set(new)  # a batch may hold copies of one id: each stored record once
+            self.loop.note([r for r in records if r.id in left and not left.discard(r.id)])
 
     def start(self) -> None:
         if self.loop is not None:
