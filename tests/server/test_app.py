@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import gzip
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
 import pytest
+import uuid_utils
 from fastapi.testclient import TestClient
 
 from tests.server.support import record
@@ -110,6 +112,30 @@ def test_timestamps_are_stored_in_utc_and_a_missing_one_is_the_receipt_time(clie
     assert got[aware["id"]].isoformat() == "2025-03-01T10:00:00+00:00"
     assert got[naive["id"]].isoformat() == "2025-03-01T12:00:00+00:00"
     assert got["no-ts"].year >= 2025 and got["no-ts"].utcoffset().total_seconds() == 0
+
+
+def test_a_missing_timestamp_is_the_time_in_a_uuid7_id(client, store):
+    """Raw POSTs without timestamp: a UUIDv7 id (made an hour ago here) dates the record,
+    in our shape and in the seed-000 shape; an id without a time falls back to receipt."""
+    made = datetime(2025, 6, 30, 23, 59, 59, 987000, tzinfo=UTC)
+    ns = int(made.timestamp()) * 10**9 + 987_000_000
+    v7 = str(uuid_utils.uuid7(nanoseconds=ns))
+    v7_alias = str(uuid_utils.uuid7(nanoseconds=ns - 3600 * 10**9 - 987_000_000))
+    v4 = str(uuid_utils.uuid4())
+    before = datetime.now(UTC)
+    items = [
+        {"id": v7, "provider": "openai", "model": "gpt-4o", "input_tokens": 1},
+        {"id": v7_alias, "api_id": "openai", "service_key": "gpt-4o", "payload": {"input_tokens": 2}},
+        {"id": v4, "provider": "openai", "model": "gpt-4o"},
+    ]
+    assert [s for _, s in statuses(track(client, items))] == ["accepted"] * 3
+    got = {r.id: r.timestamp for r in store.query()}
+    assert got[v7] == made
+    assert got[v7_alias] == made.replace(microsecond=0) - timedelta(hours=1)
+    assert got[v4] >= before.replace(microsecond=0)
+    # the day of a summary follows the event time
+    days = client.get("/api/v1/summary", params={"group_by": "day"}).json()["groups"]
+    assert {g["day"] for g in days} >= {"2025-06-30"}
 
 
 def test_legacy_track_shape_is_an_alias(client, store):
