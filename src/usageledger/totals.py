@@ -108,11 +108,22 @@ class Totals:
             self.add_cost(row["currency"], row["cost"])
         return self
 
-    def __add__(self, other: Totals) -> Totals:
-        out = Totals(**{k: getattr(self, k) + getattr(other, k) for k in ("count", *TOKEN_SUMS, "unknown_cost")},
-                     costs=dict(self.costs))
+    def __iadd__(self, other: Totals) -> Totals:
+        self.count += other.count
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_read_tokens += other.cache_read_tokens
+        self.cache_write_tokens += other.cache_write_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.unknown_cost += other.unknown_cost
         for cur, v in other.costs.items():
-            out.add_cost(cur, v)
+            self.add_cost(cur, v)
+        return self
+
+    def __add__(self, other: Totals) -> Totals:
+        out = Totals(costs={})
+        out += self
+        out += other
         return out
 
     @classmethod

@@ -128,7 +128,7 @@ def test_a_missing_timestamp_is_the_time_in_a_uuid7_id(client, store):
         {"id": v7_alias, "api_id": "openai", "service_key": "gpt-4o", "payload": {"input_tokens": 2}},
         {"id": v4, "provider": "openai", "model": "gpt-4o"},
     ]
-    assert [s for _, s in statuses(track(client, items))] == ["accepted"] * 3
+    assert compact(track(client, items)) == (3, [])
     got = {r.id: r.timestamp for r in store.query()}
     assert got[v7] == made
     assert got[v7_alias] == made.replace(microsecond=0) - timedelta(hours=1)
@@ -404,6 +404,25 @@ def test_summary_has_exact_cost_strings(client):
     bad = client.get("/api/v1/summary", params={"group_by": "day,colour"})
     assert bad.status_code == 422 and "colour" in bad.json()["detail"]
     assert client.get("/api/v1/summary", params={"group_by": "day,day"}).status_code == 422
+
+
+def test_summary_totals_are_per_currency(client):
+    """1 USD and 2 EUR are never 3: the totals answer per currency, and the single-number
+    ``cost`` is null when there is more than one."""
+    now = datetime.now(UTC).isoformat()
+    track(client, [record(1, cost="1", currency="USD", timestamp=now),
+                   record(2, cost="2", currency="EUR", timestamp=now, cache_read_tokens=5),
+                   record(3, cost="0.5", currency="EUR", timestamp=now)])
+    resp = client.get("/api/v1/summary", params={"group_by": "model"}).json()
+    assert [(g["model"], g["currency"], g["cost"]) for g in resp["groups"]] == [
+        ("gpt-4o-mini", "EUR", "2.5"), ("gpt-4o-mini", "USD", "1")]
+    t = resp["totals"]
+    assert t["costs"] == {"EUR": "2.5", "USD": "1"} and t["cost"] is None and t["currency"] is None
+    assert t["count"] == 3 and t["total_tokens"] == 3 * 10 + 101 + 102 + 103 + 5
+    usd = client.get("/api/v1/summary", params={"group_by": "day", "user_id": "u1"}).json()
+    assert usd["totals"]["cost"] == "1" and usd["totals"]["currency"] == "USD"
+    page = client.get("/").text
+    assert "2.5 EUR" in page and "1 USD" in page and "3.5" not in page
 
 
 def test_metrics_counters_change(client):

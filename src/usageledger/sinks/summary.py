@@ -50,6 +50,7 @@ import msgspec
 
 from .._files import write_all
 from ..records import KIND_USAGE, UsageRecord, decode_usage
+from ..totals import Totals
 from .base import OK, Result, Retry, Sink, decode_batch
 
 if TYPE_CHECKING:
@@ -82,6 +83,14 @@ class Entry(msgspec.Struct, omit_defaults=True):
     unpriced_calls: NonNeg = 0
     #: costs recorded in other currencies than USD, per currency
     cost_other: dict[str, Decimal] = {}
+
+    def totals(self) -> Totals:
+        """These totals as the package's one totals type (cost per currency)."""
+        costs = dict(self.cost_other)
+        if self.cost or not costs:
+            costs["USD"] = costs.get("USD", Decimal(0)) + self.cost
+        return Totals(self.calls, self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                      self.cache_write_tokens, self.reasoning_tokens, self.unpriced_calls, costs)
 
 
 Days = dict[str, dict[str, dict[str, Entry]]]
