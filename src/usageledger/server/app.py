@@ -30,6 +30,7 @@ from fastapi.responses import Response
 from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import UsageLedgerError
 from ..limits import MAX_ANSWER_BYTES, short
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
@@ -103,7 +104,7 @@ def _page(fetch: Callable[[int, int], list[Any]], limit: int, offset: int, chunk
     return parts, True
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(UsageLedgerError):
     """A storage call failed for a reason that is not the request's fault (answered 503)."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from ..errors import UsageLedgerError
 from ..eventtime import uuid7_time
 from ..limits import (
     MAX_BATCH_ITEMS,
@@ -72,7 +73,7 @@ PAYLOAD_TOKEN_KEYS: dict[str, tuple[str, ...]] = {
 _STR_FIELDS = ("user_id", "session_id", "customer_key", "run_id", "response_id")
 
 
-class BodyError(Exception):
+class BodyError(UsageLedgerError):
     """The request as a whole is unusable: answered with ``status`` and ``message``."""
 
     def __init__(self, status: int, message: str):

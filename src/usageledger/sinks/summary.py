@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from .._files import write_all
+from ..errors import UsageLedgerError
 from ..records import KIND_USAGE, UsageRecord, decode_usage
 from ..totals import Totals
 from .base import OK, Result, Retry, Sink, decode_batch
@@ -112,11 +113,11 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(SummaryDoc)
 
 
-class CorruptSummary(ValueError):
+class CorruptSummary(UsageLedgerError, ValueError):
     pass
 
 
-class NewerSummary(ValueError):
+class NewerSummary(UsageLedgerError, ValueError):
     """Written by a newer usageledger: valid for it, so never archived nor overwritten."""
 
 
