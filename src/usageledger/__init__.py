@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .errors import MixedCurrencyError, UsageLedgerError
 from .records import UsageRecord, new_id
 
 __version__ = "0.1.0"
@@ -35,9 +36,10 @@ _LAZY = {
     "instrument": "usageledger.integrations.capture",
     "uninstrument": "usageledger.integrations.capture",
     "attributes": "usageledger.integrations.context",
+    "Totals": "usageledger.totals",
 }
 
-__all__ = ["UsageRecord", "new_id", "__version__", *_LAZY]
+__all__ = ["UsageRecord", "new_id", "UsageLedgerError", "MixedCurrencyError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 import platformdirs
 
+from .errors import UsageLedgerError
 from .redact import REDACTED, redact_url
 
 __all__ = ["DeliveryConfig", "IniManager", "ConfigError", "ENV_PREFIX", "DURABILITIES"]
@@ -24,7 +25,7 @@ DURABILITIES = ("buffered", "committed", "fsync", "memory")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageLedgerError, ValueError):
     """A configuration value is invalid; the message names key, value and source."""
 
 

@@ -10,23 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from .config import DeliveryConfig, IniManager
+from .eventtime import encode_stamped
 from .journal import SqliteJournal, is_journal_url, open_journal
 from .journal.sqlite import check_journal_file
 from .logs import OWNER, configure_logging, log_body, new_owner, release_logging
 from .pipeline import Pipeline
 from .recorder import open_fallbacks
-from .records import KIND_RAW, encode_json_object, new_id
+from .records import KIND_RAW
 from .sinks.http import HttpSink
 
 __all__ = ["PersistentDelivery", "PersistentQueueManager", "DeliveryConfig", "IniManager"]
 
 log = logging.getLogger("usageledger.delivery")
-
-
-def _with_id(data: bytes, id_: str) -> bytes:
-    """Splice ``"id"`` into an encoded JSON object without re-encoding it."""
-    head = b'{"id":"' + id_.encode() + b'"'
-    return head + b"}" if data == b"{}" else head + b"," + data[1:]
 
 
 class PersistentDelivery:
@@ -105,15 +100,11 @@ class PersistentDelivery:
 
     def enqueue(self, payload: dict[str, Any]) -> str:
         """Queue ``payload`` for delivery; returns its ``id`` (added when missing, a
-        payload's own ``id`` is kept). Raises TypeError/ValueError for a payload that is
-        not a JSON object; never raises for I/O."""
-        data = encode_json_object("payload", payload)
-        id_ = payload.get("id")
-        if id_ is None:
-            id_ = new_id()
-            data = _with_id(data, id_)
-        elif type(id_) is not str or not id_:
-            raise TypeError(f"payload['id'] must be a non-empty string, got {id_!r}")
+        payload's own ``id`` is kept) and ``timestamp`` (the time of this call when
+        missing, so a payload delivered hours later is still dated when it happened).
+        Raises TypeError/ValueError for a payload that is not a JSON object; never raises
+        for I/O."""
+        id_, data = encode_stamped(payload)  # the event time travels with the record
         self._submit(id_, KIND_RAW, data)
         return id_
 

@@ -131,20 +131,20 @@ def _report(console: Console, url: str) -> dict[str, list[dict[str, Any]]]:
     for group in ("model", "day"):
         resp = httpx.get(f"{url}/api/v1/summary", params={"group_by": group}, timeout=30)
         resp.raise_for_status()
-        rows = resp.json()["groups"]
+        rows, totals = resp.json()["groups"], resp.json()["totals"]
         if group == "model":
             rows.sort(key=lambda r: Decimal(r["cost"]), reverse=True)
         report[group] = rows
         table = Table(title=f"cost per {group} (from {url}/api/v1/summary?group_by={group})")
         table.add_column(group, no_wrap=True)
-        for name in ("calls", "input tokens", "output tokens", "cost (USD)"):
+        for name in ("calls", "input tokens", "output tokens", "cost"):
             table.add_column(name, justify="right")
         for r in rows:
             table.add_row(str(r[group]), f"{r['count']:,}", f"{r['input_tokens']:,}",
-                          f"{r['output_tokens']:,}", f"{Decimal(r['cost']):.6f}")
-        total = sum((Decimal(r["cost"]) for r in rows), Decimal(0))
-        table.add_row("[bold]total", f"[bold]{sum(r['count'] for r in rows):,}", "", "",
-                      f"[bold]{total:.6f}")
+                          f"{r['output_tokens']:,}", f"{Decimal(r['cost']):.6f} {r['currency']}")
+        # the collector's totals: per currency, never added across currencies
+        total = " · ".join(f"{Decimal(v):.6f} {c}" for c, v in totals["costs"].items())
+        table.add_row("[bold]total", f"[bold]{totals['count']:,}", "", "", f"[bold]{total}")
         console.print(table)
     return report
 

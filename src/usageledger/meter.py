@@ -15,6 +15,7 @@ from .records import KIND_USAGE, UsageRecord, make_usage_record
 from .sinks.storage import StorageSink
 from .storage import create_storage
 from .storage.base import Aggregate, StorageBackend
+from .totals import Totals
 
 __all__ = ["Meter"]
 
@@ -142,15 +143,23 @@ class Meter:
         return self.storage.query(**filters)
 
     def summary(self, group_by: Sequence[str] | str = ("day", "model"), **filters: Any) -> list[Aggregate]:
-        """Flush, then totals per group (count, token sums, exact Decimal cost)."""
+        """Flush, then totals per group and currency (count, token sums, ``total_tokens``,
+        exact Decimal ``cost`` in the row's ``currency``)."""
         self.flush()
         return self.storage.aggregate(group_by, **filters)
 
-    def cost(self, **filters: Any) -> Decimal:
-        """Flush, then the exact total cost of the records matching ``filters``."""
+    def totals(self, **filters: Any) -> Totals:
+        """Flush, then the :class:`~usageledger.totals.Totals` of the records matching
+        ``filters`` (cost per currency)."""
         self.flush()
-        rows = self.storage.aggregate((), **filters)
-        return sum((r["cost"] for r in rows), Decimal(0))
+        return Totals.of_rows(self.storage.aggregate((), **filters))
+
+    def cost(self, currency: str | None = None, **filters: Any) -> Decimal:
+        """Flush, then the exact total cost of the records matching ``filters``: in
+        ``currency`` when given, else in their one currency. Money is never added across
+        currencies: records in several raise :class:`~usageledger.MixedCurrencyError`
+        naming them (pass ``currency=``, or read ``totals().costs``)."""
+        return self.totals(**filters).cost(currency)
 
     def stats(self) -> dict[str, Any]:
         return self._pipeline.stats()

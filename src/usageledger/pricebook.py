@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from .errors import UsageLedgerError
 from .pricing import _lookup, _price_value, _rates_from, _warn_unknown
 from .records import UsageRecord
 
@@ -42,7 +43,7 @@ PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cac
                 "reasoning_per_mtok", "per_request")
 
 
-class PriceInputError(ValueError):
+class PriceInputError(UsageLedgerError, ValueError):
     """A price entry or alias that cannot be used; the message names the field."""
 
 

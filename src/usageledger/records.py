@@ -29,6 +29,7 @@ from .limits import (
     tags_error,
     text_error,
 )
+from .totals import total_tokens
 
 __all__ = [
     "UsageRecord",
@@ -91,7 +92,9 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
 
     @property
     def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
+        """Uncached input + cache reads + cache writes + output: see usageledger.totals."""
+        return total_tokens(self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                            self.cache_write_tokens)
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")

@@ -30,7 +30,8 @@ from .integrations.litellm import split_model as _split_model
 from .integrations.litellm import usage_from_litellm as _from_litellm  # noqa: F401  (old name)
 from .pipeline import Pipeline
 from .records import KIND_USAGE, UsageRecord, decode_usage, make_usage_record
-from .sinks.summary import Days, Entry, SummarySink, apply_records, day_of
+from .sinks.summary import Days, SummarySink, apply_records, day_of
+from .totals import TOKEN_SUMS, Totals
 
 __all__ = ["UsageTracker"]
 
@@ -39,8 +40,6 @@ log = logging.getLogger("usageledger.tracker")
 #: attempts before a record would be dead-lettered: in effect never, since a summary file
 #: that refuses writes for a while must not lose records
 _MAX_ATTEMPTS = 1_000_000_000
-_TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-               "reasoning_tokens")
 
 
 def default_storage_path() -> Path:
@@ -433,42 +432,36 @@ def _in_range(day: str, first: str | None, last: str | None) -> bool:
     return (first is None or day >= first) and (last is None or day <= last)
 
 
-def _empty() -> dict[str, Any]:
-    return {**dict.fromkeys(_TOKEN_KEYS, 0), "calls": 0, "total_tokens": 0, "cost": Decimal(0),
-            "unpriced_calls": 0, "cost_other": {}}
-
-
-def _add(t: dict[str, Any], e: Entry) -> None:
-    t["calls"] += e.calls
-    t["input_tokens"] += e.input_tokens
-    t["output_tokens"] += e.output_tokens
-    t["cache_read_tokens"] += e.cache_read_tokens
-    t["cache_write_tokens"] += e.cache_write_tokens
-    t["reasoning_tokens"] += e.reasoning_tokens
-    t["total_tokens"] += e.input_tokens + e.output_tokens + e.cache_read_tokens + e.cache_write_tokens
-    t["cost"] += e.cost
-    t["unpriced_calls"] += e.unpriced_calls
-    for cur, v in e.cost_other.items():
-        t["cost_other"][cur] = t["cost_other"].get(cur, Decimal(0)) + v
+def _out(t: Totals) -> dict[str, Any]:
+    """The documented totals shape of ``get_summary``, from the one totals type: ``cost``
+    in USD and ``cost_other`` for the other currencies (never added to it), plus
+    ``costs``, every currency."""
+    return {"calls": t.count, **{k: getattr(t, k) for k in TOKEN_SUMS},
+            "total_tokens": t.total_tokens, "cost": t.cost("USD"), "unpriced_calls": t.unknown_cost,
+            "cost_other": {c: v for c, v in sorted(t.costs.items()) if c != "USD"},
+            "costs": dict(sorted(t.costs.items()))}
 
 
 def _summarise(parts: list[Days], first: str | None, last: str | None) -> dict[str, Any]:
-    total = _empty()
-    by_day: dict[str, dict[str, Any]] = {}
-    by_model: dict[str, dict[str, Any]] = {}
-    by_provider: dict[str, dict[str, Any]] = {}
+    total = Totals()
+    by_day: dict[str, Totals] = {}
+    by_model: dict[str, Totals] = {}
+    by_provider: dict[str, Totals] = {}
     for days in parts:
         for day, providers in days.items():
             if not _in_range(day, first, last):
                 continue
             for provider, models in providers.items():
                 for model, e in models.items():
-                    _add(total, e)
+                    t = e.totals()
+                    total += t
                     for table, key in ((by_day, day), (by_model, f"{provider}/{model}"),
                                        (by_provider, provider)):
-                        t = table.get(key)
-                        if t is None:
-                            t = table[key] = _empty()
-                        _add(t, e)
-    return {"since": first, "until": last, **total, "by_day": dict(sorted(by_day.items())),
-            "by_model": by_model, "by_provider": by_provider}
+                        acc = table.get(key)
+                        if acc is None:
+                            acc = table[key] = Totals()
+                        acc += t
+    return {"since": first, "until": last, **_out(total),
+            "by_day": {k: _out(v) for k, v in sorted(by_day.items())},
+            "by_model": {k: _out(v) for k, v in by_model.items()},
+            "by_provider": {k: _out(v) for k, v in by_provider.items()}}

@@ -194,3 +194,33 @@ def test_report_wide_terminal_keeps_every_column(cli, tmp_path, monkeypatch):
     for header in ("calls", "input", "output", "cache read", "cache write", "reasoning", "cost"):
         assert header in r.out
     assert "123,456,789" in r.out
+
+
+def test_report_keeps_currencies_apart(cli, tmp_path):
+    """1 USD + 2 EUR is never 3: rows per currency, the total per currency, one chart per
+    currency; JSON has ``costs`` and a null single-number ``cost``."""
+    from datetime import UTC, datetime
+
+    from usageledger.records import make_usage_record
+
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"
+    store = create_storage(url)
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    store.save_many([
+        make_usage_record("openai", "gpt-4o", 10, 5, cost="1", currency="USD", timestamp=at),
+        make_usage_record("mistral", "large", 20, 5, cost="2", currency="EUR", timestamp=at,
+                          cache_read_tokens=7),
+    ])
+    store.close()
+    r = cli("report", "--storage", url, "--group-by", "day")
+    assert r.code == 0, r.err
+    total = next(line for line in r.out.splitlines() if "total" in line and "│" in line)
+    assert "2.00 EUR · $1.00" in total and "3.00" not in total
+    assert "cost per day (EUR)" in r.out and "cost per day (USD)" in r.out
+    doc = json.loads(cli("report", "--storage", url, "--format", "json", "--group-by", "day").out)
+    assert [(row["currency"], row["cost"]) for row in doc["rows"]] == [("EUR", "2"), ("USD", "1")]
+    assert doc["total"]["costs"] == {"EUR": "2", "USD": "1"}
+    assert doc["total"]["cost"] is None and doc["total"]["currency"] is None
+    assert doc["total"]["total_tokens"] == 10 + 5 + 20 + 7 + 5
+    rows = list(csv.DictReader(io.StringIO(cli("report", "--storage", url, "--format", "csv").out)))
+    assert {(row["currency"], row["cost"]) for row in rows} == {("EUR", "2"), ("USD", "1")}

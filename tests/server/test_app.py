@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import gzip
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
 import pytest
+import uuid_utils
 from fastapi.testclient import TestClient
 
 from tests.server.support import record
@@ -110,6 +112,30 @@ def test_timestamps_are_stored_in_utc_and_a_missing_one_is_the_receipt_time(clie
     assert got[aware["id"]].isoformat() == "2025-03-01T10:00:00+00:00"
     assert got[naive["id"]].isoformat() == "2025-03-01T12:00:00+00:00"
     assert got["no-ts"].year >= 2025 and got["no-ts"].utcoffset().total_seconds() == 0
+
+
+def test_a_missing_timestamp_is_the_time_in_a_uuid7_id(client, store):
+    """Raw POSTs without timestamp: a UUIDv7 id (made an hour ago here) dates the record,
+    in our shape and in the seed-000 shape; an id without a time falls back to receipt."""
+    made = datetime(2025, 6, 30, 23, 59, 59, 987000, tzinfo=UTC)
+    ns = int(made.timestamp()) * 10**9 + 987_000_000
+    v7 = str(uuid_utils.uuid7(nanoseconds=ns))
+    v7_alias = str(uuid_utils.uuid7(nanoseconds=ns - 3600 * 10**9 - 987_000_000))
+    v4 = str(uuid_utils.uuid4())
+    before = datetime.now(UTC)
+    items = [
+        {"id": v7, "provider": "openai", "model": "gpt-4o", "input_tokens": 1},
+        {"id": v7_alias, "api_id": "openai", "service_key": "gpt-4o", "payload": {"input_tokens": 2}},
+        {"id": v4, "provider": "openai", "model": "gpt-4o"},
+    ]
+    assert compact(track(client, items)) == (3, [])
+    got = {r.id: r.timestamp for r in store.query()}
+    assert got[v7] == made
+    assert got[v7_alias] == made.replace(microsecond=0) - timedelta(hours=1)
+    assert got[v4] >= before.replace(microsecond=0)
+    # the day of a summary follows the event time
+    days = client.get("/api/v1/summary", params={"group_by": "day"}).json()["groups"]
+    assert {g["day"] for g in days} >= {"2025-06-30"}
 
 
 def test_legacy_track_shape_is_an_alias(client, store):
@@ -378,6 +404,25 @@ def test_summary_has_exact_cost_strings(client):
     bad = client.get("/api/v1/summary", params={"group_by": "day,colour"})
     assert bad.status_code == 422 and "colour" in bad.json()["detail"]
     assert client.get("/api/v1/summary", params={"group_by": "day,day"}).status_code == 422
+
+
+def test_summary_totals_are_per_currency(client):
+    """1 USD and 2 EUR are never 3: the totals answer per currency, and the single-number
+    ``cost`` is null when there is more than one."""
+    now = datetime.now(UTC).isoformat()
+    track(client, [record(1, cost="1", currency="USD", timestamp=now),
+                   record(2, cost="2", currency="EUR", timestamp=now, cache_read_tokens=5),
+                   record(3, cost="0.5", currency="EUR", timestamp=now)])
+    resp = client.get("/api/v1/summary", params={"group_by": "model"}).json()
+    assert [(g["model"], g["currency"], g["cost"]) for g in resp["groups"]] == [
+        ("gpt-4o-mini", "EUR", "2.5"), ("gpt-4o-mini", "USD", "1")]
+    t = resp["totals"]
+    assert t["costs"] == {"EUR": "2.5", "USD": "1"} and t["cost"] is None and t["currency"] is None
+    assert t["count"] == 3 and t["total_tokens"] == 3 * 10 + 101 + 102 + 103 + 5
+    usd = client.get("/api/v1/summary", params={"group_by": "day", "user_id": "u1"}).json()
+    assert usd["totals"]["cost"] == "1" and usd["totals"]["currency"] == "USD"
+    page = client.get("/").text
+    assert "2.5 EUR" in page and "1 USD" in page and "3.5" not in page
 
 
 def test_metrics_counters_change(client):

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.server.support import Collector
+from tests.support.servers import free_port
 from usageledger.delivery import PersistentDelivery
 from usageledger.records import new_id
 from usageledger.storage import create_storage
@@ -215,3 +216,41 @@ def test_serve_with_two_workers_on_sqlite_stores_each_id_once(tmp_path):
             assert sum(g["count"] for g in summary["groups"]) == 3000
     finally:
         col.stop()
+
+
+def test_records_enqueued_while_the_collector_is_down_keep_their_enqueue_time(tmp_path):
+    """Payloads without a timestamp wait in the journal while no collector runs; the
+    collector (a real process, started 2 s later) stores them with the time they were
+    enqueued, not the time it received them. One payload has its own id that is not a
+    UUIDv7 (so only enqueue's stamp can date it); one uses the seed-000 /track shape."""
+    collector = Collector(f"sqlite:///{tmp_path}/late.db", port=free_port())
+    delivery = PersistentDelivery(
+        db_path=tmp_path / "queue.db", api_base=collector.url, batch_interval=0.02,
+        immediate_pause_seconds=0.05, max_backoff=0.3, max_attempts=10_000, timeout=5,
+    )
+    try:
+        enqueued_at = datetime.now(UTC)
+        ids = [
+            delivery.enqueue({"provider": "openai", "model": "gpt-4o", "input_tokens": 3}),
+            delivery.enqueue({"id": "order-17", "provider": "openai", "model": "gpt-4o"}),
+            delivery.enqueue({"api_id": "openai", "service_key": "gpt-4o",
+                              "payload": {"input_tokens": 5}}),
+        ]
+        time.sleep(2.0)  # deliveries fail meanwhile: connection refused
+        assert delivery.stats()["queued"] == 3
+        started_at = datetime.now(UTC)
+        collector.start()
+        assert delivery.flush(60), delivery.stats()
+    finally:
+        delivery.stop(5)
+        collector.stop()
+    store = create_storage(f"sqlite:///{tmp_path}/late.db")
+    try:
+        stored = {r.id: r.timestamp for r in store.query()}
+    finally:
+        store.close()
+    assert set(stored) == set(ids)
+    for id_, ts in stored.items():
+        # dated at enqueue (ms precision), at least 2 s before the collector could receive it
+        assert abs(ts - enqueued_at) < timedelta(seconds=1), (id_, ts, enqueued_at)
+        assert ts < started_at - timedelta(seconds=1), (id_, ts, started_at)

@@ -220,3 +220,74 @@ def test_sqlite_refuses_a_foreign_usage_table(tmp_path):
     conn.close()
     with pytest.raises(ValueError, match=r"no column\(s\) \['ts', 'model'\]"):
         SQLiteStorage(path)
+
+
+_OLD_SQLITE_ROLLUP = """CREATE TABLE usage_hourly (
+    hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+    count INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, inexact INTEGER NOT NULL,
+    unknown_cost INTEGER NOT NULL, PRIMARY KEY (hour, provider, model)) WITHOUT ROWID"""
+
+
+def _two_currencies():
+    at = datetime(2025, 4, 1, 10, tzinfo=UTC)
+    return [make_usage_record("openai", "gpt-4o", 10, 5, cost="1", currency="USD", timestamp=at),
+            make_usage_record("openai", "gpt-4o", 10, 5, cost="2", currency="EUR", timestamp=at)]
+
+
+def test_sqlite_rebuilds_a_rollup_keyed_without_currency(tmp_path):
+    """A file whose hourly rollup predates the currency key (it summed 1 USD + 2 EUR into
+    3) is rebuilt from the records at open: aggregates answer per currency again."""
+    path = tmp_path / "old.db"
+    SQLiteStorage(path).close()
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE usage_hourly")
+    con.execute(_OLD_SQLITE_ROLLUP)
+    con.commit()
+    con.close()
+    store = SQLiteStorage(path)  # the old shape: dropped and rebuilt (empty)
+    store.save_many(_two_currencies())
+    store.close()
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE usage_hourly")
+    con.execute(_OLD_SQLITE_ROLLUP)
+    con.execute("INSERT INTO usage_hourly VALUES (483058, 'openai', 'gpt-4o', 2, 20, 10, 0, 0, 0, "
+                "3000000000, 0, 0)")
+    con.commit()
+    con.close()
+    store = SQLiteStorage(path)
+    try:
+        got = [(r["currency"], r["cost"], r["count"]) for r in store.aggregate(("day", "model"))]
+        assert got == [("EUR", Decimal(2), 1), ("USD", Decimal(1), 1)]
+    finally:
+        store.close()
+
+
+def test_postgres_rebuilds_a_rollup_keyed_without_currency(postgres_server):
+    import uuid
+
+    import psycopg
+
+    name = f"ul_rollup_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + name
+    store = create_storage(url)
+    store.save_many(_two_currencies())
+    store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE usage_hourly")
+        conn.execute("""CREATE TABLE usage_hourly (
+            hour BIGINT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+            count BIGINT NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,
+            cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
+            reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
+            PRIMARY KEY (hour, provider, model))""")
+        conn.execute("INSERT INTO usage_hourly VALUES (483058, 'openai', 'gpt-4o', 2, 20, 10, 0, 0, 0, 3, 0)")
+    store = create_storage(url)
+    try:
+        got = [(r["currency"], r["cost"], r["count"]) for r in store.aggregate(("day", "model"))]
+        assert got == [("EUR", Decimal(2), 1), ("USD", Decimal(1), 1)]
+    finally:
+        store.close()

@@ -57,7 +57,8 @@ def expected(records, keys, pred=lambda r: True):
                 values.append(r.tags.get(k[4:]))
             else:
                 values.append(getattr(r, k))
-        g = groups[tuple(values)]
+        # one row per group and currency: currency is a key even when not asked for
+        g = groups[tuple(values) if "currency" in keys else (*values, r.currency)]
         g["count"] += 1
         for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
                   "reasoning_tokens"):
@@ -67,7 +68,12 @@ def expected(records, keys, pred=lambda r: True):
         else:
             g["cost"] += r.cost
     order = sorted(groups, key=lambda gk: tuple((v is not None, v) for v in gk))
-    return [{**dict(zip(keys, gk, strict=True)), **groups[gk]} for gk in order]
+    names = keys if "currency" in keys else (*keys, "currency")
+    rows = [{**dict(zip(names, gk, strict=True)), **groups[gk]} for gk in order]
+    for g in rows:  # input (uncached) + cache reads + cache writes + output
+        g["total_tokens"] = (g["input_tokens"] + g["cache_read_tokens"] + g["cache_write_tokens"]
+                             + g["output_tokens"])
+    return rows
 
 
 def newest_first(records):
@@ -376,3 +382,38 @@ def test_any_tag_key_can_be_filtered_and_grouped(store, key):
     assert hit.tags == {key: "x"}
     groups = {g[f"tag:{key}"]: g["count"] for g in store.aggregate((f"tag:{key}",))}
     assert groups == {"x": 1, "y": 1, None: 1}
+
+
+# -- money per currency -------------------------------------------------------------------------
+
+def mixed_currency_records():
+    return [
+        rec(0, cost="1", currency="USD", user_id="u1"),
+        rec(5, cost="2", currency="EUR", user_id="u1", cache_read_tokens=4),
+        rec(10, cost="0.5", currency="EUR", model="gpt-4o-mini", user_id="u2"),
+        rec(15, cost="0.000000000001", currency="GBP", user_id="u1"),  # finer than nano
+        rec(20, currency="EUR", user_id="u1"),  # unknown cost, still in its currency
+    ]
+
+
+@pytest.mark.parametrize("filters", [{}, {"user_id": "u1"}, {"provider": "openai"}],
+                         ids=["rollup", "scan", "rollup-filtered"])
+def test_money_never_adds_across_currencies(store, filters):
+    from usageledger import UsageLedgerError
+    from usageledger.totals import MixedCurrencyError, Totals
+
+    records = mixed_currency_records()
+    store.save_many(records)
+    pred = (lambda r: r.user_id == "u1") if "user_id" in filters else (lambda r: True)
+    for keys in [(), ("model",), ("day", "model"), ("hour",)]:
+        got = store.aggregate(keys, **filters)
+        assert got == expected(records, keys, pred), keys
+        assert all(g["currency"] in ("USD", "EUR", "GBP") for g in got)
+    totals = Totals.of_rows(store.aggregate((), **filters))
+    want_eur = Decimal("2") + (0 if filters.get("user_id") else Decimal("0.5"))
+    assert totals.costs == {"USD": Decimal(1), "EUR": want_eur, "GBP": Decimal("0.000000000001")}
+    assert totals.count == len([r for r in records if pred(r)]) and totals.unknown_cost == 1
+    with pytest.raises(MixedCurrencyError, match="EUR, GBP, USD") as err:
+        totals.cost()
+    assert isinstance(err.value, ValueError) and isinstance(err.value, UsageLedgerError)
+    assert totals.cost("EUR") == want_eur and totals.cost("JPY") == 0

@@ -73,3 +73,50 @@ def test_a_storage_instance_and_its_options_are_exclusive():
         assert meter.query()[0].cost == 1
     with pytest.raises(TypeError, match="db_path"):
         Meter(MemoryStorage(), db_path="x")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "jsonl"])
+def test_cost_never_adds_currencies(kind, tmp_path):
+    """1 USD + 2 EUR: Meter.cost() refuses to answer one number and names both
+    currencies; per currency it answers; summary rows carry their currency."""
+    from usageledger import MixedCurrencyError, UsageLedgerError
+
+    options = {"memory": {}, "sqlite": {"db_path": tmp_path / "m.db"},
+               "jsonl": {"path": tmp_path / "m.jsonl"}}[kind]
+    with Meter(kind, **options) as meter:
+        meter.record("openai", "gpt-4o", 10, 5, cost="1", currency="USD")
+        meter.record("mistral", "large", 10, 5, cost="2", currency="EUR", user_id="eu")
+        with pytest.raises(MixedCurrencyError, match="EUR, USD") as err:
+            meter.cost()
+        assert isinstance(err.value, ValueError) and isinstance(err.value, UsageLedgerError)
+        assert meter.cost(currency="USD") == Decimal(1) and meter.cost(currency="EUR") == Decimal(2)
+        assert meter.cost(user_id="eu") == Decimal(2)  # one currency: one number
+        assert meter.totals().costs == {"USD": Decimal(1), "EUR": Decimal(2)}
+        rows = meter.summary(("model",))
+        assert [(r["model"], r["currency"], r["cost"]) for r in rows] == [
+            ("gpt-4o", "USD", Decimal(1)), ("large", "EUR", Decimal(2))]
+
+
+def test_one_total_tokens_everywhere(tmp_path):
+    """The same call counts the same total_tokens in the record, a storage row, Totals and
+    the tracker: uncached input + cache reads + cache writes + output (20 + 5 + 5 + 10)."""
+    from usageledger import UsageTracker
+    from usageledger.records import make_usage_record
+    from usageledger.totals import Totals
+
+    rec = make_usage_record("openai", "gpt-4o", 20, 10, cache_read_tokens=5,
+                            cache_write_tokens=5, reasoning_tokens=4, cost="0.1")
+    assert rec.total_tokens == 40
+    store = MemoryStorage()
+    store.save_many([rec])
+    (row,) = store.aggregate(())
+    assert row["total_tokens"] == 40 and Totals.of_records([rec]).total_tokens == 40
+    with Meter(store) as meter:
+        assert meter.totals().total_tokens == 40
+    t = UsageTracker(tmp_path / "u.json", durability="memory")
+    try:
+        t.record("gpt-4o", 20, 10, provider="openai", cache_read_tokens=5, cache_write_tokens=5,
+                 reasoning_tokens=4, cost="0.1")
+        assert t.get_today()["total_tokens"] == 40
+    finally:
+        t.shutdown()

@@ -359,3 +359,20 @@ def test_several_processes_share_one_summary_file(tmp_path):
         assert (s["calls"], s["input_tokens"], s["cost"]) == (600, 150 * (1 + 2 + 3 + 4), Decimal("0.600"))
     finally:
         t.shutdown(5)
+
+
+def test_summary_keeps_currencies_apart(make):
+    """USD and EUR are never added: ``cost`` is USD, ``cost_other`` the others, ``costs``
+    every currency, in the totals and in each breakdown, before and after the write."""
+    t = make(flush_interval=60, flush_size=1000)
+    t.record("gpt-4o", 10, 5, provider="openai", cost="1")
+    t.record("large", 10, 5, provider="mistral", cost="2", currency="EUR")
+    t.record("large", 10, 5, provider="mistral", cost="0.5", currency="EUR")
+    for _ in range(2):
+        s = t.get_today()
+        assert s["cost"] == Decimal(1) and s["cost_other"] == {"EUR": Decimal("2.5")}
+        assert s["costs"] == {"EUR": Decimal("2.5"), "USD": Decimal(1)}
+        assert s["by_provider"]["mistral"]["costs"] == {"EUR": Decimal("2.5")}
+        assert s["by_provider"]["mistral"]["cost"] == 0
+        assert s["calls"] == 3 and s["total_tokens"] == 45
+        assert t.flush(10)

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..errors import UsageLedgerError
 from ..records import to_utc
 
 __all__ = [
@@ -38,7 +39,7 @@ _FIELDS = ("scope", "period", "limit", "currency", "alert_thresholds", "webhook_
 MAX_THRESHOLD = 10
 
 
-class BudgetExceeded(Exception):  # the package has no exception root yet: derive from it once it has
+class BudgetExceeded(UsageLedgerError):
     """A call was refused because a budget that covers it is spent. ``budgets`` names
     them; ``status`` is the check answer (``{"allowed", "exceeded", "budgets"}``)."""
 
@@ -53,7 +54,7 @@ class BudgetUnavailable(BudgetExceeded):
     was made with ``fail_open=False``: the call is refused like one over budget."""
 
 
-class BudgetInputError(ValueError):
+class BudgetInputError(UsageLedgerError, ValueError):
     """A budget definition or check that is not valid; ``field`` names what is wrong."""
 
     def __init__(self, field: str, message: str):

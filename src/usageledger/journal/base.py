@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from ..errors import UsageLedgerError
+
 __all__ = ["Journal", "JournalItem", "JournalError", "JournalDestinationError", "JournalUnavailableError", "READY", "INFLIGHT", "DEAD", "STATE_NAMES"]
 
 READY, INFLIGHT, DEAD = 0, 1, 2
@@ -33,7 +35,7 @@ class JournalItem(NamedTuple):
     attempts: int
 
 
-class JournalError(Exception):
+class JournalError(UsageLedgerError):
     """The journal could not do what was asked (disk full, read-only, corrupt...)."""
 
 

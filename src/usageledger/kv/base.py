@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ..config import ConfigError
+from ..errors import UsageLedgerError
 
 __all__ = [
     "KVStore", "KVError", "KVUnavailableError", "KVTypeError", "KVSerializationError",
@@ -46,7 +47,7 @@ __all__ = [
 TTL = int | float | timedelta | None
 
 
-class KVError(Exception):
+class KVError(UsageLedgerError):
     """Base of every error a KV store raises."""
 
 

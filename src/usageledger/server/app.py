@@ -30,10 +30,12 @@ from fastapi.responses import Response
 from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from ..errors import UsageLedgerError
 from ..limits import MAX_ANSWER_BYTES, short
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
+from ..totals import Totals
 from . import budgets as budget_routes
 from . import prices as price_routes
 from . import schema
@@ -102,7 +104,7 @@ def _page(fetch: Callable[[int, int], list[Any]], limit: int, offset: int, chunk
     return parts, True
 
 
-class StorageUnavailable(Exception):
+class StorageUnavailable(UsageLedgerError):
     """A storage call failed for a reason that is not the request's fault (answered 503)."""
 
 
@@ -336,13 +338,10 @@ def create_app(
             raise HTTPException(422, f"group_by repeats a key: {group_by!r}")
         _refuse_nul({"group_by": group_by})
         groups = call(store.aggregate, keys, **f)
-        totals: dict[str, Any] = {"count": 0, "cost": Decimal(0)}
+        # per currency: money is never added across currencies
+        totals = Totals.of_rows(groups).to_dict(plain=True)
         for g in groups:
-            for k, v in g.items():
-                if k not in keys and isinstance(v, int | Decimal):
-                    totals[k] = totals.get(k, 0) + v
             g["cost"] = plain(g["cost"])
-        totals["cost"] = plain(totals["cost"])
         return _json({"group_by": list(keys), "groups": groups, "totals": totals})
 
     # -- agent runs --------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+from ..errors import UsageLedgerError
+
 __all__ = ["PAGE_CSP", "ViewFilters", "parse_filters", "Page", "money"]
 
 #: no scripts, no inline styles, nothing from another origin, never framed
@@ -49,7 +51,7 @@ def _e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-class FilterError(ValueError):
+class FilterError(UsageLedgerError, ValueError):
     """A filter in the URL cannot be read; the page says which and why."""
 
 

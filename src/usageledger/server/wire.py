@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from ..errors import UsageLedgerError
+from ..eventtime import uuid7_time
 from ..limits import (
     MAX_BATCH_ITEMS,
     MAX_COST,
@@ -71,7 +73,7 @@ PAYLOAD_TOKEN_KEYS: dict[str, tuple[str, ...]] = {
 _STR_FIELDS = ("user_id", "session_id", "customer_key", "run_id", "response_id")
 
 
-class BodyError(Exception):
+class BodyError(UsageLedgerError):
     """The request as a whole is unusable: answered with ``status`` and ``message``."""
 
     def __init__(self, status: int, message: str):
@@ -234,7 +236,7 @@ def _is_alias(obj: dict[str, Any]) -> bool:
 def record_from_dict(obj: dict[str, Any]) -> UsageRecord:
     """Build a record from a dict in our shape or in the legacy ``/track`` shape (``api_id``/``service_key``/``payload``)
     (``api_id``/``service_key``/``payload``), with the core's validation and messages.
-    A missing ``timestamp`` is the time of receipt."""
+    A missing ``timestamp`` is the time in a UUIDv7 ``id``, else the time of receipt."""
     kw: dict[str, Any] = {"provider": obj.get("provider"), "model": obj.get("model"),
                           "tags": obj.get("tags")}
     payload = obj.get("payload")
@@ -245,7 +247,7 @@ def record_from_dict(obj: dict[str, Any]) -> UsageRecord:
             kw[field] = obj[field]
     if payload is not None:
         kw["payload"] = payload
-    kw["timestamp"] = _timestamp(obj.get("timestamp"))
+    kw["timestamp"] = _timestamp(obj.get("timestamp"), obj["id"])
     return make_usage_record(id=obj["id"], **kw)
 
 
@@ -282,9 +284,10 @@ def _token(field: str, value: Any) -> int:
     return value
 
 
-def _timestamp(value: Any) -> datetime:
+def _timestamp(value: Any, id_: str) -> datetime:
     if value is None:
-        return datetime.now(UTC)
+        # the event time, not the receipt time: a UUIDv7 id carries when it was made
+        return uuid7_time(id_) or datetime.now(UTC)
     if not isinstance(value, str):
         raise TypeError(f"timestamp must be an ISO 8601 string, got {value!r}")
     try:

@@ -49,7 +49,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from .._files import write_all
+from ..errors import UsageLedgerError
 from ..records import KIND_USAGE, UsageRecord, decode_usage
+from ..totals import Totals
 from .base import OK, Result, Retry, Sink, decode_batch
 
 if TYPE_CHECKING:
@@ -83,6 +85,14 @@ class Entry(msgspec.Struct, omit_defaults=True):
     #: costs recorded in other currencies than USD, per currency
     cost_other: dict[str, Decimal] = {}
 
+    def totals(self) -> Totals:
+        """These totals as the package's one totals type (cost per currency)."""
+        costs = dict(self.cost_other)
+        if self.cost or not costs:
+            costs["USD"] = costs.get("USD", Decimal(0)) + self.cost
+        return Totals(self.calls, self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                      self.cache_write_tokens, self.reasoning_tokens, self.unpriced_calls, costs)
+
 
 Days = dict[str, dict[str, dict[str, Entry]]]
 
@@ -103,11 +113,11 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(SummaryDoc)
 
 
-class CorruptSummary(ValueError):
+class CorruptSummary(UsageLedgerError, ValueError):
     pass
 
 
-class NewerSummary(ValueError):
+class NewerSummary(UsageLedgerError, ValueError):
     """Written by a newer usageledger: valid for it, so never archived nor overwritten."""
 
 

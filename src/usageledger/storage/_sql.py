@@ -60,11 +60,11 @@ def rollup_where(f: Filters, ph: str) -> tuple[str, list[Any]]:
 
 def daily_sql(keys: tuple[str, ...], plan: DailyPlan, ph: str, sums: str,
               total: bool = False) -> tuple[str, list[Any]]:
-    """A query on ``usage_daily`` for ``plan``: the group values (``day`` and the
-    dimension's ``value``) and ``sums``. ``total``: the totals of all records (dim ``''``)
+    """A query on ``usage_daily`` for ``plan``: the group values (``day``, ``currency`` and
+    the dimension's ``value``) and ``sums``. ``total``: the totals of all records (dim ``''``)
     grouped by ``day`` only, from which the group of records without the dimension is
     made (its value is then None)."""
-    exprs = [k if k == "day" else "value" for k in keys if not total or k != plan.dim]
+    exprs = [k if k in ("day", "currency") else "value" for k in keys if not total or k != plan.dim]
     clauses, params = [f"dim = {ph}"], ["" if total else plan.dim]
     if plan.value is not None and not total:
         clauses.append(f"value = {ph}")

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from ..records import UsageRecord, to_utc
+from ..totals import total_tokens
 
 __all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
 
@@ -110,11 +111,23 @@ class StorageBackend:
             offset += batch_size
 
     def aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[Aggregate]:
-        """One row per group: the group keys, ``count``, ``input_tokens``,
-        ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
-        ``reasoning_tokens``, ``cost`` (Decimal; records of unknown cost add nothing) and
-        ``unknown_cost`` (how many records had no cost). Sorted by the group keys."""
-        return self._aggregate(check_group_by(group_by), make_filters(**filters))
+        """One row per group **and currency** (money is never added across currencies:
+        ``currency`` is a group key whether asked for or not, last unless placed): the
+        group keys, ``count``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
+        ``cache_write_tokens``, ``reasoning_tokens``, ``total_tokens`` (as
+        :mod:`usageledger.totals` defines it), ``cost`` (Decimal, in the row's currency;
+        records of unknown cost add nothing) and ``unknown_cost`` (how many records had no
+        cost). Sorted by the group keys. When nothing matches and no key was asked for: one
+        zero row whose ``currency`` is None. :meth:`usageledger.totals.Totals.of_rows`
+        sums rows per currency."""
+        keys = check_group_by(group_by)
+        rows = self._aggregate(keys if "currency" in keys else (*keys, "currency"), make_filters(**filters))
+        if not rows and not keys:
+            rows = [{"currency": None, **zero_totals()}]
+        for r in rows:
+            r["total_tokens"] = total_tokens(r["input_tokens"], r["output_tokens"],
+                                             r["cache_read_tokens"], r["cache_write_tokens"])
+        return rows
 
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         """What a backend implements for ``aggregate``: keys and filters are checked."""
@@ -338,8 +351,8 @@ def check_page(limit: int | None, offset: int) -> None:
         raise ValueError(f"offset must be a non-negative integer, got {offset!r}")
 
 
-#: group keys an hourly rollup (hour x provider x model) can answer
-ROLLUP_KEYS = frozenset({"day", "hour", "provider", "model"})
+#: group keys an hourly rollup (hour x provider x model x currency) can answer
+ROLLUP_KEYS = frozenset({"day", "hour", "provider", "model", "currency"})
 
 
 def rollup_fits(keys: tuple[str, ...], f: Filters) -> bool:
@@ -388,7 +401,7 @@ def daily_plan(keys: tuple[str, ...], f: Filters) -> DailyPlan | None:
     values = {k: getattr(f, k) for k in DIMENSIONS if getattr(f, k) is not None}
     values.update({f"tag:{k}": v for k, v in f.tags})
     dims |= set(values)
-    if len(dims) != 1 or not set(keys) <= dims | {"day"}:
+    if len(dims) != 1 or not set(keys) <= dims | {"day", "currency"}:
         return None
     (dim,) = dims
     lo = None if f.since is None else -(-f.since // _US_PER_DAY)
@@ -493,20 +506,20 @@ class Aggregator:
         add_record(t, rec)
 
     def rows_from_hourly(
-        self, hourly: Iterable[tuple[tuple[int, str, str], dict[str, Any]]], f: Filters
+        self, hourly: Iterable[tuple[tuple[int, str, str, str], dict[str, Any]]], f: Filters
     ) -> list[Aggregate]:
-        """Rows from totals per (hour, provider, model), for aggregates that
+        """Rows from totals per (hour, provider, model, currency), for aggregates that
         :func:`rollup_fits`."""
         lo = None if f.since is None else f.since // _US_PER_HOUR
         hi = None if f.until is None else f.until // _US_PER_HOUR
-        for (hour, provider, model), totals in hourly:
+        for (hour, provider, model, currency), totals in hourly:
             if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
                 continue
             if (f.provider is not None and provider != f.provider) or (
                 f.model is not None and model != f.model
             ):
                 continue
-            values = {"provider": provider, "model": model}
+            values = {"provider": provider, "model": model, "currency": currency}
             gk = tuple(
                 values[k] if k in values
                 else day_key(hour * _US_PER_HOUR) if k == "day" else hour_key(hour * _US_PER_HOUR)

@@ -44,8 +44,8 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, StorageBackend):
         self._rows: list[tuple[int, str, UsageRecord]] = []
         self._sorted = True
         self._runs: dict[str, dict[str, Any]] = {}
-        # totals per (hour, provider, model): aggregates that fit read these, not every record
-        self._hourly: dict[tuple[int, str, str], dict[str, Any]] = {}
+        # totals per (hour, provider, model, currency): aggregates that fit read these
+        self._hourly: dict[tuple[int, str, str, str], dict[str, Any]] = {}
 
     # -- usage ------------------------------------------------------------------------------
     def _add(self, records: Iterable[UsageRecord]) -> list[UsageRecord]:
@@ -65,7 +65,7 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, StorageBackend):
             last = key
             rows.append((key[0], key[1], rec))
             new.append(rec)
-            hk = (key[0] // _US_PER_HOUR, rec.provider, rec.model)
+            hk = (key[0] // _US_PER_HOUR, rec.provider, rec.model, rec.currency)
             t = self._hourly.get(hk)
             if t is None:
                 t = self._hourly[hk] = zero_totals()
@@ -88,11 +88,16 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, StorageBackend):
                 if new is None:
                     continue
                 new = msgspec.structs.replace(old, cost=new.cost, currency=new.currency)
-                t = self._hourly[(us // _US_PER_HOUR, old.provider, old.model)]
+                ok = (us // _US_PER_HOUR, old.provider, old.model, old.currency)
+                t = self._hourly[ok]
                 one = zero_totals()
                 add_record(one, old)
                 add_totals(t, one, -1)
-                add_record(t, new)
+                if not t["count"]:
+                    del self._hourly[ok]
+                # the rollup is keyed by currency: a repriced record may change bucket
+                hk = (us // _US_PER_HOUR, new.provider, new.model, new.currency)
+                add_record(self._hourly.setdefault(hk, zero_totals()), new)
                 self._rows[i] = (us, id_, new)
                 self._by_id[id_] = new
             return len(changed)

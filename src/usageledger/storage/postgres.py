@@ -80,11 +80,11 @@ _HOUR = "floor(extract(epoch FROM ts) / 3600)::bigint"
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS usage ({})".format(", ".join(f"{k} {v}" for k, v in _COLUMNS.items())),
     """CREATE TABLE IF NOT EXISTS usage_hourly (
-        hour BIGINT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+        hour BIGINT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, currency TEXT NOT NULL,
         count BIGINT NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,
         cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
         reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
-        PRIMARY KEY (hour, provider, model))""",
+        PRIMARY KEY (hour, provider, model, currency))""",
     """CREATE TABLE IF NOT EXISTS usage_daily (
         dim TEXT COLLATE "C" NOT NULL, value TEXT COLLATE "C" NOT NULL, day BIGINT NOT NULL,
         currency TEXT COLLATE "C" NOT NULL,
@@ -139,8 +139,8 @@ WITH ins AS (
         customer_key, session_id, tags
 ), roll AS (
     INSERT INTO usage_hourly
-    SELECT {_HOUR}, provider, model, {_SUMS} FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (hour, provider, model) DO UPDATE SET {_ADD.format(table="usage_hourly")}
+    SELECT {_HOUR}, provider, model, currency, {_SUMS} FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (hour, provider, model, currency) DO UPDATE SET {_ADD.format(table="usage_hourly")}
 ), daily AS (
     INSERT INTO usage_daily {_DAILY_ROWS.format(src="ins")}
 )
@@ -159,8 +159,8 @@ def _rollups_of_changed(sums: str) -> str:
     return f"""
 WITH chg AS (SELECT * FROM usage WHERE id IN (SELECT id FROM reprice_in)), roll AS (
     INSERT INTO usage_hourly
-    SELECT {_HOUR}, provider, model, {sums} FROM chg GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (hour, provider, model) DO UPDATE SET {_ADD.format(table="usage_hourly")}
+    SELECT {_HOUR}, provider, model, currency, {sums} FROM chg GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (hour, provider, model, currency) DO UPDATE SET {_ADD.format(table="usage_hourly")}
 )
 INSERT INTO usage_daily {_DAILY_ROWS.format(src="chg").replace(_SUMS, sums)}"""
 
@@ -172,6 +172,8 @@ _REPRICE = [
     "DELETE FROM usage_hourly WHERE count = 0",
     "DELETE FROM usage_daily WHERE count = 0",
 ]
+_ROLLUP_BACKFILL = (f"INSERT INTO usage_hourly SELECT {_HOUR}, provider, model, currency, {_SUMS} "
+                    "FROM usage GROUP BY 1, 2, 3, 4")
 #: attempts of a batch that PostgreSQL aborted to break a deadlock (nothing of it is stored)
 _DEADLOCK_ATTEMPTS = 3
 _SELECT = f"SELECT {', '.join(_COLS)} FROM usage"
@@ -227,6 +229,17 @@ class PostgresStorage(SqlBudgets, SqlPrices, StorageBackend):
                 conn.execute(ddl)
             if had_daily is None:  # a database from before the daily totals: build them
                 conn.execute(_DAILY_BACKFILL)
+            rollup_cols = {r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'usage_hourly' AND table_schema = current_schema()"
+            )}
+            if "currency" not in rollup_cols:
+                # a rollup keyed without currency added money across currencies: rebuild it
+                log.info("rebuilding usage_hourly with a currency key")
+                with conn.transaction():
+                    conn.execute("DROP TABLE usage_hourly")
+                    conn.execute(_SCHEMA[1])
+                    conn.execute(_ROLLUP_BACKFILL)
         finally:
             conn.execute("SELECT pg_advisory_unlock(7301460)")
 

@@ -9,7 +9,7 @@ Layout under ``prefix`` (default ``usageledger:``):
   intersects the sets its filters name and reads one score range of the result, newest
   first (ties by id descending), so no filter scans every record;
 - ``roll:<metric>`` and ``roll_day:<metric>``: hashes of totals per (hour or day, provider,
-  model), so aggregates by day/hour/provider/model read a few thousand fields at most;
+  model, currency), so aggregates by day/hour/provider/model read a few thousand fields at most;
   cost in integer nano-units (``HINCRBY``: exact). Costs finer than a nano-unit are
   counted in ``roll:inexact`` and make those aggregates sum the records' own decimal
   strings instead;
@@ -229,11 +229,11 @@ class RedisStorage(StorageBackend):
                 idx += [self._tag_index(k, v) for k, v in rec.tags.items()]
             batch.append([
                 rec.id, str(us), encode(rec).decode(),
-                _group_encode([us // _US_PER_HOUR, rec.provider, rec.model]).decode(),
+                _group_encode([us // _US_PER_HOUR, rec.provider, rec.model, rec.currency]).decode(),
                 rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
                 rec.cache_write_tokens, rec.reasoning_tokens, "" if nano is None else str(nano),
                 1 if rec.cost is None else 0, 1 if rec.cost is not None and nano is None else 0,
-                idx, _group_encode([us // _US_PER_DAY, rec.provider, rec.model]).decode(),
+                idx, _group_encode([us // _US_PER_DAY, rec.provider, rec.model, rec.currency]).decode(),
             ])
             if len(batch) == chunk:
                 run(batch)
@@ -295,7 +295,10 @@ class RedisStorage(StorageBackend):
         lo = None if f.since is None else f.since // unit
         hi = None if f.until is None else f.until // unit
         for raw, count in hashes["count"].items():
-            bucket, provider, model = _json_decode(raw)
+            group = _json_decode(raw)
+            if len(group) != 4:
+                return None  # a field written before rollups were keyed by currency: scan
+            bucket, provider, model, currency = group
             if (lo is not None and bucket < lo) or (hi is not None and bucket >= hi):
                 continue
             if (f.provider is not None and provider != f.provider) or (
@@ -304,7 +307,7 @@ class RedisStorage(StorageBackend):
                 continue
             if int(hashes["inexact"].get(raw, 0)):
                 return None  # a cost finer than a nano-unit: sum the records' own strings
-            values = {"provider": provider, "model": model, "day": day_key(bucket * unit),
+            values = {"provider": provider, "model": model, "currency": currency, "day": day_key(bucket * unit),
                       "hour": None if daily else hour_key(bucket * unit)}
             gk = tuple(values[k] for k in keys)
             t = groups.setdefault(gk, zero_totals())

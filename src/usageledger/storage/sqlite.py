@@ -5,7 +5,7 @@ whenever that is exact, so sums run in integer arithmetic inside SQLite; a cost 
 than nine decimals keeps ``cost_nano`` NULL and is summed from its text in Python.
 Nothing is rounded.
 
-An hourly rollup (``usage_hourly``: hour x provider x model) is maintained in the same
+An hourly rollup (``usage_hourly``: hour x provider x model x currency) is maintained in the same
 transaction as every insert, so ``aggregate`` by day/hour/provider/model with provider,
 model and hour-aligned time filters reads a few thousand rows instead of every record.
 """
@@ -108,8 +108,8 @@ _TOTALS = """count INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_token
     reasoning_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, inexact INTEGER NOT NULL,
     unknown_cost INTEGER NOT NULL"""
 _ROLLUP = f"""CREATE TABLE IF NOT EXISTS usage_hourly (
-    hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, {_TOTALS},
-    PRIMARY KEY (hour, provider, model)) WITHOUT ROWID"""
+    hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, currency TEXT NOT NULL,
+    {_TOTALS}, PRIMARY KEY (hour, provider, model, currency)) WITHOUT ROWID"""
 #: totals per whole UTC day and currency for each user, customer, session and tag value
 #: (dim 'user_id', 'customer_key', 'session_id', 'tag:<key>'), and of all records (dim '')
 _DAILY = f"""CREATE TABLE IF NOT EXISTS usage_daily (
@@ -129,8 +129,8 @@ _ADD = ", ".join(
 # Rollups are maintained from the rows just inserted, in the insert's transaction: a table
 # with a rowid gives a new row a rowid above every existing one, so the new rows are those
 # above the largest rowid read before the insert (the write lock is held throughout).
-_ROLLUP_NEW = f"""INSERT INTO usage_hourly SELECT ts / {_US_PER_HOUR}, provider, model, {_NEW_SUMS}
-    FROM usage WHERE rowid > ?1 GROUP BY 1, 2, 3 ON CONFLICT DO UPDATE SET {_ADD}"""
+_ROLLUP_NEW = f"""INSERT INTO usage_hourly SELECT ts / {_US_PER_HOUR}, provider, model, currency,
+    {_NEW_SUMS} FROM usage WHERE rowid > ?1 GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
 _DAY_COLS = (f"u.ts / {_US_PER_DAY} AS day, u.currency, u.input_tokens, u.output_tokens, "
              "u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cost, u.cost_nano")
 _DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW_SUMS} FROM (
@@ -253,6 +253,11 @@ class SQLiteStorage(SqlBudgets, SqlPrices, StorageBackend):
             for ddl in USAGE_INDEXES:
                 c.execute(ddl)
             have_tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
+            if "usage_hourly" in have_tables and "currency" not in {
+                    r[1] for r in c.execute("PRAGMA table_info(usage_hourly)")}:
+                # a rollup keyed without currency added money across currencies: rebuild it
+                c.execute("DROP TABLE usage_hourly")
+                have_tables.discard("usage_hourly")
             for table, ddl, fill in (("usage_hourly", _ROLLUP, _ROLLUP_NEW),
                                      ("usage_daily", _DAILY, _DAILY_NEW)):
                 c.execute(ddl)
