@@ -290,12 +290,22 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 # -- process hooks ---------------------------------------------------------------------------
+#: set while the exit flush runs: a SIGTERM that arrives then (``Pool.terminate`` sends
+#: one to workers already running their exit finalizer) must not flush again inside the
+#: interrupted flush, whose locks the same thread holds (measured: a worker hung for ever)
+_exiting = threading.Event()
+
+
 def _at_exit() -> None:
-    for p in list(_live):
-        try:
-            p.stop(p.exit_timeout)
-        except Exception:
-            log.exception("flushing at exit failed")
+    _exiting.set()
+    try:
+        for p in list(_live):
+            try:
+                p.stop(p.exit_timeout)
+            except Exception:
+                log.exception("flushing at exit failed")
+    finally:
+        _exiting.clear()
 
 
 #: how long the fork hook waits for our threads to leave SQLite (a commit waiting on another
@@ -359,6 +369,8 @@ def _register_multiprocessing_finalizer() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if _exiting.is_set():
+        return  # the exit flush this signal interrupted finishes, then the process ends
     for p in list(_live):
         try:
             p.recorder.write_pending(p.exit_timeout)
