@@ -27,7 +27,9 @@ from .helpers import Expect, file_summary, fill, immutable
 
 def test_disk_full_moves_to_backup_then_back_to_primary(make, tmp_path, logs):
     with tmpfs(tmp_path / "small", size="1m") as small:
-        t = make(str(small / "usage.json"))
+        # the journal lives off the small disk: a journal keeps a reserve file it gives back
+        # when the disk fills, which would make room for the summary file this test fills for
+        t = make(str(small / "usage.json"), journal_path=tmp_path / "usage.journal")
         e = Expect()
         e.write(t, 10)
         filler = fill(small)
