@@ -47,10 +47,13 @@ def _check(url: str, news: list[list[str]]) -> None:
     store = create_storage(url)
     try:
         assert store.count() == len(records)
-        (total,) = store.aggregate(())
-        assert total["cost"] == sum((r.cost for r in records if r.cost is not None), Decimal(0))
-        assert total["count"] == len(records)
-        assert total["input_tokens"] == sum(r.input_tokens for r in records)
+        totals = store.aggregate(())  # one row per currency: money never adds across them
+        for cur in {r.currency for r in records}:
+            (row,) = [t for t in totals if t["currency"] == cur]
+            assert row["cost"] == sum((r.cost for r in records if r.cost is not None
+                                       and r.currency == cur), Decimal(0)), cur
+        assert sum(t["count"] for t in totals) == len(records)
+        assert sum(t["input_tokens"] for t in totals) == sum(r.input_tokens for r in records)
         for keys in ROLLED_UP:
             assert store.aggregate(keys) == reference.aggregate(keys), keys
             plan = "\n".join(store.explain_aggregate(keys))
