@@ -23,6 +23,7 @@ from typing import Any
 
 import uuid_utils
 
+from .limits import MAX_JSON_DEPTH
 from .records import _reject_non_finite, encode, encode_json_object
 
 __all__ = ["encode_stamped", "json_time_ms", "uuid7_time"]
@@ -84,6 +85,10 @@ def encode_stamped(payload: dict[str, Any]) -> tuple[str, bytes]:
             if b"null" in data:
                 # msgspec writes NaN/inf as null: refuse them instead of altering data
                 _reject_non_finite("payload", payload)
+            if data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH:
+                # possibly nested deeper than the collector takes (two byte counts in C
+                # rule it out for common payloads; the walk runs only when they cannot)
+                data = None
     if data is None:
         data = encode_json_object("payload", payload)
     id_ = payload.get("id")
