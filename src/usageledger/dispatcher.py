@@ -233,28 +233,35 @@ class Dispatcher:
         in_flight: collections.deque[Future] = collections.deque()
         try:
             for journal in list(self._journals()):
-                while not self._stop.is_set() or deadline is not None:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        return settled
-                    if time.time() < self._pause_until or not self._hold_lease(journal):
-                        break
-                    batch = journal.claim(self.max_batch_size, self.holder)
-                    if not batch:
-                        break
-                    if self._probe_interval:  # the destination is out: one probe, alone
-                        while in_flight:
-                            in_flight.popleft().result()
-                        self._send(journal, batch)
+                try:
+                    while not self._stop.is_set() or deadline is not None:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return settled
+                        if time.time() < self._pause_until or not self._hold_lease(journal):
+                            break
+                        batch = journal.claim(self.max_batch_size, self.holder)
+                        if not batch:
+                            break
+                        if self._probe_interval:  # the destination is out: one probe, alone
+                            while in_flight:
+                                in_flight.popleft().result()
+                            self._send(journal, batch)
+                            settled += len(batch)
+                            continue
+                        future = self._submit(journal, batch)
+                        if future is None:
+                            self._send(journal, batch)
+                        else:
+                            in_flight.append(future)
+                            if len(in_flight) >= self.max_in_flight:
+                                in_flight.popleft().result()
                         settled += len(batch)
-                        continue
-                    future = self._submit(journal, batch)
-                    if future is None:
-                        self._send(journal, batch)
-                    else:
-                        in_flight.append(future)
-                        if len(in_flight) >= self.max_in_flight:
-                            in_flight.popleft().result()
-                    settled += len(batch)
+                except JournalError as exc:
+                    # one journal that refuses (a full disk that fails even the replay of
+                    # settlements) must not keep the others, e.g. its fallback, from draining
+                    self.last_error = repr(exc)
+                    log.warning("journal %s cannot be drained now (%s); draining the others",
+                                journal.location, exc)
                 while in_flight:  # settle this journal's sends before the next journal
                     in_flight.popleft().result()
         finally:
