@@ -33,6 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from ._signals import leave_signals_to_main_thread
 from .journal import Journal, JournalError, JournalItem
 from .sinks.base import Ok, Reject, Result, Retry, Sink, all_results
 
@@ -161,6 +162,7 @@ class Dispatcher:
 
     # -- loop ---------------------------------------------------------------------------------
     def _run(self) -> None:
+        leave_signals_to_main_thread()
         try:
             while True:
                 wait = self.batch_interval
@@ -471,6 +473,7 @@ class _SenderThreads:
         return future
 
     def _work(self) -> None:
+        leave_signals_to_main_thread()
         while True:
             job = self._jobs.get()
             if job is None:

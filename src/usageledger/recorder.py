@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._signals import leave_signals_to_main_thread
 from .journal import (
     Journal,
     JournalDestinationError,
@@ -322,6 +323,7 @@ class Recorder:
 
     # -- writer -----------------------------------------------------------------------------
     def _run(self) -> None:
+        leave_signals_to_main_thread()
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()

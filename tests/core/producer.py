@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 import time
 
@@ -45,7 +46,11 @@ def main() -> None:
     if args.end == "stop":
         d.stop(30)
     elif args.end == "wait":
-        sys.stdin.read()  # until the test closes our stdin or kills us
+        # until the test closes our stdin or kills us, in short slices: CPython runs a
+        # signal's handler between bytecodes, so a SIGTERM landing just before one long
+        # blocking read() would wait for that read to end (1 run in 10 hung here)
+        while not select.select([sys.stdin], [], [], 0.2)[0] or sys.stdin.read(1):
+            pass
     # "exit": a normal interpreter exit; the atexit hook must flush
 
 
