@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .integrations.litellm import LiteLLMRecorder
+from .integrations.litellm import LiteLLMHooks
 from .integrations.litellm import split_model as _split_model
 from .integrations.litellm import usage_from_litellm as _from_litellm  # noqa: F401  (old name)
 from .pipeline import Pipeline
@@ -52,7 +52,7 @@ def default_storage_path() -> Path:
     return Path(platformdirs.user_data_dir("usageledger")) / "usage_summary.json"
 
 
-class UsageTracker:
+class UsageTracker(LiteLLMHooks):
     """Daily LLM usage totals in a JSON file, recorded without blocking.
 
     ``storage_path``: the summary file (default: ``usage_summary.json`` in the user data
@@ -64,6 +64,8 @@ class UsageTracker:
     ``synchronous=True``: ``record()`` writes the file in the caller's thread and returns
     after the write (the journal only takes records whose write failed).
     ``durability``: of the journal (``buffered``, ``committed``, ``fsync``, ``memory``).
+    A tracker is also a LiteLLM callback (:class:`~usageledger.integrations.litellm.LiteLLMHooks`):
+    ``litellm.callbacks = [tracker.litellm_callback()]``.
     """
 
     def __init__(
@@ -335,52 +337,6 @@ class UsageTracker:
             pipeline=self._pipeline.stats(),
         )
         return out
-
-    # -- LiteLLM custom callback ------------------------------------------------------------------
-    # The callback itself lives in usageledger.integrations.litellm (it records with any
-    # target); these methods keep the tracker usable as one, as documented.
-    def _litellm(self) -> LiteLLMRecorder:
-        recorder = self.__dict__.get("_litellm_recorder")
-        if recorder is None:
-            recorder = LiteLLMRecorder.to(lambda fields: self.record(**fields), self.prices)
-            self._litellm_recorder = recorder
-        return recorder
-
-    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        """LiteLLM ``CustomLogger`` hook: records the usage of a finished call. Never
-        raises (a callback error must not break the LLM call)."""
-        self._litellm().log_success_event(kwargs, response_obj, start_time, end_time)
-
-    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self.log_success_event(kwargs, response_obj, start_time, end_time)
-
-    # the other CustomLogger hooks LiteLLM may call: the pre-call one keeps the caller's
-    # attributes for the success event; the rest have nothing to record
-    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
-        self._litellm().log_pre_api_call(model, messages, kwargs)
-
-    def log_post_api_call(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    def log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    async def async_log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    def litellm_callback(self) -> Any:
-        """A ``litellm.integrations.custom_logger.CustomLogger`` forwarding to this tracker
-        (LiteLLM calls class-based callbacks only for CustomLogger subclasses):
-        ``litellm.callbacks = [tracker.litellm_callback()]``. Needs litellm installed."""
-        from .integrations.litellm import litellm_callback
-
-        return litellm_callback(self)
 
 
 # -- fork -------------------------------------------------------------------------------------
