@@ -13,11 +13,12 @@ recognised. docs/tracker.md, "The file", shows the JSON.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 
@@ -27,9 +28,11 @@ from .totals import Totals
 
 __all__ = [
     "FORMAT", "VERSION", "Entry", "Days", "SummaryDoc", "CorruptSummary", "NewerSummary",
-    "decode_doc", "encode_doc", "new_doc", "with_records", "absorb", "merge_days",
+    "decode_doc", "encode_doc", "new_doc", "with_records", "absorb", "live_copies", "merge_days",
     "add_entries", "entry_of", "day_of", "apply_records", "entries", "totals",
 ]
+
+log = logging.getLogger("usageledger.summary")
 
 FORMAT = "usageledger-summary"
 VERSION = 1
@@ -172,6 +175,28 @@ def absorb(doc: SummaryDoc, others: list[SummaryDoc], writer: str, dedup_window:
         merge_days([doc.days, *(o.days for o in others)]), absorbed,
         list(dict.fromkeys(ids))[-dedup_window:] if dedup_window else [],
     )
+
+
+W = TypeVar("W")
+
+
+def live_copies(found: Iterable[tuple[SummaryDoc, W]]) -> list[tuple[SummaryDoc, W]]:
+    """Of several copies (each with where it was found), the ones whose totals count: per
+    lineage the highest generation (a snapshot contains its predecessors, so copies of one
+    lineage are never added up), minus the lineages another copy has absorbed up to that
+    generation. What is left holds disjoint records: their totals add up."""
+    newest: dict[str, tuple[SummaryDoc, W]] = {}
+    for doc, where in found:
+        cur = newest.get(doc.lineage)
+        if cur is None or doc.generation > cur[0].generation:
+            newest[doc.lineage] = (doc, where)
+        elif doc.generation == cur[0].generation and doc.writer != cur[0].writer:
+            log.error("two copies of summary lineage %s generation %d by different writers "
+                      "(%s, %s); using the first", doc.lineage, doc.generation, cur[0].writer, doc.writer)
+    return [
+        (d, w) for d, w in newest.values()
+        if not any(o.absorbed.get(d.lineage, -1) >= d.generation for o, _ in newest.values() if o is not d)
+    ]
 
 
 def merge_days(parts: Iterable[Days]) -> Days:

@@ -56,6 +56,7 @@ from .summary_file import (
     decode_doc,
     encode_doc,
     entries,
+    live_copies,
     merge_days,
     new_doc,
     totals,
@@ -514,18 +515,7 @@ class SummaryStore:
                     log.warning("a directory is in place of summary file %s", path)
         if self._doc is not None and self._doc_on_disk:
             found.append((self._doc, None))  # newer than any copy if a copy was damaged
-        newest: dict[str, tuple[SummaryDoc, Path | None]] = {}
-        for doc, path in found:
-            cur = newest.get(doc.lineage)
-            if cur is None or doc.generation > cur[0].generation:
-                newest[doc.lineage] = (doc, path)
-            elif doc.generation == cur[0].generation and doc.writer != cur[0].writer:
-                log.error("two copies of summary lineage %s generation %d by different writers "
-                          "(%s, %s); using the first", doc.lineage, doc.generation, cur[0].writer, doc.writer)
-        live = [
-            (d, p) for d, p in newest.values()
-            if not any(o.absorbed.get(d.lineage, -1) >= d.generation for o, _ in newest.values() if o is not d)
-        ]
+        live = live_copies(found)
         mine = None
         if self._doc is not None and self._doc_on_disk:
             mine = next((x for x in live if x[0].lineage == self._doc.lineage), None)

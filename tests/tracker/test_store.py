@@ -14,7 +14,7 @@ import pytest
 from usageledger.journal.base import JournalItem
 from usageledger.records import KIND_RAW, KIND_USAGE, encode, make_usage_record
 from usageledger.sinks.base import OK, Reject, Retry
-from usageledger.summary_file import SummaryDoc, absorb, new_doc, with_records
+from usageledger.summary_file import SummaryDoc, absorb, live_copies, new_doc, with_records
 from usageledger.summary_store import Snapshot, SummaryStore
 from usageledger.totals import Totals
 
@@ -55,6 +55,19 @@ def test_absorb_adds_other_lineages_and_records_up_to_which_generation():
     assert merged.days[NOW.date().isoformat()]["openai"]["gpt-4o"].calls == 3
     assert set(merged.recent_ids) == set(mine.recent_ids) | set(other.recent_ids)
     assert mine.days[NOW.date().isoformat()]["openai"]["gpt-4o"].calls == 1  # untouched
+
+
+def test_live_copies_keeps_the_newest_of_a_lineage_and_drops_absorbed_ones():
+    a1 = with_records(new_doc("a"), [rec(1)], "a", 10)
+    a2 = with_records(a1, [rec(2)], "a", 10)
+    b1 = with_records(new_doc("b"), [rec(3)], "b", 10)
+    c1 = with_records(new_doc("c"), [rec(4)], "c", 10)
+    a3 = with_records(absorb(a2, [c1], "a", 10), [], "a", 10)  # a took c in
+    live = live_copies([(a1, "p"), (b1, "q"), (a2, "p.bak"), (c1, "r")])
+    assert sorted((d.lineage, d.generation, w) for d, w in live) == sorted(
+        [(a2.lineage, 2, "p.bak"), (b1.lineage, 1, "q"), (c1.lineage, 1, "r")])
+    live = live_copies([(a3, "p"), (c1, "r"), (b1, "q")])
+    assert {d.lineage for d, _ in live} == {a3.lineage, b1.lineage}
 
 
 # -- the store's reading API ---------------------------------------------------------------
