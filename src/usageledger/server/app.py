@@ -32,13 +32,14 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import UsageLedgerError
 from ..limits import MAX_ANSWER_BYTES, short
-from ..records import UsageRecord, to_utc
+from ..records import CREATED, MISSING, UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
-from ..storage.base import RunWrite, check_group_by
+from ..storage.base import check_group_by
 from ..totals import Totals
 from . import budgets as budget_routes
 from . import prices as price_routes
 from . import schema
+from .collector import Collector, track_answer
 from .headers import SecurityHeadersMiddleware
 from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
@@ -46,12 +47,9 @@ from .pages import install_pages
 from .session import COOKIE_NAME, SessionSigner
 from .wire import (
     BodyError,
-    Refused,
-    RunItem,
     decode_run,
     decode_run_batch,
     decode_run_patch,
-    decode_track,
     read_gzip,
 )
 
@@ -64,8 +62,6 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: the largest page of /usage and /runs
 MAX_PAGE = 1000
 MAX_OFFSET = 10**9
-#: attempts of a seq-less PATCH racing other writers of the same run
-_PATCH_ATTEMPTS = 5
 #: rows fetched from storage at a time while a page is filled up to MAX_ANSWER_BYTES, so
 #: a page of large rows never holds more than this many of them in memory
 _RECORDS_CHUNK = 100
@@ -149,7 +145,6 @@ def create_app(
     store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
     if not isinstance(store, StorageBackend):
         raise TypeError(f"storage must be a StorageBackend or a storage URL, got {storage!r}")
-    pricer: Callable[[UsageRecord], UsageRecord] | None = None
     metrics = Metrics()
     usage_totals = UsageTotals(store)
     signer = SessionSigner(keys)
@@ -246,8 +241,11 @@ def create_app(
     budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
     app.state.budgets = budgets
     price_router, app.state.prices = price_routes.attach(store, authorize, call)
-    if price:  # overrides, then aliases, then the table (usageledger.pricebook)
-        pricer = app.state.prices.price
+    # the ingestion rules: pricing (overrides, then aliases, then the table), dedup
+    # accounting, the answer, run sequences; the routes below only read and answer
+    collector = Collector(store, price=price, prices=app.state.prices, metrics=metrics,
+                          on_stored=budgets.note, call=call)
+    app.state.collector = collector
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -273,23 +271,6 @@ def create_app(
         return data
 
     # -- usage records -----------------------------------------------------------------------
-    def ingest(data: bytes) -> dict[str, Any]:
-        items = decode_track(data)
-        n = len(items)
-        metrics.received.inc(n)
-        # copies of one id are stored once by save_many (and priced twice: harmless)
-        records = [
-            (pricer(it) if it.cost is None and pricer is not None else it)
-            for it in items if type(it) is UsageRecord
-        ]
-        new = call(store.save_many, records) if records else set()
-        budgets.note(records, new)  # alert evaluation happens off the request path
-        answer = track_answer(items, new)
-        metrics.accepted.inc(answer["accepted"])
-        metrics.rejected.inc(answer.get("rejected", 0))
-        metrics.duplicates.inc(answer["duplicate"])
-        return answer
-
     @api.post(
         "/track",
         summary="Store a batch of usage records",
@@ -305,7 +286,7 @@ def create_app(
         `rejected`, every item is answered in order in `results` (with `error` for the
         rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        return _json(await run_in_threadpool(ingest, data))
+        return _json(await run_in_threadpool(collector.ingest_body, data))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -345,28 +326,6 @@ def create_app(
         return _json({"group_by": list(keys), "groups": groups, "totals": totals})
 
     # -- agent runs --------------------------------------------------------------------------
-    def write_runs(writes: list[Any]) -> list[str]:
-        out = call(store.write_runs, writes)
-        for status in out:
-            metrics.run_writes.labels(status).inc()
-        return out
-
-    def stored_seq(run_id: str) -> int | None:
-        run = call(store.get_run, run_id)
-        return None if run is None else int(run["seq"])
-
-    def patch_run(run_id: str, seq: int | None, fields: dict[str, Any]) -> str:
-        if seq is not None:
-            return write_runs([RunWrite(run_id, fields, seq, create=False)])[0]
-        for _ in range(_PATCH_ATTEMPTS):
-            current = stored_seq(run_id)
-            if current is None:
-                return "missing"
-            status = write_runs([RunWrite(run_id, fields, current + 1, create=False)])[0]
-            if status != "stale":  # stale: another writer moved the run on meanwhile
-                return status
-        return "stale"
-
     @api.post(
         "/runs",
         summary="Create an agent run (idempotent on run_id)",
@@ -382,8 +341,8 @@ def create_app(
             run_id, seq, fields = decode_run(data)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        status = (await run_in_threadpool(write_runs, [RunWrite(run_id, fields, seq or 0, True)]))[0]
-        return _json({"run_id": run_id, "status": status}, 201 if status == "created" else 200)
+        status = await run_in_threadpool(collector.create_run, run_id, seq, fields)
+        return _json({"run_id": run_id, "status": status}, 201 if status == CREATED else 200)
 
     @api.patch(
         "/runs/{run_id:path}",
@@ -399,39 +358,10 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         _refuse_nul({"run_id": run_id})
-        status = await run_in_threadpool(patch_run, run_id, seq, fields)
-        if status == "missing":
+        status = await run_in_threadpool(collector.patch_run, run_id, seq, fields)
+        if status == MISSING:
             raise HTTPException(404, f"no run {run_id!r}: create it with POST /api/v1/runs first")
         return _json({"run_id": run_id, "status": status})
-
-    def apply_batch(items: list[RunItem]) -> list[dict[str, Any]]:
-        # a write without seq goes on top of what is stored (or written earlier in the batch)
-        latest: dict[str, int] = {}
-        writes, where = [], []
-        for i, it in enumerate(items):
-            if it.error is not None:
-                continue
-            seq = it.seq
-            if seq is None:
-                if it.create:
-                    seq = 0
-                else:
-                    base = latest.get(it.run_id)
-                    if base is None:
-                        base = stored_seq(it.run_id)
-                    seq = 0 if base is None else base + 1
-            latest[it.run_id] = max(seq, latest.get(it.run_id, seq))
-            writes.append(it.write(seq))
-            where.append(i)
-        statuses = write_runs(writes) if writes else []
-        done = dict(zip(where, statuses, strict=True))
-        out = []
-        for i, it in enumerate(items):
-            if it.error is not None:
-                out.append({"id": it.id, "run_id": it.run_id, "status": "rejected", "error": it.error})
-            else:
-                out.append({"id": it.id, "run_id": it.run_id, "status": done[i]})
-        return out
 
     @api.post(
         "/runs/batch",
@@ -446,7 +376,7 @@ def create_app(
         run: retry after its create) or `rejected` (with `error`)."""
         data = await read_body(request)
         items = decode_run_batch(data)
-        return _json({"results": await run_in_threadpool(apply_batch, items)})
+        return _json({"results": await run_in_threadpool(collector.apply_runs, items)})
 
     @api.get("/runs/{run_id:path}", summary="One agent run")
     def get_run(run_id: str) -> Response:
@@ -502,39 +432,6 @@ def create_app(
     )
 
     return app
-
-
-def track_answer(items: Sequence[UsageRecord | Refused], new: set[str]) -> dict[str, Any]:
-    """The answer to a ``/track`` batch whose newly stored ids are ``new``: compact
-    (counts, and the ids of the duplicates) when no item was refused, else one result per
-    item in order. The first copy of a new id is ``accepted``, any later copy ``duplicate``."""
-    n = len(items)
-    if len(new) == n:  # the common case: every item a new record
-        return {"accepted": n, "duplicate": 0, "duplicate_ids": []}
-    fresh = set(new)
-    if not any(type(it) is Refused for it in items):
-        duplicates = []
-        for it in items:
-            if it.id in fresh:
-                fresh.discard(it.id)
-            else:
-                duplicates.append(it.id)
-        return {"accepted": n - len(duplicates), "duplicate": len(duplicates),
-                "duplicate_ids": duplicates}
-    results: list[dict[str, Any]] = []
-    accepted = rejected = 0
-    for it in items:
-        if type(it) is Refused:
-            rejected += 1
-            results.append({"id": it.id, "status": "rejected", "error": it.error})
-        elif it.id in fresh:
-            fresh.discard(it.id)
-            accepted += 1
-            results.append({"id": it.id, "status": "accepted"})
-        else:
-            results.append({"id": it.id, "status": "duplicate"})
-    return {"accepted": accepted, "duplicate": n - accepted - rejected, "rejected": rejected,
-            "results": results}
 
 
 def _filters(

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from ..records import UsageRecord, to_utc
+from ..records import CREATED, DUPLICATE, MISSING, RUN_RESULTS, STALE, UPDATED, UsageRecord, to_utc
 from ..totals import total_tokens
 
 __all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
@@ -49,8 +49,8 @@ class RunWrite:
     create: bool = True
 
 
-#: what ``write_runs`` answers per write
-RUN_RESULTS = ("created", "updated", "duplicate", "stale", "missing")
+# RUN_RESULTS (what ``write_runs`` answers per write) lives with the other result words in
+# usageledger.records; it stays importable from here
 
 
 def check_group_by(group_by: Sequence[str] | str) -> tuple[str, ...]:
@@ -583,11 +583,11 @@ def apply_run_write(stored: dict[str, Any] | None, write: RunWrite) -> tuple[str
     fields = run_fields(write)
     if stored is None:
         if not write.create:
-            return "missing", None
-        return "created", {**fields, "run_id": write.run_id, "seq": write.seq}
+            return MISSING, None
+        return CREATED, {**fields, "run_id": write.run_id, "seq": write.seq}
     if write.seq <= stored["seq"]:
-        return ("duplicate" if write.create else "stale"), None
-    return "updated", {**stored, **fields, "run_id": write.run_id, "seq": write.seq}
+        return (DUPLICATE if write.create else STALE), None
+    return UPDATED, {**stored, **fields, "run_id": write.run_id, "seq": write.seq}
 
 
 def page_runs(

@@ -24,8 +24,8 @@ import msgspec
 
 from .._sqlite import connect_wal
 from ..records import KIND_RUN
+from ..runs import RunRecord, RunWrite
 from ..sinks.base import OK, Result, Retry, Sink, decode_batch
-from .models import RunRecord, RunWrite
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
