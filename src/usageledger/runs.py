@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from .records import check_json_object
+from .records import check_json_object, encode
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -84,7 +84,7 @@ class RunRecord(msgspec.Struct):
         return {"record_type": "run", **msgspec.structs.asdict(self)}
 
     def to_json(self) -> str:
-        return _encode(self.to_dict()).decode()
+        return encode(self.to_dict()).decode()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
@@ -121,7 +121,7 @@ class RunEvent(msgspec.Struct):
         return {"record_type": "event", **msgspec.structs.asdict(self)}
 
     def to_json(self) -> str:
-        return _encode(self.to_dict()).decode()
+        return encode(self.to_dict()).decode()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunEvent:
@@ -177,7 +177,7 @@ class APIPayload(msgspec.Struct, omit_defaults=True):
         return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
 
     def to_json(self) -> str:
-        return _encode(self.to_dict()).decode()
+        return encode(self.to_dict()).decode()
 
     def to_row(self) -> list[Any]:
         """The Sheets row: every field in :data:`SHEET_COLUMNS` order, None as ''."""
@@ -198,7 +198,6 @@ _RUN_FIELDS = frozenset(RunRecord.__struct_fields__)
 _EVENT_FIELDS = frozenset(RunEvent.__struct_fields__)
 SHEET_COLUMNS: tuple[str, ...] = APIPayload.__struct_fields__
 
-_encode = msgspec.json.Encoder().encode
 
 
 def _convert(data: dict[str, Any], cls: type) -> Any:

@@ -44,6 +44,7 @@ from .headers import SecurityHeadersMiddleware
 from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
 from .pages import install_pages
+from .responses import encode, json_response
 from .session import COOKIE_NAME, SessionSigner
 from .wire import (
     BodyError,
@@ -67,16 +68,12 @@ MAX_OFFSET = 10**9
 _RECORDS_CHUNK = 100
 _RUNS_CHUNK = 16
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 def plain(cost: Decimal) -> str:
     """A cost as a plain decimal string ("0.00000075", never "7.5E-7"), every digit kept."""
     return format(cost, "f")
 
-
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
 def _page(fetch: Callable[[int, int], list[Any]], limit: int, offset: int, chunk: int,
@@ -191,11 +188,11 @@ def create_app(
     # -- errors ------------------------------------------------------------------------------
     @app.exception_handler(BodyError)
     async def _body_error(request: Request, exc: BodyError) -> Response:
-        return _json({"detail": exc.message}, exc.status)
+        return json_response({"detail": exc.message}, exc.status)
 
     @app.exception_handler(StorageUnavailable)
     async def _unavailable(request: Request, exc: StorageUnavailable) -> Response:
-        return _json({"detail": f"storage unavailable: {exc}"}, 503, {"Retry-After": "1"})
+        return json_response({"detail": f"storage unavailable: {exc}"}, 503, {"Retry-After": "1"})
 
     def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A storage call: bad arguments are the client's (422), a backend that lacks the
@@ -286,7 +283,7 @@ def create_app(
         `rejected`, every item is answered in order in `results` (with `error` for the
         rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        return _json(await run_in_threadpool(collector.ingest_body, data))
+        return json_response(await run_in_threadpool(collector.ingest_body, data))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -294,13 +291,13 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
-        def encode(r: UsageRecord) -> bytes:
+        def encode_row(r: UsageRecord) -> bytes:
             # (replace does not type-check: the cost is encoded as the plain string)
-            return _encode(r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)))
+            return encode(r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)))
 
         parts, more = _page(lambda n, at: call(store.query, limit=n, offset=at, **f),
-                            limit, offset, _RECORDS_CHUNK, encode)
-        tail = _encode({"limit": limit, "offset": offset,
+                            limit, offset, _RECORDS_CHUNK, encode_row)
+        tail = encode({"limit": limit, "offset": offset,
                         "next_offset": offset + len(parts) if more else None})
         return Response(b'{"records":[' + b",".join(parts) + b"]," + tail[1:],
                         media_type="application/json")
@@ -323,7 +320,7 @@ def create_app(
         totals = Totals.of_rows(groups).to_dict(plain=True)
         for g in groups:
             g["cost"] = plain(g["cost"])
-        return _json({"group_by": list(keys), "groups": groups, "totals": totals})
+        return json_response({"group_by": list(keys), "groups": groups, "totals": totals})
 
     # -- agent runs --------------------------------------------------------------------------
     @api.post(
@@ -342,7 +339,7 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         status = await run_in_threadpool(collector.create_run, run_id, seq, fields)
-        return _json({"run_id": run_id, "status": status}, 201 if status == CREATED else 200)
+        return json_response({"run_id": run_id, "status": status}, 201 if status == CREATED else 200)
 
     @api.patch(
         "/runs/{run_id:path}",
@@ -361,7 +358,7 @@ def create_app(
         status = await run_in_threadpool(collector.patch_run, run_id, seq, fields)
         if status == MISSING:
             raise HTTPException(404, f"no run {run_id!r}: create it with POST /api/v1/runs first")
-        return _json({"run_id": run_id, "status": status})
+        return json_response({"run_id": run_id, "status": status})
 
     @api.post(
         "/runs/batch",
@@ -376,7 +373,7 @@ def create_app(
         run: retry after its create) or `rejected` (with `error`)."""
         data = await read_body(request)
         items = decode_run_batch(data)
-        return _json({"results": await run_in_threadpool(collector.apply_runs, items)})
+        return json_response({"results": await run_in_threadpool(collector.apply_runs, items)})
 
     @api.get("/runs/{run_id:path}", summary="One agent run")
     def get_run(run_id: str) -> Response:
@@ -384,7 +381,7 @@ def create_app(
         run = call(store.get_run, run_id)
         if run is None:
             raise HTTPException(404, f"no run {run_id!r}")
-        return _json(run)
+        return json_response(run)
 
     @api.get("/runs", summary="Agent runs, newest start_time first")
     def list_runs(
@@ -397,8 +394,8 @@ def create_app(
         parts, more = _page(
             lambda n, at: call(store.query_runs, agent_name=agent_name or None,
                                status=status or None, limit=n, offset=at),
-            limit, offset, _RUNS_CHUNK, _encode)
-        tail = _encode({"limit": limit, "offset": offset,
+            limit, offset, _RUNS_CHUNK, encode)
+        tail = encode({"limit": limit, "offset": offset,
                         "next_offset": offset + len(parts) if more else None})
         return Response(b'{"runs":[' + b",".join(parts) + b"]," + tail[1:],
                         media_type="application/json")
@@ -410,7 +407,7 @@ def create_app(
     # -- service -----------------------------------------------------------------------------
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=Response)
     def prometheus(request: Request) -> Response:

@@ -50,7 +50,7 @@ import msgspec
 
 from .._files import write_all
 from ..errors import UsageLedgerError
-from ..records import KIND_USAGE, UsageRecord, decode_usage
+from ..records import KIND_USAGE, UsageRecord, decode_usage, encode
 from ..totals import Totals
 from .base import OK, Result, Retry, Sink, decode_batch
 
@@ -109,7 +109,6 @@ class SummaryDoc(msgspec.Struct):
     recent_ids: list[str] = []
 
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(SummaryDoc)
 
 
@@ -161,7 +160,7 @@ def _version_of(data: bytes) -> int | None:
 
 
 def encode_doc(doc: SummaryDoc) -> bytes:
-    return _encoder.encode(doc)
+    return encode(doc)
 
 
 def new_doc(writer: str) -> SummaryDoc:

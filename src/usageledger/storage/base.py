@@ -20,7 +20,17 @@ from typing import Any
 
 import msgspec
 
-from ..records import CREATED, DUPLICATE, MISSING, RUN_RESULTS, STALE, UPDATED, UsageRecord, to_utc
+from ..records import (
+    CREATED,
+    DUPLICATE,
+    MISSING,
+    RUN_RESULTS,
+    STALE,
+    UPDATED,
+    UsageRecord,
+    encode,
+    to_utc,
+)
 from ..totals import total_tokens
 
 __all__ = ["StorageBackend", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite", "RUN_RESULTS"]
@@ -234,7 +244,6 @@ _US_PER_DAY = 86_400_000_000
 #: cost is also kept as an integer number of nano-units wherever it fits exactly, so sums
 #: run in integer arithmetic inside the database; other costs are summed from their text
 NANO = Decimal("1e-9")
-_json_encode = msgspec.json.Encoder(decimal_format="string").encode
 _json_decode = msgspec.json.decode
 _MAX_NANO = 2**63 - 1
 
@@ -572,7 +581,7 @@ def run_fields(write: RunWrite) -> dict[str, Any]:
     # one JSON round trip: every backend then stores and returns the same values
     # (datetimes as ISO strings, Decimals as strings), whatever the caller passed
     try:
-        return _json_decode(_json_encode(fields))
+        return _json_decode(encode(fields))
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"RunWrite.fields of run {write.run_id!r} is not JSON: {exc}") from None
 
