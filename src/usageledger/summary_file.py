@@ -23,7 +23,7 @@ from typing import Annotated, TypeVar
 import msgspec
 
 from .errors import UsageLedgerError
-from .records import UsageRecord
+from .records import UsageRecord, encode
 from .totals import Totals
 
 __all__ = [
@@ -82,7 +82,6 @@ class SummaryDoc(msgspec.Struct):
     recent_ids: list[str] = []
 
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(SummaryDoc)
 
 
@@ -134,7 +133,7 @@ def _version_of(data: bytes) -> int | None:
 
 
 def encode_doc(doc: SummaryDoc) -> bytes:
-    return _encoder.encode(doc)
+    return encode(doc)
 
 
 def new_doc(writer: str) -> SummaryDoc:

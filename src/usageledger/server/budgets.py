@@ -29,16 +29,13 @@ from ..budgets.engine import AlertLoop, Budgets, check_attributes
 from ..budgets.model import BudgetInputError, parse_budget
 from ..records import UsageRecord
 from ..storage.base import StorageBackend
+from .responses import json_response
 
 __all__ = ["BudgetService", "attach"]
 
 log = logging.getLogger("usageledger.server")
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(_encode(obj), status_code=status, media_type="application/json")
 
 
 class BudgetService:
@@ -107,11 +104,11 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
             check_attributes(attrs, "the query")  # bad input is 400, before any storage call
         except BudgetInputError as exc:
             raise HTTPException(400, str(exc)) from None
-        return _json(call(engine().check, **attrs))
+        return json_response(call(engine().check, **attrs))
 
     @router.get("", summary="Every budget with its status")
     def list_budgets() -> Response:
-        return _json({"budgets": call(engine().list)})
+        return json_response({"budgets": call(engine().list)})
 
     @router.put("/{name}", summary="Create or replace a budget")
     async def put_budget(name: str, request: Request) -> Response:
@@ -126,19 +123,19 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         except BudgetInputError as exc:
             raise HTTPException(400, str(exc)) from None
         await run_in_threadpool(call, eng.put, name, body)
-        return _json(await run_in_threadpool(call, eng.status, name))
+        return json_response(await run_in_threadpool(call, eng.status, name))
 
     @router.get("/{name}", summary="One budget with its status")
     def get_budget(name: str) -> Response:
         status = call(engine().status, name)
         if status is None:
             raise HTTPException(404, f"no budget {name!r}")
-        return _json(status)
+        return json_response(status)
 
     @router.delete("/{name}", summary="Delete a budget")
     def delete_budget(name: str) -> Response:
         if not call(engine().remove, name):
             raise HTTPException(404, f"no budget {name!r}")
-        return _json({"name": name, "deleted": True})
+        return json_response({"name": name, "deleted": True})
 
     return router, service
