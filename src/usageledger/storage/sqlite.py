@@ -291,9 +291,10 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
             aside = move_aside(self.db_path)
             log.error("storage %s is damaged (%s); moved it aside to %s and started a new file at %s",
                       self.db_path, reason, aside, self.db_path)
-            self.__dict__.pop("_budget_tables", None)  # created again on first use
-            self.__dict__.pop("_price_tables", None)
             self._migrate()
+            with self._transaction() as c:  # budgets and prices have their tables at once
+                for ddl in (*BUDGET_TABLES, *PRICE_TABLES):
+                    c.execute(ddl)
             self.salvaged = self._salvage_from(aside) | {"reason": reason}
 
     def _salvage_from(self, aside: Path) -> dict[str, Any]:
@@ -303,14 +304,11 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
             with open_damaged(aside, "usage") as damaged:
                 report["header_rebuilt"], report["problems"] = damaged.header_rebuilt, damaged.problems
                 tables = damaged.tables() if damaged.conn is not None else set()
-                if tables & {"budgets", "budget_alerts", "prices", "price_aliases"}:
-                    with self._transaction() as c:
-                        for ddl in (*BUDGET_TABLES, *PRICE_TABLES):
-                            c.execute(ddl)
                 for table in _SALVAGED:
                     if table in tables:
                         report["rows"][table] = self._copy_rows(damaged.conn, table, damaged.problems)
                 with self._transaction() as c:  # the rollups of what was salvaged
+                    self._backfill_cost_nano()  # rows from a file older than cost_nano
                     c.execute(_ROLLUP_NEW, (_ALL_ROWS,))
                     c.execute(_DAILY_NEW, (_ALL_ROWS,))
         except Exception as exc:  # salvage is best effort; the new file works anyway
