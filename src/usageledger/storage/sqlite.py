@@ -648,4 +648,5 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
                 c.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
-        self._db.close()
+        with self._db.held():  # not under an operation of another thread
+            self._db.close()

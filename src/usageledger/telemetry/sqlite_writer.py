@@ -156,7 +156,7 @@ class DatabaseWriter:
         return message == "ok", message
 
     def close(self) -> None:
-        with self._db:
+        with self._db.held():
             self._db.close()
 
 
