@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["connect_wal", "transaction", "add_missing_columns", "run_script", "WalHandle",
-           "is_corruption", "move_aside", "ForkGate", "fork_gate"]
+           "is_corruption", "move_aside", "read_tables", "ForkGate", "fork_gate"]
 
 
 def connect_wal(
@@ -126,6 +126,17 @@ def is_corruption(exc: BaseException) -> bool:
         return False
     msg = str(exc).lower()
     return "not a database" in msg or "malformed" in msg or "corrupt" in msg
+
+
+def read_tables(path: str | os.PathLike[str]) -> set[str]:
+    """The tables of the SQLite file at ``path``, read without creating, migrating or
+    repairing anything (for tools looking at a file a user named, which must not "repair"
+    a file that was never ours). sqlite3.DatabaseError when it is not a database."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
 
 
 def move_aside(path: str | os.PathLike[str]) -> Path:

@@ -28,6 +28,7 @@ from .._sqlite import (
     fork_gate,
     is_corruption,
     move_aside,
+    read_tables,
     run_script,
     transaction,
 )
@@ -848,11 +849,7 @@ def check_journal_file(path: str | os.PathLike[str]) -> None:
     if p.is_dir():
         raise JournalError(f"{p} is a directory, not a journal file")
     try:
-        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        finally:
-            conn.close()
+        tables = read_tables(p)
     except sqlite3.DatabaseError as exc:
         if isinstance(exc, sqlite3.OperationalError) and not _is_corruption(exc):
             raise JournalError(f"cannot read journal {p}: {exc}") from exc
