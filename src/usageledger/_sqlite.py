@@ -199,6 +199,7 @@ class WalHandle:
         self._local = threading.local()
         self._conn: sqlite3.Connection | None = None
         self._conn_gen = 0
+        self._closed = False
         self.lock = threading.RLock()
 
     def forget_parent(self) -> None:
@@ -217,6 +218,8 @@ class WalHandle:
     def get(self) -> sqlite3.Connection:
         """This process's (or thread's) connection, opened if needed."""
         self.forget_parent()
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"{self.path} was closed: cannot operate on a closed database")
         if not self.per_thread:
             conn = self._conn
             if conn is not None and self._conn_gen != self.gen:
@@ -291,8 +294,11 @@ class WalHandle:
         with self as conn, transaction(conn, immediate=immediate):
             yield conn
 
-    def close(self) -> None:
-        """Close the connection of this process (of this thread, when per thread)."""
+    def close(self, *, final: bool = False) -> None:
+        """Close the connection of this process (of this thread, when per thread); it is
+        opened again on next use, unless ``final`` (then a use raises, as a closed
+        connection does)."""
+        self._closed = final
         if self._pid != os.getpid():
             self.forget_parent()
             return

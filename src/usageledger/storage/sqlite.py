@@ -649,4 +649,4 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
 
     def close(self) -> None:
         with self._db.held():  # not under an operation of another thread
-            self._db.close()
+            self._db.close(final=True)
