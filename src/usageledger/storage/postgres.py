@@ -68,6 +68,12 @@ _COLUMNS: dict[str, str] = {
     "response_id": "TEXT",
     "tags": "JSONB NOT NULL DEFAULT '{}'",
     "payload": "JSONB",
+    "cache_write_1h_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "input_audio_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "output_audio_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "input_image_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "output_image_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "service_tier": "TEXT",
 }
 _COLS = tuple(_COLUMNS)
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -97,7 +103,9 @@ _TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS usage_in (id TEXT, ts TIMESTAMPTZ, provider TEXT, model TEXT, "
     "input_tokens BIGINT, output_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT, "
     "reasoning_tokens BIGINT, cost NUMERIC, currency TEXT, user_id TEXT, session_id TEXT, "
-    "customer_key TEXT, run_id TEXT, response_id TEXT, tags TEXT, payload TEXT) "
+    "customer_key TEXT, run_id TEXT, response_id TEXT, tags TEXT, payload TEXT, "
+    "cache_write_1h_tokens BIGINT, input_audio_tokens BIGINT, output_audio_tokens BIGINT, "
+    "input_image_tokens BIGINT, output_image_tokens BIGINT, service_tier TEXT) "
     "ON COMMIT DELETE ROWS"
 )
 _SUMS = ", ".join(
@@ -256,6 +264,8 @@ class PostgresStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
                 rec.currency, rec.user_id, rec.session_id, rec.customer_key, rec.run_id,
                 rec.response_id, encode(rec.tags).decode() if rec.tags else "{}",
                 None if rec.payload is None else encode(rec.payload).decode(),
+                rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+                rec.input_image_tokens, rec.output_image_tokens, rec.service_tier,
             ))
         if not rows:
             return set()
@@ -308,7 +318,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
-        return UsageRecord(*row[:16], row[16] or {}, row[17])
+        return UsageRecord(*row[:16], row[16] or {}, *row[17:])
 
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         where, params = self._where(f)

@@ -81,6 +81,12 @@ USAGE_COLUMNS: dict[str, str] = {
     "response_id": "TEXT",
     "tags": "TEXT NOT NULL DEFAULT '{}'",
     "payload": "TEXT",
+    "cache_write_1h_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "input_audio_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_audio_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "input_image_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_image_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "service_tier": "TEXT",
 }
 _COLS = tuple(USAGE_COLUMNS)
 #: the primary key decides what is new (only a conflict on id is skipped: any other
@@ -93,7 +99,8 @@ _NEW_IDS = "SELECT id FROM usage WHERE rowid > ?"
 _SELECT = (
     "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
-    "run_id, response_id, tags, payload FROM usage"
+    "run_id, response_id, tags, payload, cache_write_1h_tokens, input_audio_tokens, "
+    "output_audio_tokens, input_image_tokens, output_image_tokens, service_tier FROM usage"
 )
 _TOTALS = """count INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
@@ -276,7 +283,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
              cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
              rec.customer_key, rec.run_id, rec.response_id,
              encode(rec.tags).decode() if rec.tags else "{}",
-             None if rec.payload is None else encode(rec.payload).decode())
+             None if rec.payload is None else encode(rec.payload).decode(),
+             rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+             rec.input_image_tokens, rec.output_image_tokens, rec.service_tier)
             for rec in batch.values()
         ]
         with self._transaction() as c:
@@ -328,12 +337,12 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
         (id_, us, provider, model, it, ot, cr, cw, rt, cost, currency, user, session, customer,
-         run, response, tags, payload) = row
+         run, response, tags, payload, *details) = row
         return UsageRecord(
             id_, from_us(us), provider, model, it, ot, cr, cw, rt,
             None if cost is None else Decimal(cost), currency, user, session, customer, run,
             response, _loads(tags) if tags and tags != "{}" else {},
-            None if payload is None else _loads(payload),
+            None if payload is None else _loads(payload), *details,
         )
 
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
