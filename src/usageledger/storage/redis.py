@@ -14,7 +14,10 @@ Layout under ``prefix`` (default ``usageledger:``):
   counted in ``roll:inexact`` and make those aggregates sum the records' own decimal
   strings instead;
 - ``run:<run_id>``: hash of the run's fields (each a JSON value) plus ``seq``; ``runs``: the
-  set of run ids.
+  set of run ids;
+- ``prices`` and ``price_aliases``: the collector's price overrides and aliases
+  (:class:`~usageledger.storage._prices.RedisPrices`), kept by ``clear()`` (configuration,
+  not usage).
 
 Saving is one Lua script per batch: ``HSETNX`` on the records hash decides, atomically with
 the index and rollup updates, whether an id is new — a second copy changes nothing.
@@ -29,6 +32,7 @@ from typing import Any
 import msgspec
 
 from ..records import UsageRecord, decode_usage, encode
+from ._prices import RedisPrices
 from .aggregate import (
     Aggregate,
     Aggregator,
@@ -161,7 +165,7 @@ _json_decode = msgspec.json.decode
 _pack = msgspec.msgpack.encode
 
 
-class RedisStorage(RunStore, StorageBackend):
+class RedisStorage(RedisPrices, RunStore, StorageBackend):
     """``RedisStorage(url, prefix="usageledger:")``; thread-safe (redis-py's pool)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "usageledger:",
