@@ -144,7 +144,7 @@ def token_parts_error(record: Any) -> str | None:
                 return f"{field} must be an integer from 0 to {MAX_TOKENS}, got {short(v)}"
             total += v
         if total > getattr(record, whole):
-            named = " + ".join(f"{f} ({getattr(record, f)})" for f in parts)
+            named = " + ".join(f"{f} ({getattr(record, f)})" for f in parts if getattr(record, f))
             return (f"{named} must be at most {whole} ({getattr(record, whole)}): "
                     f"they are the part of it priced at their own rate")
     tier = record.service_tier
