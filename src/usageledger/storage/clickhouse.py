@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from ..records import UsageRecord, encode
+from ..totals import PART_SUMS
 from ._sql import group_by_sql, group_value
 from .aggregate import Aggregate, finish_groups, zero_totals
 from .base import RunStore, RunWrite, StorageBackend, unique_records
@@ -75,7 +76,7 @@ _COLS = ("id", "ts", "provider", "model", *_TOKENS, "cost", "currency", "user_id
 _SETTINGS = " SETTINGS output_format_json_quote_64bit_integers=0, output_format_json_quote_decimals=1"
 _SUMS = ", ".join([
     "count()", *(f"sum({t})" for t in _TOKENS), "sum(cost_dec)", "countIf(cost IS NULL)",
-    "groupArrayIf(cost, cost IS NOT NULL AND cost_dec IS NULL)",
+    "groupArrayIf(cost, cost IS NOT NULL AND cost_dec IS NULL)", *(f"sum({t})" for t in PART_SUMS),
 ])
 _MAX_DEC = Decimal(10) ** 20
 _MAX_QUERY = 64 << 20
@@ -331,6 +332,8 @@ class ClickHouseStorage(RunStore, StorageBackend):
                 t[name] += row[n + 1 + i]
             t["cost"] += _exact(row[n + 6] or "0") + sum((Decimal(c) for c in row[n + 8]), Decimal(0))
             t["unknown_cost"] += row[n + 7]
+            for i, name in enumerate(PART_SUMS):
+                t[name] += row[n + 9 + i]
         return finish_groups(keys, groups)
 
     def count(self) -> int:
