@@ -301,7 +301,33 @@ def table_rates(found: Any, at: datetime | None = None, service_tier: str | None
         if service_tier is None:
             return found.standard
         found = found.info
-    return _rates_from(found.get_prices(at or datetime.now(UTC), price_context(service_tier)))
+    at = at or datetime.now(UTC)
+    # prices that change only by date (start dates, not times of day) are the same all of
+    # a UTC day: cached per (model, tier, day), so a batch of tiered records resolves once
+    key = (id(found), service_tier, (at.astimezone(UTC) if at.tzinfo else at).date()) if _by_day(found) else None
+    rates = _day_cache.get(key) if key is not None else None
+    if rates is None:
+        rates = _rates_from(found.get_prices(at, price_context(service_tier)))
+        if key is not None:
+            with _lock:
+                if len(_day_cache) >= _MAX_DAY_CACHE:
+                    _day_cache.clear()
+                _day_cache[key] = rates
+    return rates
+
+
+_day_cache: dict[tuple[int, str | None, Any], Rates] = {}
+_MAX_DAY_CACHE = 4096
+
+
+def _by_day(info: Any) -> bool:
+    """Whether every price of ``info`` (a ModelInfo) changes by UTC date only."""
+    from genai_prices.types import StartDateConstraint
+
+    constraints = [v.constraint for v in info.price_variants or ()]
+    if isinstance(info.prices, list):
+        constraints += [c.constraint for c in info.prices]
+    return all(c is None or isinstance(c, StartDateConstraint) for c in constraints)
 
 
 def _warn_unknown(provider: str | None, model: str) -> None:

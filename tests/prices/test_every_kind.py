@@ -124,3 +124,27 @@ def test_in_process_overrides_take_part_prices():
     assert cost == Decimal(400 * 2 + 600 * 40 + 10 * 8 + 200 * 2 + 100 * 4) / 1_000_000
     with pytest.raises(ValueError, match="unknown keys"):
         calculate_cost("voice", 1, 1, prices={"voice": {"input": "1", "output": "1", "video": "1"}})
+
+
+def test_a_tier_price_applies_from_its_start_date():
+    """The table's batch prices of claude-opus-4-5 start on a date: a batch record of the
+    day before is priced at the standard price, one of that day at the batch price (also
+    when the day before was priced first: prices are cached per UTC day)."""
+    from genai_prices import calc_price
+
+    def cost(day, tier):
+        rec = make_usage_record("anthropic", "claude-opus-4-5", 1000, 100, service_tier=tier,
+                                timestamp=datetime.fromisoformat(day + "T23:59:59+00:00"))
+        return price_record(rec).cost
+
+    context = price_context("batch")
+    start = next(v.constraint.start_date for v in get_snapshot().find_provider_model(
+        "claude-opus-4-5", None, "anthropic", None)[1].price_variants if v.when == {"processing": "batch"})
+    before, on = start.fromordinal(start.toordinal() - 1).isoformat(), start.isoformat()
+    assert cost(before, "batch") == cost(before, None)
+    assert cost(on, "batch") == calc_price(Usage(input_tokens=1000, output_tokens=100), "claude-opus-4-5",
+                                           provider_id="anthropic", price_context=context,
+                                           genai_request_timestamp=datetime.fromisoformat(on + "T12:00:00+00:00")
+                                           ).total_price
+    assert cost(on, "batch") * 2 == cost(on, None)
+    assert cost(before, "batch") == cost(before, None)  # the cache keeps the days apart
