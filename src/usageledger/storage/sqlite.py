@@ -33,6 +33,7 @@ import msgspec
 from .._sqlite import WalHandle, add_missing_columns, is_corruption, move_aside
 from .._sqlite_salvage import iter_rows, open_damaged
 from ..records import UsageRecord, encode
+from ..totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._prices import PRICE_TABLES, SqlPrices
 from ._sql import (
@@ -88,6 +89,12 @@ USAGE_COLUMNS: dict[str, str] = {
     "response_id": "TEXT",
     "tags": "TEXT NOT NULL DEFAULT '{}'",
     "payload": "TEXT",
+    "cache_write_1h_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "input_audio_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_audio_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "input_image_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_image_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "service_tier": "TEXT",
 }
 _COLS = tuple(USAGE_COLUMNS)
 #: the primary key decides what is new (only a conflict on id is skipped: any other
@@ -100,12 +107,18 @@ _NEW_IDS = "SELECT id FROM usage WHERE rowid > ?"
 _SELECT = (
     "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
-    "run_id, response_id, tags, payload FROM usage"
+    "run_id, response_id, tags, payload, cache_write_1h_tokens, input_audio_tokens, "
+    "output_audio_tokens, input_image_tokens, output_image_tokens, service_tier FROM usage"
 )
+#: sums of the finer counts, last in the rollups (a rollup from before them gains them,
+#: zero: its records had none)
+_PARTS = PART_SUMS
+_PART_DECLS = {c: "INTEGER NOT NULL DEFAULT 0" for c in _PARTS}
 _TOTALS = """count INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, inexact INTEGER NOT NULL,
-    unknown_cost INTEGER NOT NULL"""
+    unknown_cost INTEGER NOT NULL, """ + ", ".join(f"{c} {d}" for c, d in _PART_DECLS.items())
+_PART_SUM = "".join(f", SUM({c})" for c in _PARTS)
 _ROLLUP = f"""CREATE TABLE IF NOT EXISTS usage_hourly (
     hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, currency TEXT NOT NULL,
     {_TOTALS}, PRIMARY KEY (hour, provider, model, currency)) WITHOUT ROWID"""
@@ -118,12 +131,12 @@ _DAILY = f"""CREATE TABLE IF NOT EXISTS usage_daily (
 _NEW_SUMS = (
     "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
     "SUM(cache_write_tokens), SUM(reasoning_tokens), COALESCE(SUM(cost_nano), 0), "
-    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)"
+    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)" + _PART_SUM
 )
 _ADD = ", ".join(
     f"{c} = {c} + excluded.{c}"
     for c in ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-              "reasoning_tokens", "cost_nano", "inexact", "unknown_cost")
+              "reasoning_tokens", "cost_nano", "inexact", "unknown_cost", *_PARTS)
 )
 # Rollups are maintained from the rows just inserted, in the insert's transaction: a table
 # with a rowid gives a new row a rowid above every existing one, so the new rows are those
@@ -131,7 +144,8 @@ _ADD = ", ".join(
 _ROLLUP_NEW = f"""INSERT INTO usage_hourly SELECT ts / {_US_PER_HOUR}, provider, model, currency,
     {_NEW_SUMS} FROM usage WHERE rowid > ?1 GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
 _DAY_COLS = (f"u.ts / {_US_PER_DAY} AS day, u.currency, u.input_tokens, u.output_tokens, "
-             "u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cost, u.cost_nano")
+             "u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cost, u.cost_nano"
+             + "".join(f", u.{c}" for c in _PARTS))
 _DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW_SUMS} FROM (
     SELECT '' AS dim, '' AS value, {_DAY_COLS} FROM usage AS u WHERE u.rowid > ?1
     UNION ALL SELECT 'user_id', u.user_id, {_DAY_COLS} FROM usage AS u
@@ -149,7 +163,7 @@ _IDS = "(SELECT id FROM temp.reprice_ids)"
 _NEG_SUMS = (
     "-COUNT(*), -SUM(input_tokens), -SUM(output_tokens), -SUM(cache_read_tokens), "
     "-SUM(cache_write_tokens), -SUM(reasoning_tokens), -COALESCE(SUM(cost_nano), 0), "
-    "-SUM(cost IS NOT NULL AND cost_nano IS NULL), -SUM(cost IS NULL)"
+    "-SUM(cost IS NOT NULL AND cost_nano IS NULL), -SUM(cost IS NULL)" + _PART_SUM.replace(", SUM", ", -SUM")
 )
 _REPRICE = [
     sql.replace("u.rowid > ?1", f"u.id IN {_IDS}").replace("rowid > ?1", f"id IN {_IDS}")
@@ -176,12 +190,12 @@ _REQUIRED = ("id", "ts", "provider", "model")
 _SUMS = (
     "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
     "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), "
-    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)"
+    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)" + _PART_SUM
 )
 _ROLLUP_SUMS = (
     "SUM(count), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
     "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(inexact), "
-    "SUM(unknown_cost)"
+    "SUM(unknown_cost)" + _PART_SUM
 )
 
 #: a file up to this size gets a full ``PRAGMA quick_check`` at open; a larger one only
@@ -374,6 +388,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
                 c.execute(ddl)
                 if table not in have_tables:  # a file from before this rollup: build it
                     c.execute(fill, (_ALL_ROWS,))
+                    continue
+                # a rollup from before the finer token kinds: they start at 0 there
+                add_missing_columns(c, table, _PART_DECLS)
             c.execute(RUNS_INDEX)
 
     def _backfill_cost_nano(self) -> None:
@@ -395,7 +412,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
              cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
              rec.customer_key, rec.run_id, rec.response_id,
              encode(rec.tags).decode() if rec.tags else "{}",
-             None if rec.payload is None else encode(rec.payload).decode())
+             None if rec.payload is None else encode(rec.payload).decode(),
+             rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+             rec.input_image_tokens, rec.output_image_tokens, rec.service_tier)
             for rec in batch.values()
         ]
         return self._insert(rows)
@@ -455,12 +474,12 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
         (id_, us, provider, model, it, ot, cr, cw, rt, cost, currency, user, session, customer,
-         run, response, tags, payload) = row
+         run, response, tags, payload, *details) = row
         return UsageRecord(
             id_, from_us(us), provider, model, it, ot, cr, cw, rt,
             None if cost is None else Decimal(cost), currency, user, session, customer, run,
             response, _loads(tags) if tags and tags != "{}" else {},
-            None if payload is None else _loads(payload),
+            None if payload is None else _loads(payload), *details,
         )
 
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
@@ -551,7 +570,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
         n = len(keys)
         for row in rows:
             gk = tuple(group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
-            count, it, ot, cr, cw, rt, nano, inexact, unknown = row[n:]
+            count, it, ot, cr, cw, rt, nano, inexact, unknown, *parts = row[n:]
             if not count:
                 continue
             t = groups.setdefault(gk, zero_totals())
@@ -561,6 +580,8 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
             t["cache_read_tokens"] += cr or 0
             t["cache_write_tokens"] += cw or 0
             t["reasoning_tokens"] += rt or 0
+            for k, v in zip(_PARTS, parts, strict=True):
+                t[k] += v or 0
             t["cost"] += nano_to_decimal(nano or 0)
             t["unknown_cost"] += unknown or 0
             t["_inexact"] = t.get("_inexact", 0) + (inexact or 0)
