@@ -52,6 +52,21 @@ def _overwrite(path, offset: int, n: int, seed: int) -> None:
         f.write(random.Random(seed).randbytes(n))
 
 
+def _usage_page(path, where: float) -> int:
+    """The offset of a leaf page of the usage table, ``where`` (0..1) along its pages: the
+    damage lands in records whatever the file's layout (a column added to the table once
+    moved the file's middle into an index, where the check at open still found it but
+    reading the records did not)."""
+    c = sqlite3.connect(path)
+    try:
+        size = c.execute("PRAGMA page_size").fetchone()[0]
+        pages = [p for (p,) in c.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'usage' AND pagetype = 'leaf' ORDER BY pageno")]
+    finally:
+        c.close()
+    return (pages[int(len(pages) * where)] - 1) * size
+
+
 def _another_process_writes(path) -> None:
     """A write through another connection: the store's page cache (filled by its check
     at open) no longer counts, so its next read goes to the file, damage included."""
@@ -86,7 +101,7 @@ def test_damage_mid_file_is_found_at_open_and_the_rest_is_salvaged(tmp_path, cap
     records = _store(path)
     size = path.stat().st_size
     assert size <= QUICK_CHECK_MAX_BYTES
-    _overwrite(path, size // 2, 1500, seed=7)
+    _overwrite(path, _usage_page(path, 0.5) + 1000, 1500, seed=7)
     with pytest.raises(sqlite3.DatabaseError, match="malformed"):  # the damage is real
         sqlite3.connect(path).execute("SELECT count(*), sum(length(payload)) FROM usage").fetchall()
     caplog.set_level(logging.INFO)
@@ -115,7 +130,7 @@ def test_damage_found_by_an_operation_is_salvaged_and_the_operation_answers(tmp_
     path = tmp_path / "usage.db"
     records = _store(path)
     s = SQLiteStorage(path)  # sound at open
-    _overwrite(path, path.stat().st_size // 3 // 4096 * 4096, 1500, seed=11)  # a page header
+    _overwrite(path, _usage_page(path, 0.33), 1500, seed=11)  # a page header
     _another_process_writes(path)
     got = s.query()  # meets the damaged page, then answers from the salvaged file
     assert s.salvaged is not None and N - 100 <= len(got) < N, s.salvaged
@@ -130,8 +145,13 @@ def test_a_write_that_meets_the_damage_is_stored_in_the_new_file(tmp_path):
     _store(path)
     s = SQLiteStorage(path)
     size = path.stat().st_size
-    # every page but the first: whatever the insert touches is damaged
-    _overwrite(path, 4096, size - 4096, seed=5)
+    # every page but the schema's: whatever the insert touches is damaged
+    c = sqlite3.connect(path)
+    schema = [p for (p,) in c.execute("SELECT pageno FROM dbstat WHERE name = 'sqlite_schema'")]
+    c.close()
+    for page in range(2, size // 4096 + 1):
+        if page not in schema:
+            _overwrite(path, (page - 1) * 4096, 4096, seed=page)
     _another_process_writes(path)
     new = [make_usage_record("anthropic", "c", 1, 2, timestamp=T0 + timedelta(days=1), cost="0.5")]
     assert s.save_many(new) == {new[0].id}
