@@ -111,18 +111,19 @@ class AlertSender:
         if journal_path is not None:
             Path(os.fspath(journal_path)).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.journal_path = journal_path
-        self.pipeline: Pipeline = Pipeline(
-            WebhookSink(timeout=timeout),
-            journal_path=journal_path,
+        from ..settings import Settings
+
+        settings = Settings(
             durability="memory" if journal_path is None else "committed",
+            journal_path=journal_path,
             max_batch_size=10,
             batch_interval=batch_interval,
             max_attempts=max_attempts,
             base_delay=base_delay,
             max_backoff=max_backoff,
             max_in_flight=1,
-            name="usageledger-alerts",
         )
+        self.pipeline: Pipeline = Pipeline(WebhookSink(timeout=timeout), settings, name="usageledger-alerts")
 
     def send(self, url: str, key: str, body: dict[str, Any]) -> None:
         """Queue one alert (returns once it is committed to the journal)."""
