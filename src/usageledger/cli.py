@@ -628,6 +628,10 @@ from .cli_prices import prices_app, reprice  # noqa: E402 (its commands import h
 app.add_typer(prices_app, name="prices")
 app.command()(reprice)
 
+from .cli_keys import keys_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+
 
 # -- entry points ------------------------------------------------------------------------------
 

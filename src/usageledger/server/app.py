@@ -13,7 +13,6 @@ again while decompressing gzip), and decoded with msgspec.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import os
@@ -37,8 +36,9 @@ from ..storage import StorageBackend, create_storage
 from ..storage.base import RunWrite, check_group_by
 from ..totals import Totals
 from . import budgets as budget_routes
+from . import key_routes, schema
 from . import prices as price_routes
-from . import schema
+from .auth import PROJECT_TAG, TOKEN_PREFIX, Authenticator, Principal, principal_of
 from .headers import SecurityHeadersMiddleware
 from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
@@ -124,6 +124,7 @@ def create_app(
     *,
     price: bool = True,
     alert_journal: str | os.PathLike[str] | None = None,
+    metrics_access: str = "public",
 ) -> FastAPI:
     """The collector app over ``storage`` (a backend, or a name/URL for ``create_storage``;
     one it creates it also closes at shutdown).
@@ -133,7 +134,9 @@ def create_app(
     request body, before and after gzip decompression (413 beyond). ``price``: records
     sent without a cost are priced from the prices kept in the storage (``/api/v1/prices``),
     then the offline price tables. ``alert_journal``: the
-    journal file of budget alerts (None: alerts wait in memory only)."""
+    journal file of budget alerts (None: alerts wait in memory only). ``metrics_access``:
+    ``"public"`` (process metrics for anyone, stored totals for a reader) or ``"key"``
+    (``/metrics`` answers only a key that may read: 401 otherwise)."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if isinstance(api_keys, str):
@@ -145,6 +148,8 @@ def create_app(
             raise ValueError(f"each API key must be a non-empty printable ASCII string without "
                              f"surrounding spaces, got {k!r}")
         keys.append(k.encode())
+    if metrics_access not in ("public", "key"):
+        raise ValueError(f"metrics_access must be 'public' or 'key', got {metrics_access!r}")
     owned = isinstance(storage, str)
     store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
     if not isinstance(store, StorageBackend):
@@ -216,35 +221,53 @@ def create_app(
             log.warning("storage call %s failed: %s", getattr(fn, "__name__", fn), short(exc, 300))
             raise StorageUnavailable(f"{type(exc).__name__}: {str(exc)[:500]}") from None
 
-    # -- auth --------------------------------------------------------------------------------
-    def authorize(request: Request) -> None:
-        if not keys:
-            client = request.client
-            if not _is_loopback(client.host if client else None):
-                raise HTTPException(
-                    403, "no API key is configured on this collector, so it serves only "
-                         "loopback clients: start it with --api-key to accept others")
-            return
-        if request.method in ("GET", "HEAD") and signer.verify(request.cookies.get(COOKIE_NAME)):
-            return  # a browser session from the login page: reads only (SameSite=Strict)
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for k in keys:  # every key is compared, so timing says nothing about which matched
-            ok |= hmac.compare_digest(given, k)
-        if not ok:
-            raise HTTPException(
-                401, "missing or invalid API key: send Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"})
+    # -- auth (server/auth.py) ------------------------------------------------------------------
+    def session_principal(request: Request) -> Principal | None:
+        # a browser session from the login page: reads only (SameSite=Strict)
+        if signer.verify(request.cookies.get(COOKIE_NAME)):
+            return Principal("admin", session=True)
+        return None
+
+    auth = Authenticator(
+        store, keys, session_principal,
+        lambda request: _is_loopback(request.client.host if request.client else None))
+    app.state.auth = auth
+
+    def authorize(request: Request) -> Principal:
+        return call_auth(auth.authorize, request)
+
+    def call_auth(fn: Callable[..., Any], request: Request) -> Any:
+        try:
+            return fn(request)
+        except HTTPException:
+            raise
+        except Exception as exc:  # the key store failed: not the caller's fault
+            log.warning("API key lookup failed: %s", short(exc, 300))
+            raise StorageUnavailable(f"{type(exc).__name__} while checking the API key") from None
 
     async def authorized(request: Request) -> None:
-        # the API's dependency: a plain def one costs every request a threadpool hop
-        authorize(request)
+        # a stored key is read from storage, off the event loop; a global key or the open
+        # mode needs no threadpool hop
+        if request.headers.get("authorization", "").partition(" ")[2].strip().startswith(TOKEN_PREFIX):
+            await run_in_threadpool(authorize, request)
+        else:
+            authorize(request)
+
+    def project_of(request: Request) -> str | None:
+        """The project a write goes to: a project key's own, or a global key's ?project=."""
+        project = request.query_params.get("project")
+        if project:
+            from .auth import check_project
+            try:
+                check_project(project, "the query parameter project")
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
+        return principal_of(request).scope(project)
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
     budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
     app.state.budgets = budgets
+    app.include_router(key_routes.attach(store, authorized, call))
     price_router, app.state.prices = price_routes.attach(store, authorize, call)
     if price:  # overrides, then aliases, then the table (usageledger.pricebook)
         pricer = app.state.prices.price
@@ -273,8 +296,11 @@ def create_app(
         return data
 
     # -- usage records -----------------------------------------------------------------------
-    def ingest(data: bytes) -> dict[str, Any]:
+    def ingest(data: bytes, project: str | None = None) -> dict[str, Any]:
         items = decode_track(data)
+        if project is not None:  # the key's project, whatever the body says
+            items = [msgspec.structs.replace(it, tags={**it.tags, PROJECT_TAG: project})
+                     if type(it) is UsageRecord else it for it in items]
         n = len(items)
         metrics.received.inc(n)
         # copies of one id are stored once by save_many (and priced twice: harmless)
@@ -305,7 +331,7 @@ def create_app(
         `rejected`, every item is answered in order in `results` (with `error` for the
         rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        return _json(await run_in_threadpool(ingest, data))
+        return _json(await run_in_threadpool(ingest, data, project_of(request)))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -367,6 +393,18 @@ def create_app(
                 return status
         return "stale"
 
+    def own_runs(project: str | None, run_ids: list[str]) -> None:
+        """A project key writes only its project's runs (run ids are one namespace)."""
+        if project is None:
+            return
+        for run_id in set(run_ids):
+            run = call(store.get_run, run_id)
+            if run is not None and run.get("project") != project:
+                raise HTTPException(409, f"run {run_id!r} belongs to another project")
+
+    def with_project(fields: dict[str, Any], project: str | None) -> dict[str, Any]:
+        return fields if project is None else {**fields, "project": project}
+
     @api.post(
         "/runs",
         summary="Create an agent run (idempotent on run_id)",
@@ -382,7 +420,10 @@ def create_app(
             run_id, seq, fields = decode_run(data)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        status = (await run_in_threadpool(write_runs, [RunWrite(run_id, fields, seq or 0, True)]))[0]
+        project = project_of(request)
+        await run_in_threadpool(own_runs, project, [run_id])
+        status = (await run_in_threadpool(write_runs, [RunWrite(run_id, with_project(fields, project),
+                                                                seq or 0, True)]))[0]
         return _json({"run_id": run_id, "status": status}, 201 if status == "created" else 200)
 
     @api.patch(
@@ -399,7 +440,9 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         _refuse_nul({"run_id": run_id})
-        status = await run_in_threadpool(patch_run, run_id, seq, fields)
+        project = project_of(request)
+        await run_in_threadpool(own_runs, project, [run_id])
+        status = await run_in_threadpool(patch_run, run_id, seq, with_project(fields, project))
         if status == "missing":
             raise HTTPException(404, f"no run {run_id!r}: create it with POST /api/v1/runs first")
         return _json({"run_id": run_id, "status": status})
@@ -446,18 +489,27 @@ def create_app(
         run: retry after its create) or `rejected` (with `error`)."""
         data = await read_body(request)
         items = decode_run_batch(data)
+        project = project_of(request)
+        if project is not None:
+            await run_in_threadpool(own_runs, project, [it.run_id for it in items if it.error is None])
+            for it in items:
+                if it.error is None:
+                    it.fields = with_project(it.fields or {}, project)
         return _json({"results": await run_in_threadpool(apply_batch, items)})
 
     @api.get("/runs/{run_id:path}", summary="One agent run")
-    def get_run(run_id: str) -> Response:
+    def get_run(run_id: str, request: Request, project: str | None = None) -> Response:
         _refuse_nul({"run_id": run_id})
+        scope = principal_of(request).scope(project)
         run = call(store.get_run, run_id)
-        if run is None:
+        if run is None or (scope is not None and run.get("project") != scope):
             raise HTTPException(404, f"no run {run_id!r}")
         return _json(run)
 
     @api.get("/runs", summary="Agent runs, newest start_time first")
     def list_runs(
+        request: Request,
+        project: str | None = None,
         agent_name: str | None = None,
         status: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -466,7 +518,8 @@ def create_app(
         _refuse_nul({"agent_name": agent_name, "status": status})
         parts, more = _page(
             lambda n, at: call(store.query_runs, agent_name=agent_name or None,
-                               status=status or None, limit=n, offset=at),
+                               status=status or None, limit=n, offset=at,
+                               project=principal_of(request).scope(project)),
             limit, offset, _RUNS_CHUNK, _encode)
         tail = _encode({"limit": limit, "offset": offset,
                         "next_offset": offset + len(parts) if more else None})
@@ -488,10 +541,15 @@ def create_app(
         a caller that could read them through the API (a plain def: they come from storage,
         off the event loop)."""
         try:
-            authorize(request)
-            usage: UsageTotals | None = usage_totals
+            who = authorize(request)
         except HTTPException:
-            usage = None
+            if metrics_access == "key":
+                raise
+            who = None
+        usage: UsageTotals | None = None
+        if who is not None:
+            project = who.scope(request.query_params.get("project"))
+            usage = usage_totals if project is None else UsageTotals(store, project=project)
         return Response(metrics.render(usage), media_type=CONTENT_TYPE_LATEST)
 
     install_pages(
@@ -538,6 +596,9 @@ def track_answer(items: Sequence[UsageRecord | Refused], new: set[str]) -> dict[
 
 
 def _filters(
+    request: Request,
+    project: Annotated[str | None, Query(description="a global key's choice of project; a "
+                                                     "project key reads only its own")] = None,
     provider: str | None = None,
     model: str | None = None,
     user_id: str | None = None,
@@ -567,6 +628,9 @@ def _filters(
             tags[key] = value
         out["tags"] = tags
     _refuse_nul(out)
+    scope = principal_of(request).scope(project)
+    if scope is not None:  # a tag filter: every backend and rollup answers it already
+        out["tags"] = {**out.get("tags", {}), PROJECT_TAG: scope}
     return out
 
 

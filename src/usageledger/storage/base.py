@@ -151,10 +151,22 @@ class StorageBackend:
         status: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored runs matching the filters, newest ``start_time`` first."""
+        """Stored runs matching the filters, newest ``start_time`` first. ``project``: only
+        the runs whose ``project`` field is this (the collector sets it from the key)."""
         check_page(limit, offset)
+        if project is not None:
+            return self._query_project_runs(project, agent_name, status, limit, offset)
         return self._query_runs(agent_name, status, limit, offset)
+
+    def _query_project_runs(
+        self, project: str, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        """``query_runs`` of one project; here by a pass over every matching run (the SQL
+        backends filter in the database)."""
+        runs = [r for r in self._query_runs(agent_name, status, None, 0) if r.get("project") == project]
+        return runs[offset:None if limit is None else offset + limit]
 
     def _query_runs(
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int

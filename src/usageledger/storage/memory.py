@@ -11,6 +11,7 @@ import msgspec
 
 from ..records import UsageRecord
 from ._budgets import MemoryBudgets
+from ._keys import MemoryKeys
 from ._prices import MemoryPrices
 from .base import (
     _US_PER_HOUR,
@@ -33,7 +34,7 @@ from .base import (
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(MemoryBudgets, MemoryPrices, StorageBackend):
+class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, StorageBackend):
     """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
     thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
 

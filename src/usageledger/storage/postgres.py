@@ -17,6 +17,7 @@ from typing import Any
 
 from ..records import UsageRecord, encode
 from ._budgets import BUDGET_TABLES, SqlBudgets
+from ._keys import KEY_TABLES, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
 from ._sql import (
     RUNS_INDEX,
@@ -194,7 +195,7 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PostgresStorage(SqlBudgets, SqlPrices, StorageBackend):
+class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, StorageBackend):
     """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):
@@ -433,6 +434,12 @@ class PostgresStorage(SqlBudgets, SqlPrices, StorageBackend):
             for ddl in PRICE_TABLES:
                 conn.execute(ddl)
 
+    def _create_key_tables(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7301460)")
+            for ddl in KEY_TABLES:
+                conn.execute(ddl)
+
     # -- runs -------------------------------------------------------------------------------
     def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
         from psycopg.types.json import Jsonb
@@ -481,6 +488,12 @@ class PostgresStorage(SqlBudgets, SqlPrices, StorageBackend):
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
         sql, params = runs_query_sql(agent_name, status, "%s")
+        return [r[0] for r in self._fetch(sql, [*params, limit, offset])]
+
+    def _query_project_runs(
+        self, project: str, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        sql, params = runs_query_sql(agent_name, status, "%s", "data->>'project'", project)
         return [r[0] for r in self._fetch(sql, [*params, limit, offset])]
 
     def clear(self) -> None:

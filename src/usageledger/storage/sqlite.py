@@ -27,6 +27,7 @@ import msgspec
 from .._sqlite import connect_wal
 from ..records import UsageRecord
 from ._budgets import SqlBudgets
+from ._keys import SqlKeys
 from ._prices import SqlPrices
 from ._sql import (
     RUNS_INDEX,
@@ -189,7 +190,7 @@ def _tag_path(key: str) -> str | None:
     return None if '"' in key or "\\" in key else f'$."{key}"'
 
 
-class SQLiteStorage(SqlBudgets, SqlPrices, StorageBackend):
+class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
 
@@ -514,6 +515,13 @@ class SQLiteStorage(SqlBudgets, SqlPrices, StorageBackend):
         self, agent_name: str | None, status: str | None, limit: int | None, offset: int
     ) -> list[dict[str, Any]]:
         sql, params = runs_query_sql(agent_name, status, "?")
+        params += [-1 if limit is None else limit, offset]
+        return [_loads(r[0]) for r in self._fetch(sql, params)]
+
+    def _query_project_runs(
+        self, project: str, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        sql, params = runs_query_sql(agent_name, status, "?", "json_extract(data, '$.project')", project)
         params += [-1 if limit is None else limit, offset]
         return [_loads(r[0]) for r in self._fetch(sql, params)]
 
