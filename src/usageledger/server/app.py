@@ -33,7 +33,8 @@ from ..errors import UsageLedgerError
 from ..limits import MAX_ANSWER_BYTES, short
 from ..records import UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
-from ..storage.base import RunWrite, check_group_by
+from ..storage._retention import raw_since
+from ..storage.base import RunWrite, check_group_by, from_us
 from ..totals import Totals
 from . import budgets as budget_routes
 from . import key_routes, schema
@@ -125,6 +126,9 @@ def create_app(
     price: bool = True,
     alert_journal: str | os.PathLike[str] | None = None,
     metrics_access: str = "public",
+    retention_days: int | None = None,
+    retention_project_days: dict[str, int] | None = None,
+    retention_interval_s: float = 3600.0,
 ) -> FastAPI:
     """The collector app over ``storage`` (a backend, or a name/URL for ``create_storage``;
     one it creates it also closes at shutdown).
@@ -136,7 +140,9 @@ def create_app(
     then the offline price tables. ``alert_journal``: the
     journal file of budget alerts (None: alerts wait in memory only). ``metrics_access``:
     ``"public"`` (process metrics for anyone, stored totals for a reader) or ``"key"``
-    (``/metrics`` answers only a key that may read: 401 otherwise)."""
+    (``/metrics`` answers only a key that may read: 401 otherwise). ``retention_days`` /
+    ``retention_project_days``: apply retention (usageledger.retention) at start and every
+    ``retention_interval_s`` while the app runs."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if isinstance(api_keys, str):
@@ -159,11 +165,23 @@ def create_app(
     usage_totals = UsageTotals(store)
     signer = SessionSigner(keys)
     limit = max_body_bytes
+    retention = None
+    if retention_days is not None or retention_project_days:
+        from ..retention import RetentionLoop
+
+        if not getattr(store, "supports_retention", False):
+            raise ValueError(f"retention needs a storage that supports it (sqlite, postgresql, "
+                             f"memory), got {type(store).__name__}")
+        retention = RetentionLoop(store, retention_days, retention_project_days, retention_interval_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         budgets.start()
+        if retention is not None:
+            retention.start()
         yield
+        if retention is not None:
+            retention.stop()
         budgets.stop()
         if owned:
             store.close()
@@ -345,8 +363,11 @@ def create_app(
 
         parts, more = _page(lambda n, at: call(store.query, limit=n, offset=at, **f),
                             limit, offset, _RECORDS_CHUNK, encode)
+        # retention folds older records into daily rollups: listings hold raw records only
+        since = call(raw_since, store, (f.get("tags") or {}).get(PROJECT_TAG))
         tail = _encode({"limit": limit, "offset": offset,
-                        "next_offset": offset + len(parts) if more else None})
+                        "next_offset": offset + len(parts) if more else None,
+                        "raw_since": None if since is None else from_us(since)})
         return Response(b'{"records":[' + b",".join(parts) + b"]," + tail[1:],
                         media_type="application/json")
 
@@ -650,6 +671,8 @@ def _refuse_nul(values: dict[str, Any]) -> None:
 STORAGE_ENV = "USAGELEDGER_SERVER_STORAGE"
 MAX_BODY_ENV = "USAGELEDGER_SERVER_MAX_BODY_BYTES"
 ALERT_JOURNAL_ENV = "USAGELEDGER_SERVER_ALERT_JOURNAL"
+METRICS_ENV = "USAGELEDGER_SERVER_METRICS"
+RETENTION_ENV = "USAGELEDGER_SERVER_RETENTION"
 #: stores that several processes can share: one file with a writer lock, or a server
 _SHARED_STORES = ("sqlite", "postgres", "postgresql", "redis", "rediss")
 #: seconds a worker may take to answer its supervisor's health check
@@ -666,6 +689,9 @@ def serve(
     log_level: str = "info",
     alert_journal: str | os.PathLike[str] | None = None,
     workers: int = 1,
+    metrics_access: str = "public",
+    retention_days: int | None = None,
+    retention_project_days: dict[str, int] | None = None,
 ) -> None:
     """Run the collector under uvicorn until interrupted. Keys default to the comma-separated
     ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served.
@@ -690,7 +716,8 @@ def serve(
     if alert_journal is None:
         alert_journal = default_alert_journal(storage)
     app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes,
-                     alert_journal=alert_journal)
+                     alert_journal=alert_journal, metrics_access=metrics_access,
+                     retention_days=retention_days, retention_project_days=retention_project_days)
     # the collector's own logs (storage failures, this warning) in uvicorn's format
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if not api_keys:
@@ -710,6 +737,10 @@ def serve(
     os.environ[MAX_BODY_ENV] = str(max_body_bytes)
     os.environ[API_KEYS_ENV] = ",".join(api_keys or ())
     os.environ[ALERT_JOURNAL_ENV] = "" if alert_journal is None else os.fspath(alert_journal)
+    os.environ[METRICS_ENV] = metrics_access
+    # every worker runs the retention loop: batches are transactions, the store serializes them
+    os.environ[RETENTION_ENV] = msgspec.json.encode(
+        {"days": retention_days, "projects": retention_project_days or {}}).decode()
     # the supervisor pings each worker every 0.5 s and kills one that does not answer in
     # time; a worker answers only once its interpreter has started, which took over
     # uvicorn's default 5 s on a loaded 2-core machine (the worker was killed and
@@ -726,9 +757,12 @@ def app_from_env() -> FastAPI:
     keys = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
     # every worker queues the alerts it claims in the one alert journal (a shared SQLite
     # journal: one dispatcher at a time delivers them)
+    retention = msgspec.json.decode(os.environ.get(RETENTION_ENV) or '{"days": null, "projects": {}}')
     return create_app(os.environ[STORAGE_ENV], api_keys=keys or None,
                       max_body_bytes=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES)),
-                      alert_journal=os.environ.get(ALERT_JOURNAL_ENV) or None)
+                      alert_journal=os.environ.get(ALERT_JOURNAL_ENV) or None,
+                      metrics_access=os.environ.get(METRICS_ENV) or "public",
+                      retention_days=retention["days"], retention_project_days=retention["projects"] or None)
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -121,7 +121,12 @@ class StorageBackend:
         zero row whose ``currency`` is None. :meth:`usageledger.totals.Totals.of_rows`
         sums rows per currency."""
         keys = check_group_by(group_by)
-        rows = self._aggregate(keys if "currency" in keys else (*keys, "currency"), make_filters(**filters))
+        full, f = (keys if "currency" in keys else (*keys, "currency")), make_filters(**filters)
+        rows = self._aggregate(full, f)
+        if getattr(self, "supports_retention", False):  # plus the daily rollups of retention
+            from ._retention import merge_retained
+
+            rows = merge_retained(self, full, f, rows)
         if not rows and not keys:
             rows = [{"currency": None, **zero_totals()}]
         for r in rows:

@@ -43,6 +43,9 @@ _run_decoder = msgspec.json.Decoder(_RunLine)
 class JsonlStorage(MemoryStorage):
     """``JsonlStorage(path)``: the in-memory engine of MemoryStorage, persisted as lines."""
 
+    #: an append-only file: retention would come back at the next open
+    supports_retention = False
+
     #: budgets would live only in memory here, not in the file: not offered
     supports_budgets = False
 

@@ -13,6 +13,7 @@ from ..records import UsageRecord
 from ._budgets import MemoryBudgets
 from ._keys import MemoryKeys
 from ._prices import MemoryPrices
+from ._retention import MemoryRetention
 from .base import (
     _US_PER_HOUR,
     Aggregate,
@@ -34,7 +35,7 @@ from .base import (
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, StorageBackend):
+class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, MemoryRetention, StorageBackend):
     """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
     thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
 
@@ -102,6 +103,19 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, StorageBackend):
                 self._rows[i] = (us, id_, new)
                 self._by_id[id_] = new
             return len(changed)
+
+    def _forget_records(self, gone: Sequence[tuple[int, str, UsageRecord]]) -> None:
+        """Delete these rows (lock held), their totals leaving the hourly rollup."""
+        ids = {id_ for _, id_, _ in gone}
+        for us, id_, rec in gone:
+            del self._by_id[id_]
+            hk = (us // _US_PER_HOUR, rec.provider, rec.model, rec.currency)
+            one = zero_totals()
+            add_record(one, rec)
+            add_totals(self._hourly[hk], one, -1)
+            if not self._hourly[hk]["count"]:
+                del self._hourly[hk]
+        self._rows = [row for row in self._rows if row[1] not in ids]
 
     def _newest_first(self) -> Iterable[tuple[int, str, UsageRecord]]:
         if not self._sorted:
@@ -178,3 +192,4 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, StorageBackend):
             self._sorted = True
             self._runs.clear()
             self._hourly.clear()
+            self.__dict__.pop("_ret_state", None)

@@ -19,6 +19,7 @@ from ..records import UsageRecord, encode
 from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._keys import KEY_TABLES, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
+from ._retention import RETENTION_TABLES, SqlRetention, fold_rows, project_clause, run_day_project
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -44,6 +45,7 @@ from .base import (
     merge_groups,
     rollup_fits,
     run_fields,
+    ts_us,
     unique_records,
     with_none_group,
     zero_totals,
@@ -184,6 +186,10 @@ _RUN_COLUMNS = (
 )
 
 
+def _rows(cur: Any) -> list[tuple[Any, ...]]:
+    return cur.fetchall() if cur.description else []
+
+
 def _import_psycopg() -> Any:
     try:
         import psycopg
@@ -195,7 +201,7 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, StorageBackend):
+class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, StorageBackend):
     """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):
@@ -496,9 +502,62 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, StorageBackend):
         sql, params = runs_query_sql(agent_name, status, "%s", "data->>'project'", project)
         return [r[0] for r in self._fetch(sql, [*params, limit, offset])]
 
+    def _create_retention_tables(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7301460)")
+            for ddl in RETENTION_TABLES:
+                conn.execute(ddl)
+
+    # -- retention (storage/_retention.py) ------------------------------------------------------
+    def _fold_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        """One batch folded, taken out of the hourly/daily totals and deleted, in one
+        transaction; one retention at a time (an advisory lock), the rows locked against a
+        concurrent reprice."""
+        clause, params = project_clause(project, excluded, "(tags->>'usageledger.project')", "%s")
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7301461)")
+            cur.execute(_REPRICE_TEMP)
+            cur.execute(f"INSERT INTO reprice_in (id) SELECT id FROM (SELECT id FROM usage WHERE "
+                        f"ts < %s{clause} ORDER BY ts LIMIT %s FOR UPDATE) AS o ORDER BY id",
+                        [from_us(cutoff_us), *params, batch])
+            rows = cur.execute(
+                "SELECT ts, tags, provider, model, user_id, customer_key, currency, input_tokens, "
+                "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost "
+                "FROM usage WHERE id IN (SELECT id FROM reprice_in)").fetchall()
+            if not rows:
+                return 0
+            folded = fold_rows((ts_us(r[0]), r[1], *r[2:]) for r in rows)
+            cur.execute(_rollups_of_changed(_NEG_SUMS))
+            cur.execute("DELETE FROM usage WHERE id IN (SELECT id FROM reprice_in)")
+            cur.execute("DELETE FROM usage_hourly WHERE count = 0")
+            cur.execute("DELETE FROM usage_daily WHERE count = 0")
+            self._fold_into(lambda sql, p: _rows(cur.execute(sql, p)), folded)
+        return len(rows)
+
+    def _fold_runs_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7301461)")
+            gone, counts = [], {}
+            for run_id, data in cur.execute("SELECT run_id, data FROM runs WHERE started_at IS NOT NULL "
+                                            "ORDER BY run_id FOR UPDATE").fetchall():
+                us, rest = run_day_project(data)
+                if us is None or us >= cutoff_us or (project is not None and rest[0] != project) or (
+                        project is None and rest[0] in excluded):
+                    continue
+                gone.append((run_id,))
+                key = (us // 86_400_000_000, *rest)
+                counts[key] = counts.get(key, 0) + 1
+                if len(gone) >= batch:
+                    break
+            cur.executemany("DELETE FROM runs WHERE run_id = %s", gone)
+            self._fold_runs_into(lambda sql, p: _rows(cur.execute(sql, p)), counts)
+        return len(gone)
+
     def clear(self) -> None:
         with self._pool.connection() as conn:
             conn.execute("TRUNCATE usage, usage_hourly, usage_daily, runs")
+            if conn.execute("SELECT to_regclass('usage_retained')").fetchone()[0] is not None:
+                conn.execute("TRUNCATE usage_retained, runs_retained, retention_marks")
 
     def close(self) -> None:
         self._pool.close()

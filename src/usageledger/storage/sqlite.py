@@ -29,6 +29,7 @@ from ..records import UsageRecord
 from ._budgets import SqlBudgets
 from ._keys import SqlKeys
 from ._prices import SqlPrices
+from ._retention import SqlRetention, fold_rows, project_clause, run_day_project
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -180,6 +181,9 @@ _dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
 
 
+_PROJECT_PATH = '$."usageledger.project"'
+
+
 def _same(us: int) -> int:
     return us  # ts is stored as UTC microseconds already
 
@@ -190,7 +194,7 @@ def _tag_path(key: str) -> str | None:
     return None if '"' in key or "\\" in key else f'$."{key}"'
 
 
-class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, StorageBackend):
+class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
 
@@ -525,10 +529,56 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, StorageBackend):
         params += [-1 if limit is None else limit, offset]
         return [_loads(r[0]) for r in self._fetch(sql, params)]
 
+    # -- retention (storage/_retention.py) ------------------------------------------------------
+    def _fold_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        """One batch folded, taken out of the hourly/daily totals and deleted, in one
+        transaction (the statements of replace_costs subtract the rows' sums)."""
+        clause, params = project_clause(project, excluded, f"json_extract(tags, '{_PROJECT_PATH}')", "?")
+        sub_hourly, sub_daily, *_, prune_hourly, prune_daily = _REPRICE
+        with self._transaction() as c:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS reprice_ids (id TEXT PRIMARY KEY)")
+            c.execute("DELETE FROM temp.reprice_ids")
+            c.execute(f"INSERT INTO temp.reprice_ids SELECT id FROM usage WHERE ts < ?{clause} "
+                      "ORDER BY ts LIMIT ?", [cutoff_us, *params, batch])
+            rows = c.execute(
+                "SELECT ts, tags, provider, model, user_id, customer_key, currency, input_tokens, "
+                "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost "
+                "FROM usage WHERE id IN (SELECT id FROM temp.reprice_ids)").fetchall()
+            if not rows:
+                return 0
+            folded = fold_rows((r[0], _loads(r[1]) if r[1] and r[1] != "{}" else None, *r[2:]) for r in rows)
+            for sql in (sub_hourly, sub_daily, prune_hourly, prune_daily,
+                        "DELETE FROM usage WHERE id IN (SELECT id FROM temp.reprice_ids)"):
+                c.execute(sql)
+            self._fold_into(lambda sql, p: c.execute(sql, p).fetchall(), folded)
+        return len(rows)
+
+    def _fold_runs_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        with self._transaction() as c:
+            gone, counts = [], {}
+            for run_id, data in c.execute("SELECT run_id, data FROM runs ORDER BY run_id"):
+                run = _loads(data)
+                us, rest = run_day_project(run)
+                if us is None or us >= cutoff_us or (project is not None and rest[0] != project) or (
+                        project is None and rest[0] in excluded):
+                    continue
+                gone.append((run_id,))
+                key = (us // _US_PER_DAY, *rest)
+                counts[key] = counts.get(key, 0) + 1
+                if len(gone) >= batch:
+                    break
+            c.executemany("DELETE FROM runs WHERE run_id = ?", gone)
+            self._fold_runs_into(lambda sql, p: c.execute(sql, p).fetchall(), counts)
+        return len(gone)
+
     def clear(self) -> None:
         with self._transaction() as c:
             for table in ("usage", "usage_hourly", "usage_daily", "runs"):
                 c.execute(f"DELETE FROM {table}")
+            have = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in ("usage_retained", "runs_retained", "retention_marks"):
+                if table in have:
+                    c.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
         with self._lock:
