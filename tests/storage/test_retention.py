@@ -1,0 +1,218 @@
+"""Retention (storage/_retention.py, usageledger/retention.py): random records across 90
+days; every summary and budget answer over the rollups' dimensions is the same before and
+after; a retention killed with SIGKILL and run again is exact (SQLite and PostgreSQL: a
+memory store dies with its process, so it has no run to resume)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from usageledger.budgets.engine import Budgets
+from usageledger.records import UsageRecord
+from usageledger.retention import apply_retention, cutoff_for
+from usageledger.storage import create_storage
+from usageledger.storage.base import RunWrite
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NOW = datetime.now(UTC).replace(microsecond=0)
+P = "usageledger.project"
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def url(request, tmp_path):
+    if request.param == "memory":
+        return "memory"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/ret.db"
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"ul_ret_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+def records(n: int, seed: int = 7) -> list[UsageRecord]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        # known, unknown, and finer than nano-units (summed from the exact text)
+        cost = rnd.choice([None, Decimal(rnd.randrange(10**7)) / 10**9, Decimal("0.12345678912345"),
+                           Decimal("3.3")])
+        tags = rnd.choice([{}, {P: "a"}, {P: "b"}, {P: "a", "team": "x"}])
+        out.append(UsageRecord(
+            id=f"r{seed}-{i}", timestamp=NOW - timedelta(seconds=rnd.randrange(90 * 86400)),
+            provider=rnd.choice(["openai", "anthropic"]), model=rnd.choice(["m1", "m2", "m3"]),
+            input_tokens=rnd.randrange(5000), output_tokens=rnd.randrange(5000),
+            cache_read_tokens=rnd.randrange(50), cache_write_tokens=rnd.randrange(50),
+            reasoning_tokens=rnd.randrange(50), cost=cost, currency=rnd.choice(["USD", "USD", "EUR"]),
+            user_id=rnd.choice([None, "u1", "u2", "u3"]), customer_key=rnd.choice([None, "c1", "c2"]),
+            session_id=rnd.choice([None, "s1"]), tags=tags))
+    return out
+
+
+def _day(days_ago: int) -> datetime:
+    return (NOW - timedelta(days=days_ago)).replace(hour=0, minute=0, second=0)
+
+
+QUERIES = [
+    (("day",), {}),
+    ((), {}),
+    (("provider", "model"), {}),
+    (("user_id",), {}),
+    (("customer_key", "day"), {"provider": "openai"}),
+    (("currency",), {"tags": {P: "a"}}),
+    (("tag:" + P, "model", "user_id"), {}),
+    (("model",), {"user_id": "u2", "customer_key": "c1"}),
+    (("day", "provider"), {"since": _day(60), "until": _day(10)}),
+    (("user_id", "currency"), {"since": _day(45)}),
+    (("model",), {"until": _day(20), "tags": {P: "b"}}),
+]
+
+
+def answers(store) -> list:
+    out = [store.aggregate(k, **f) for k, f in QUERIES]
+    engine = Budgets(store, cache_s=0)
+    for name in sorted(store.list_budgets()):
+        status = engine.status(name, at=NOW)
+        out.append({k: v for k, v in status.items() if k not in ("window_start", "window_end")})
+    return out
+
+
+def put_budgets(store) -> None:
+    engine = Budgets(store, cache_s=0)
+    engine.set("u1-month", limit="1000", period="month", user_id="u1")
+    engine.set("a-total", limit="1000", period="total", tags={P: "a"})
+    engine.set("all-total", limit="5", period="total", currency="EUR")
+    engine.set("c2-model", limit="1000", period="total", customer_key="c2", model="m2")
+
+
+def test_summaries_and_budgets_are_the_same_before_and_after(url):
+    store = create_storage(url)
+    try:
+        recs = records(4000)
+        store.save_many(recs)
+        put_budgets(store)
+        before = answers(store)
+        done = apply_retention(store, 30, {"b": 7}, now=NOW, batch=300)
+        cutoff, cutoff_b = cutoff_for(30, NOW), cutoff_for(7, NOW)
+        gone = [r for r in recs if r.timestamp < (cutoff_b if r.tags.get(P) == "b" else cutoff)]
+        assert done["records"] == len(gone) > 1000
+        assert store.count() == len(recs) - len(gone)
+        kept = {r.id for r in store.iter_records()}
+        assert kept == {r.id for r in recs} - {r.id for r in gone}  # listings: raw records only
+        assert answers(store) == before
+        # a second run finds nothing more and changes nothing
+        assert apply_retention(store, 30, {"b": 7}, now=NOW)["records"] == 0
+        assert answers(store) == before
+    finally:
+        store.close()
+
+
+def test_new_records_after_retention_add_up_with_the_rollups(url):
+    store = create_storage(url)
+    try:
+        recs = records(1500, seed=3)
+        store.save_many(recs[:1000])
+        apply_retention(store, 30, now=NOW, batch=200)
+        store.save_many(recs[1000:])
+        apply_retention(store, 30, now=NOW, batch=200)
+        reference = create_storage("memory")
+        reference.save_many(recs)
+        for keys, filters in QUERIES:
+            assert store.aggregate(keys, **filters) == reference.aggregate(keys, **filters), keys
+    finally:
+        store.close()
+
+
+def test_runs_are_folded_into_daily_counts(url):
+    store = create_storage(url)
+    try:
+        rnd = random.Random(5)
+        writes = []
+        for i in range(60):
+            started = NOW - timedelta(days=rnd.randrange(90))
+            writes.append(RunWrite(f"run-{i}", {"agent_name": rnd.choice(["x", "y"]), "status": "done",
+                                               "project": rnd.choice(["a", "b"]),
+                                               "start_time": started.isoformat(),
+                                               "events": [{"type": "step", "n": 1}]}))
+        store.write_runs(writes)
+        old = [w for w in writes if datetime.fromisoformat(w.fields["start_time"]) < cutoff_for(30, NOW)]
+        done = apply_retention(store, 30, now=NOW)
+        assert done["runs"] == len(old) > 0
+        assert {r["run_id"] for r in store.query_runs()} == {w.run_id for w in writes} - {w.run_id for w in old}
+        counts = store.retained_runs()
+        assert sum(counts.values()) == len(old)
+        for w in old:
+            assert store.get_run(w.run_id) is None
+    finally:
+        store.close()
+
+
+_KILLABLE = """
+import sys
+from usageledger.cli import main
+sys.exit(main(["retention", "apply", "--storage", sys.argv[1], "--days", "30", "--batch", "50"]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_retention_killed_mid_way_and_run_again_is_exact(kind, tmp_path, request):
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/kill.db"
+    else:
+        url = _pg_database(request)
+    store = create_storage(url)
+    try:
+        recs = records(12000, seed=11)
+        store.save_many(recs)
+        put_budgets(store)
+        before = answers(store)
+        total = store.count()
+        old = sum(1 for r in recs if r.timestamp < cutoff_for(30))
+        env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, url], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        killed_at = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            left = store.count()
+            if total - left >= 500:  # some batches committed, most still to come
+                proc.send_signal(signal.SIGKILL)
+                killed_at = left
+                break
+            time.sleep(0.01)
+        proc.wait(30)
+        assert killed_at is not None, f"retention ended before the kill: {proc.stderr.read().decode()[-500:]}"
+        assert total - old < store.count() < total, "the kill did not land mid-retention"
+        assert proc.returncode == -signal.SIGKILL
+        # what the killed run left is consistent already, and a second run finishes exactly
+        assert answers(store) == before
+        out = subprocess.run([sys.executable, "-c", _KILLABLE, url], env=env, cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert store.count() == total - old
+        assert answers(store) == before
+    finally:
+        store.close()
+
+
+def _pg_database(request) -> str:
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"ul_kill_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.url.rsplit("/", 1)[0] + "/" + name
