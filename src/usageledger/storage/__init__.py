@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .base import RUN_RESULTS, RunWrite, StorageBackend
+from .base import RUN_RESULTS, RunStore, RunWrite, StorageBackend
 
-__all__ = ["create_storage", "StorageBackend", "RunWrite", "RUN_RESULTS", "STORAGE_KINDS"]
+__all__ = ["create_storage", "StorageBackend", "RunStore", "RunWrite", "RUN_RESULTS", "STORAGE_KINDS"]
 
 STORAGE_KINDS = ("memory", "sqlite", "jsonl", "postgres", "redis", "chdb", "clickhouse")
 _URL_SCHEMES = ("memory://", "sqlite:///path", "jsonl:///path", "postgresql://...", "redis://...",

@@ -29,15 +29,8 @@ from typing import Any
 import msgspec
 
 from ._keys import PROJECT_TAG
-from .base import (
-    _US_PER_DAY,
-    Filters,
-    add_totals,
-    day_key,
-    finish_groups,
-    ts_us,
-    zero_totals,
-)
+from .aggregate import add_totals, finish_groups, zero_totals
+from .filters import _US_PER_DAY, Filters, day_key, ts_us
 
 __all__ = ["RETAINED_KEYS", "MemoryRetention", "SqlRetention", "merge_retained", "fold_rows",
            "RETENTION_TABLES", "retained_fits"]

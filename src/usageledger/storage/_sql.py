@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import _US_PER_DAY, _US_PER_HOUR, DailyPlan, Filters, day_key, hour_key
+from .aggregate import DailyPlan
+from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
 
 #: the same in every dialect: keyset pages on (ts, id), and each equality filter with time
 USAGE_INDEXES = (

@@ -34,21 +34,10 @@ import msgspec
 
 from ..records import UsageRecord
 from ._sql import group_by_sql, group_value
-from .base import (
-    _US_PER_DAY,
-    _US_PER_HOUR,
-    Aggregate,
-    Filters,
-    RunWrite,
-    StorageBackend,
-    apply_run_write,
-    finish_groups,
-    from_us,
-    page_runs,
-    ts_us,
-    unique_records,
-    zero_totals,
-)
+from .aggregate import Aggregate, finish_groups, zero_totals
+from .base import RunStore, RunWrite, StorageBackend, unique_records
+from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, from_us, ts_us
+from .runs import apply_run_write, page_runs
 
 __all__ = ["ClickHouseStorage"]
 
@@ -206,7 +195,7 @@ class _Server:
         self._client.close()
 
 
-class ClickHouseStorage(StorageBackend):
+class ClickHouseStorage(RunStore, StorageBackend):
     """``ClickHouseStorage(url="clickhouse://user:pass@host:8123/db")`` or
     ``ClickHouseStorage(path="/var/lib/usage.chdb")`` (embedded). Thread-safe."""
 

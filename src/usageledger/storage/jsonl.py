@@ -22,8 +22,9 @@ import msgspec
 
 from .._files import write_all
 from ..records import UsageRecord, decode_usage, encode
-from .base import RunWrite, apply_run_write, run_fields, unique_records
+from .base import RunWrite, unique_records
 from .memory import MemoryStorage
+from .runs import apply_run_write, run_fields
 
 __all__ = ["JsonlStorage"]
 

@@ -14,28 +14,15 @@ from ._budgets import MemoryBudgets
 from ._keys import MemoryKeys
 from ._prices import MemoryPrices
 from ._retention import MemoryRetention
-from .base import (
-    _US_PER_HOUR,
-    Aggregate,
-    Aggregator,
-    Filters,
-    RunWrite,
-    StorageBackend,
-    add_record,
-    add_totals,
-    apply_run_write,
-    make_filters,
-    page_runs,
-    record_matches,
-    rollup_fits,
-    ts_us,
-    zero_totals,
-)
+from .aggregate import Aggregate, Aggregator, add_record, add_totals, rollup_fits, zero_totals
+from .base import RunStore, RunWrite, StorageBackend
+from .filters import _US_PER_HOUR, Filters, make_filters, record_matches, ts_us
+from .runs import apply_run_write, page_runs
 
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, MemoryRetention, StorageBackend):
+class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, MemoryRetention, RunStore, StorageBackend):
     """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
     thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
 

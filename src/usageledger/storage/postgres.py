@@ -32,24 +32,19 @@ from ._sql import (
     runs_query_sql,
     where_sql,
 )
-from .base import (
+from .aggregate import (
     Aggregate,
     DailyPlan,
-    Filters,
-    RunWrite,
-    StorageBackend,
     daily_plan,
     finish_groups,
-    from_us,
-    make_filters,
     merge_groups,
     rollup_fits,
-    run_fields,
-    ts_us,
-    unique_records,
     with_none_group,
     zero_totals,
 )
+from .base import RunStore, RunWrite, StorageBackend, unique_records
+from .filters import Filters, from_us, make_filters, ts_us
+from .runs import run_fields
 
 __all__ = ["PostgresStorage"]
 
@@ -201,7 +196,7 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, StorageBackend):
+class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, StorageBackend):
     """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):

@@ -29,26 +29,18 @@ from typing import Any
 import msgspec
 
 from ..records import UsageRecord, decode_usage, encode
-from .base import (
-    _US_PER_DAY,
-    _US_PER_HOUR,
+from .aggregate import (
     Aggregate,
     Aggregator,
-    Filters,
-    RunWrite,
-    StorageBackend,
     cost_nano,
-    day_key,
     finish_groups,
-    hour_key,
-    make_filters,
     nano_to_decimal,
-    page_runs,
     rollup_fits,
-    run_fields,
-    ts_us,
     zero_totals,
 )
+from .base import RunStore, RunWrite, StorageBackend
+from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key, make_filters, ts_us
+from .runs import page_runs, run_fields
 
 __all__ = ["RedisStorage"]
 
@@ -170,7 +162,7 @@ _json_decode = msgspec.json.decode
 _pack = msgspec.msgpack.encode
 
 
-class RedisStorage(StorageBackend):
+class RedisStorage(RunStore, StorageBackend):
     """``RedisStorage(url, prefix="usageledger:")``; thread-safe (redis-py's pool)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "usageledger:",

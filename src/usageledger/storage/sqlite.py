@@ -42,29 +42,21 @@ from ._sql import (
     runs_query_sql,
     where_sql,
 )
-from .base import (
-    _US_PER_DAY,
-    _US_PER_HOUR,
+from .aggregate import (
     Aggregate,
     DailyPlan,
-    Filters,
-    RunWrite,
-    StorageBackend,
-    apply_run_write,
     cost_nano,
     daily_plan,
     finish_groups,
-    from_us,
-    make_filters,
     merge_groups,
     nano_to_decimal,
     rollup_fits,
-    run_fields,
-    ts_us,
-    unique_records,
     with_none_group,
     zero_totals,
 )
+from .base import RunStore, RunWrite, StorageBackend, unique_records
+from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, from_us, make_filters, ts_us
+from .runs import apply_run_write, run_fields
 
 __all__ = ["SQLiteStorage", "USAGE_COLUMNS"]
 
@@ -194,7 +186,7 @@ def _tag_path(key: str) -> str | None:
     return None if '"' in key or "\\" in key else f'$."{key}"'
 
 
-class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, StorageBackend):
+class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
 
