@@ -270,3 +270,73 @@ def test_the_secret_is_stored_only_as_a_salted_hash(storage_url, caplog):
             assert secret.encode() not in raw and rows[0]["hash"].encode() in raw
     finally:
         store.close()
+
+
+def _login(c: TestClient, key: str) -> int:
+    c.cookies.clear()
+    r = c.post("/login", data={"api_key": key, "next": "/"}, follow_redirects=False)
+    return r.status_code
+
+
+def test_dashboard_pages_honour_roles_and_projects(world):
+    w = world
+    c = w.c
+    when = "?since=2026-01-01&until=2026-01-31"  # the days of the records
+    pages = ["/" + when, "/records" + when, "/runs", "/budgets", "/health"]
+    for role in ("read", "admin"):
+        assert _login(c, w.keys["a", role]) == 303
+        for path in pages:
+            r = c.get(path, follow_redirects=False)
+            assert r.status_code == 200, (role, path, r.status_code)
+            assert SECRET_B not in r.text, (role, path)
+        assert "model-secret-a" in c.get("/records" + when).text
+        assert "agent-secret-a" in c.get("/runs").text
+        assert "budget-a" in c.get("/budgets").text and "budget-b" not in c.get("/budgets").text
+        # the session reads the API too, narrowed the same way, and never writes
+        usage = c.get("/api/v1/usage")
+        assert usage.status_code == 200 and SECRET_A in usage.text and SECRET_B not in usage.text
+        assert c.get("/api/v1/usage", params={"project": "b"}).status_code == 403
+        assert c.post("/api/v1/track", json={"tracked": [_record("x")]}).status_code == 401
+        assert c.get("/api/v1/keys").status_code == 403
+    # an ingest key does not read pages; wrong, revoked and expired keys do not log in
+    for key in (w.keys["a", "ingest"], w.revoked, w.expired, w.keys["a", "read"][:-3] + "abc"):
+        assert _login(c, key) == 401
+    # revoking the key ends its sessions at once
+    assert _login(c, w.keys["a", "read"]) == 303
+    assert c.get("/records", follow_redirects=False).status_code == 200
+    g = _bearer(GLOBAL)
+    assert c.delete(f"/api/v1/keys/{w.key_ids['a', 'read']}", headers=g).status_code == 200
+    assert c.get("/records", follow_redirects=False).status_code == 303
+    assert c.get("/api/v1/usage").status_code == 401
+    # a global key's session sees every project
+    assert _login(c, GLOBAL) == 303
+    text = c.get("/records" + when).text
+    assert "model-secret-a" in text and "model-secret-b" in text
+
+
+def test_metrics_switch(storage_url):
+    store = create_storage(storage_url)
+    try:
+        for access, anonymous, ingesting in (("public", 200, 200), ("key", 401, 403)):
+            with TestClient(create_app(store, api_keys=[GLOBAL], metrics_access=access)) as c:
+                made = c.post("/api/v1/keys", json={"project": "a", "role": "read"}, headers=_bearer(GLOBAL)).json()
+                ingest = c.post("/api/v1/keys", json={"project": "a", "role": "ingest"},
+                                headers=_bearer(GLOBAL)).json()
+                c.post("/api/v1/track", json={"tracked": [_record("secret-b")]}, params={"project": "b"},
+                       headers=_bearer(GLOBAL))
+                c.post("/api/v1/track", json={"tracked": [_record("secret-a")]}, headers=_bearer(ingest["key"]))
+                r = c.get("/metrics")
+                assert r.status_code == anonymous
+                assert "model-secret-b" not in r.text  # stored totals: never without a key
+                r = c.get("/metrics", headers=_bearer(ingest["key"]))
+                assert r.status_code == ingesting, r.text  # an ingest key does not read
+                assert "model-secret" not in r.text
+                r = c.get("/metrics", headers=_bearer(made["key"]))
+                assert r.status_code == 200 and "usageledger_records_received_total" in r.text
+                # project a's reader: project a's stored totals only
+                assert "model-secret-a" in r.text and "model-secret-b" not in r.text
+                r = c.get("/metrics", headers=_bearer(GLOBAL))
+                assert r.status_code == 200 and "model-secret-b" in r.text
+                assert c.get("/healthz").status_code == 200  # the one public endpoint
+    finally:
+        store.close()

@@ -39,7 +39,7 @@ from ..totals import Totals
 from . import budgets as budget_routes
 from . import key_routes, schema
 from . import prices as price_routes
-from .auth import PROJECT_TAG, TOKEN_PREFIX, Authenticator, Principal, principal_of
+from .auth import PROJECT_TAG, TOKEN_PREFIX, Authenticator, KeySessions, Principal, principal_of
 from .headers import SecurityHeadersMiddleware
 from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
@@ -240,11 +240,15 @@ def create_app(
             raise StorageUnavailable(f"{type(exc).__name__}: {str(exc)[:500]}") from None
 
     # -- auth (server/auth.py) ------------------------------------------------------------------
+    key_sessions = KeySessions(store, signer.ttl_s)
+
     def session_principal(request: Request) -> Principal | None:
-        # a browser session from the login page: reads only (SameSite=Strict)
-        if signer.verify(request.cookies.get(COOKIE_NAME)):
+        # a browser session from the login page: reads only (SameSite=Strict); a project
+        # key's session reads its project only
+        cookie = request.cookies.get(COOKIE_NAME)
+        if signer.verify(cookie):
             return Principal("admin", session=True)
-        return None
+        return key_sessions.principal(cookie)
 
     auth = Authenticator(
         store, keys, session_principal,
@@ -266,7 +270,8 @@ def create_app(
     async def authorized(request: Request) -> None:
         # a stored key is read from storage, off the event loop; a global key or the open
         # mode needs no threadpool hop
-        if request.headers.get("authorization", "").partition(" ")[2].strip().startswith(TOKEN_PREFIX):
+        if request.headers.get("authorization", "").partition(" ")[2].strip().startswith(TOKEN_PREFIX) or (
+                request.cookies.get(COOKIE_NAME, "").startswith(KeySessions.PREFIX)):
             await run_in_threadpool(authorize, request)
         else:
             authorize(request)
@@ -578,6 +583,7 @@ def create_app(
         open_access=lambda request: _is_loopback(request.client.host if request.client else None),
         counters=metrics.record_counts,
         budget_statuses=None if budgets.engine is None else budgets.engine.list,
+        auth=auth,
     )
 
     return app

@@ -213,3 +213,44 @@ def principal_of(request: Request) -> Principal:
     """The principal ``Authenticator.authorize`` left on the request (global admin for the
     routes that do not authenticate)."""
     return getattr(request.state, "principal", GLOBAL_ADMIN)
+
+
+class KeySessions:
+    """Dashboard sessions of project keys: the cookie ``k.<id>.<expires>.<mac>`` is signed
+    with the key's stored hash, and the key row is read on every page, so revoking or
+    expiring the key ends its sessions at once (on every replica). A session only reads."""
+
+    PREFIX = "k."
+
+    def __init__(self, store: Any, ttl_s: int):
+        self.store = store
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def _mac(row: dict[str, Any], expires: int) -> str:
+        return hmac.new(bytes.fromhex(row["hash"]), f"session.{row['id']}.{expires}".encode(),
+                        hashlib.sha256).hexdigest()
+
+    def issue(self, row: dict[str, Any], now: float | None = None) -> str:
+        import time
+
+        expires = int((time.time() if now is None else now) + self.ttl_s)
+        return f"{self.PREFIX}{row['id']}.{expires}.{self._mac(row, expires)}"
+
+    def principal(self, cookie: str | None, now: float | None = None) -> Principal | None:
+        import time
+
+        if not cookie or not cookie.startswith(self.PREFIX) or not getattr(self.store, "supports_keys", False):
+            return None
+        parts = cookie[len(self.PREFIX):].split(".")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        key_id, expires, mac = parts
+        if int(expires) < (time.time() if now is None else now):
+            return None
+        row = self.store.get_key(key_id)
+        if row is None or row["revoked_at"] is not None or not hmac.compare_digest(mac, self._mac(row, int(expires))):
+            return None
+        if row["expires_at"] is not None and row["expires_at"] <= _iso(datetime.now(UTC)):
+            return None
+        return Principal(row["role"], row["project"], key_id, session=True)
