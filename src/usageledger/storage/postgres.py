@@ -526,7 +526,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
             cur.execute("DELETE FROM usage WHERE id IN (SELECT id FROM reprice_in)")
             cur.execute("DELETE FROM usage_hourly WHERE count = 0")
             cur.execute("DELETE FROM usage_daily WHERE count = 0")
-            self._fold_into(lambda sql, p: _rows(cur.execute(sql, p)), folded)
+            self._fold_into(lambda sql, p: _rows(cur.execute(sql, p)), cur.executemany, folded)
         return len(rows)
 
     def _fold_runs_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:

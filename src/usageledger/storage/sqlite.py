@@ -542,7 +542,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             for sql in (sub_hourly, sub_daily, prune_hourly, prune_daily,
                         "DELETE FROM usage WHERE id IN (SELECT id FROM temp.reprice_ids)"):
                 c.execute(sql)
-            self._fold_into(lambda sql, p: c.execute(sql, p).fetchall(), folded)
+            self._fold_into(lambda sql, p: c.execute(sql, p).fetchall(), c.executemany, folded)
         return len(rows)
 
     def _fold_runs_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
