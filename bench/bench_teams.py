@@ -84,7 +84,7 @@ def retention(url: str, n: int) -> None:
         recs = [UsageRecord(id=f"r{i}", timestamp=now - timedelta(seconds=rnd.randrange(90 * 86400)),
                             provider="openai", model=rnd.choice(["m1", "m2"]), input_tokens=rnd.randrange(999),
                             output_tokens=rnd.randrange(999), cost=Decimal(rnd.randrange(10**6)) / 10**9,
-                            user_id=f"u{rnd.randrange(100)}", tags={"usageledger.project": rnd.choice("ab")})
+                            user_id=f"u{rnd.randrange(100)}", tags={"usageledger_project": rnd.choice("ab")})
                 for i in range(n)]
         for i in range(0, n, 5000):
             store.save_many(recs[i:i + 5000])

@@ -224,12 +224,12 @@ def test_global_key_sees_every_project_and_may_narrow_to_one(world):
 def test_a_records_project_comes_from_its_key_not_its_body(world):
     w = world
     rec = _record("secret-a")
-    rec["tags"]["usageledger.project"] = "b"
+    rec["tags"]["usageledger_project"] = "b"
     r = w.c.post("/api/v1/track", json={"tracked": [rec]}, headers=_bearer(w.keys["a", "ingest"]))
     assert r.json()["accepted"] == 1
-    stored = w.store.query(tags={"usageledger.project": "a"})
+    stored = w.store.query(tags={"usageledger_project": "a"})
     assert rec["id"] in {s.id for s in stored}
-    assert rec["id"] not in {s.id for s in w.store.query(tags={"usageledger.project": "b"})}
+    assert rec["id"] not in {s.id for s in w.store.query(tags={"usageledger_project": "b"})}
     runs = w.c.post("/api/v1/runs", json={"run_id": "run-claim", "project": "b"},
                     headers=_bearer(w.keys["a", "ingest"]))
     assert runs.status_code == 201

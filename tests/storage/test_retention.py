@@ -25,7 +25,7 @@ from usageledger.storage.base import RunWrite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NOW = datetime.now(UTC).replace(microsecond=0)
-P = "usageledger.project"
+P = "usageledger_project"
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])

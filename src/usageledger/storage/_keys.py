@@ -24,7 +24,7 @@ __all__ = ["MemoryKeys", "SqlKeys", "KEY_TABLES", "KEY_FIELDS", "PROJECT_TAG"]
 #: the tag that carries a record's project: the collector sets it from the key that sent
 #: the record (whatever the body says), reads of a project key filter on it, and retention
 #: keeps it as a dimension of the daily rollups
-PROJECT_TAG = "usageledger.project"
+PROJECT_TAG = "usageledger_project"
 
 KEY_FIELDS = ("id", "project", "role", "name", "salt", "hash", "created_at", "expires_at", "revoked_at")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..records import UsageRecord, encode
 from ._budgets import BUDGET_TABLES, SqlBudgets
-from ._keys import KEY_TABLES, SqlKeys
+from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
 from ._retention import RETENTION_TABLES, SqlRetention, fold_rows, project_clause, run_day_project
 from ._sql import (
@@ -508,7 +508,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
         """One batch folded, taken out of the hourly/daily totals and deleted, in one
         transaction; one retention at a time (an advisory lock), the rows locked against a
         concurrent reprice."""
-        clause, params = project_clause(project, excluded, "(tags->>'usageledger.project')", "%s")
+        clause, params = project_clause(project, excluded, f"(tags->>'{PROJECT_TAG}')", "%s")
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(7301461)")
             cur.execute(_REPRICE_TEMP)

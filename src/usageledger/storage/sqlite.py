@@ -27,7 +27,7 @@ import msgspec
 from .._sqlite import connect_wal
 from ..records import UsageRecord
 from ._budgets import SqlBudgets
-from ._keys import SqlKeys
+from ._keys import PROJECT_TAG, SqlKeys
 from ._prices import SqlPrices
 from ._retention import SqlRetention, fold_rows, project_clause, run_day_project
 from ._sql import (
@@ -173,7 +173,7 @@ _dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
 
 
-_PROJECT_PATH = '$."usageledger.project"'
+_PROJECT_PATH = f'$."{PROJECT_TAG}"'
 
 
 def _same(us: int) -> int:
