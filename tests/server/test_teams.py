@@ -255,7 +255,7 @@ def test_the_secret_is_stored_only_as_a_salted_hash(storage_url, caplog):
     try:
         with TestClient(create_app(store, api_keys=[GLOBAL])) as c:
             made = c.post("/api/v1/keys", json={"project": "a", "role": "admin"}, headers=_bearer(GLOBAL)).json()
-            secret = made["key"].rsplit("_", 1)[1]
+            secret = made["key"][len("ulk_") + 13:]
             with caplog.at_level(logging.DEBUG):
                 c.get("/api/v1/usage", headers=_bearer(made["key"][:-1] + "x"))
             listing = c.get("/api/v1/keys", headers=_bearer(GLOBAL)).text
@@ -338,5 +338,30 @@ def test_metrics_switch(storage_url):
                 r = c.get("/metrics", headers=_bearer(GLOBAL))
                 assert r.status_code == 200 and "model-secret-b" in r.text
                 assert c.get("/healthz").status_code == 200  # the one public endpoint
+    finally:
+        store.close()
+
+
+def test_cli_keys_create_list_revoke(storage_url, capsys):
+    import json
+
+    from usageledger.cli import main
+
+    assert main(["keys", "create", "--project", "a", "--role", "read", "--name", "ci",
+                 "--storage", storage_url, "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["key"].startswith("ulk_") and made["project"] == "a" and made["role"] == "read"
+    store = create_storage(storage_url)
+    try:
+        with TestClient(create_app(store, api_keys=[GLOBAL])) as c:
+            assert c.get("/api/v1/usage", headers=_bearer(made["key"])).status_code == 200
+            assert main(["keys", "list", "--storage", storage_url, "--json"]) == 0
+            listed = capsys.readouterr().out
+            assert made["id"] in listed and made["key"][len("ulk_") + 13:] not in listed
+            assert main(["keys", "revoke", made["id"], "--storage", storage_url]) == 0
+            assert c.get("/api/v1/usage", headers=_bearer(made["key"])).status_code == 401
+            assert main(["keys", "revoke", made["id"], "--storage", storage_url]) != 0
+            assert main(["keys", "create", "--project", "a", "--role", "owner", "--storage", storage_url]) != 0
+            assert "role must be one of" in capsys.readouterr().err
     finally:
         store.close()

@@ -216,3 +216,49 @@ def _pg_database(request) -> str:
     with psycopg.connect(server.url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return server.url.rsplit("/", 1)[0] + "/" + name
+
+
+def test_serve_with_retention_days_folds_while_it_runs(tmp_path):
+    """A real `usageledger serve --retention-days 30` process: the loop runs at start; the
+    summary is the same, the listing says from when it holds raw records."""
+    import httpx
+
+    from tests.server.support import Collector
+
+    url = f"sqlite:///{tmp_path}/serve.db"
+    store = create_storage(url)
+    recs = records(600, seed=21)
+    store.save_many(recs)
+    before = store.aggregate(("day", "model"))
+    store.close()
+    old = sum(1 for r in recs if r.timestamp < cutoff_for(30))
+    with Collector(url, extra_args=["--retention-days", "30"]) as c:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listing = httpx.get(c.url + "/api/v1/usage", params={"limit": 1000}).json()
+            if len(listing["records"]) == len(recs) - old:
+                break
+            time.sleep(0.2)
+        assert len(listing["records"]) == len(recs) - old
+        assert listing["raw_since"] == cutoff_for(30).isoformat().replace("+00:00", "Z")
+        summary = httpx.get(c.url + "/api/v1/summary", params={"group_by": "day,model"}).json()
+    assert [(g["day"], g["model"], g["currency"], g["count"], g["cost"]) for g in summary["groups"]] == [
+        (g["day"], g["model"], g["currency"], g["count"], format(g["cost"], "f")) for g in before]
+
+
+def test_cli_retention_apply(tmp_path, capsys):
+    from usageledger.cli import main
+
+    url = f"sqlite:///{tmp_path}/cli.db"
+    store = create_storage(url)
+    recs = records(300, seed=4)
+    store.save_many(recs)
+    store.close()
+    assert main(["retention", "apply", "--storage", url, "--days", "30", "--project-days", "a=7", "--json"]) == 0
+    import json
+
+    done = json.loads(capsys.readouterr().out)
+    gone = [r for r in recs if r.timestamp < cutoff_for(7 if r.tags.get(P) == "a" else 30)]
+    assert done["records"] == len(gone) and set(done["cutoffs"]) == {"a", "*"}
+    assert main(["retention", "apply", "--storage", url, "--project-days", "a=zero"]) != 0
+    assert "PROJECT=DAYS" in capsys.readouterr().err
