@@ -86,6 +86,9 @@ class SqlKeys:
     def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
+    def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
     def _create_key_tables(self) -> None:
         for ddl in KEY_TABLES:
             self._side_sql(ddl, [])
@@ -104,7 +107,12 @@ class SqlKeys:
             raise ValueError(f"an API key with id {row['id']!r} exists already")
 
     def get_key(self, key_id: str) -> dict[str, Any] | None:
-        rows = self._kq(f"SELECT {', '.join(KEY_FIELDS)} FROM api_keys WHERE id = ?", key_id)
+        # every request with a project key asks: a plain read, outside any write transaction
+        # (SQLite's side statements take the write lock, which ingest holds meanwhile)
+        if not self.__dict__.get("_key_tables"):
+            self._kq("SELECT 1")
+        rows = self._fetch(f"SELECT {', '.join(KEY_FIELDS)} FROM api_keys WHERE id = {self._placeholder}",
+                           [key_id])
         return dict(zip(KEY_FIELDS, rows[0], strict=True)) if rows else None
 
     def list_keys(self, project: str | None = None) -> list[dict[str, Any]]:
