@@ -44,7 +44,7 @@ def serve(
     api_key_file: list[Path] = typer.Option(None, "--api-key-file", help="file of accepted bearer keys, one per line (repeatable; keep it chmod 600)"),
     alert_journal: str = typer.Option(None, "--alert-journal", help="journal of budget alerts (default: beside a sqlite store, else in the user data dir)", show_default=False),
     workers: int = typer.Option(1, "--workers", min=1, help="processes serving the port (sqlite, postgresql or redis storage)"),
-    metrics: str = typer.Option("public", "--metrics", help="/metrics access: public (process metrics for anyone, stored totals for a reader) or key (a key that may read)"),
+    metrics: str = typer.Option("key", "--metrics", help="/metrics access: key (a key that may read; the default) or public (process metrics for anyone, stored totals for a reader)"),
     retention_days: int = typer.Option(None, "--retention-days", min=1, help="fold raw records older than N days into daily rollups, hourly", show_default=False),
     retention_project_days: list[str] = typer.Option(None, "--retention-project-days", help="PROJECT=DAYS: a project's own retention (repeatable)", show_default=False),
 ) -> None:

@@ -120,7 +120,7 @@ def _cases(w: World, own: str, other: str) -> list[tuple[str, str, dict | None, 
         ("GET", "/api/v1/keys", None, "admin"),
         ("POST", "/api/v1/keys", {"role": "read"}, "admin201"),
         ("DELETE", f"/api/v1/keys/{tmp_key}", None, "admin"),
-        ("GET", "/metrics", None, "public"),
+        ("GET", "/metrics", None, "read"),
         ("GET", "/healthz", None, "public"),
     ]
 
@@ -150,7 +150,8 @@ def test_matrix_of_endpoints_roles_projects_and_keys(world):
             r = _send(w, method, path, body, key)
             assert r.status_code == OWN[what][role], (role, method, path, r.status_code, r.text)
             assert SECRET_B not in r.text, (role, method, path, r.text)
-            if r.status_code == 200 and method == "GET" and what == "read" and "prices" not in path:
+            if r.status_code == 200 and method == "GET" and what == "read" and "prices" not in path \
+                    and path != "/metrics":
                 assert SECRET_A in r.text, (role, method, path, r.text)  # its own data is there
         # reaching for project b: refused, or not found, never b's data
         other = [
@@ -175,7 +176,7 @@ def test_matrix_of_endpoints_roles_projects_and_keys(world):
              {"read": 403, "admin": 403, "ingest": 403}),
             ("DELETE", f"/api/v1/keys/{w.key_ids['b', 'read']}", None, {},
              {"read": 403, "admin": 404, "ingest": 403}),
-            ("GET", "/metrics", None, {"project": "b"}, {"read": 403, "admin": 403, "ingest": 200}),
+            ("GET", "/metrics", None, {"project": "b"}, {"read": 403, "admin": 403, "ingest": 403}),
         ]
         for method, path, body, params, expected in other:
             r = _send(w, method, path, body, key, **params)
@@ -197,7 +198,7 @@ def test_no_wrong_revoked_or_expired_key_gets_anything(world):
     for label, key in bad.items():
         for method, path, body, what in _cases(w, "a", "b"):
             r = _send(w, method, path, body, key)
-            want = 200 if what == "public" else 401
+            want = 200 if path == "/healthz" else 401
             assert r.status_code == want, (label, method, path, r.status_code, r.text)
             assert SECRET_A not in r.text and SECRET_B not in r.text, (label, path, r.text)
             if key is not None:
@@ -338,6 +339,9 @@ def test_metrics_switch(storage_url):
                 r = c.get("/metrics", headers=_bearer(GLOBAL))
                 assert r.status_code == 200 and "model-secret-b" in r.text
                 assert c.get("/healthz").status_code == 200  # the one public endpoint
+        with TestClient(create_app(store, api_keys=[GLOBAL])) as c:  # the default: a key
+            assert c.get("/metrics").status_code == 401
+            assert c.get("/metrics", headers=_bearer(GLOBAL)).status_code == 200
     finally:
         store.close()
 

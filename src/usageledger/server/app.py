@@ -125,7 +125,7 @@ def create_app(
     *,
     price: bool = True,
     alert_journal: str | os.PathLike[str] | None = None,
-    metrics_access: str = "public",
+    metrics_access: str = "key",
     retention_days: int | None = None,
     retention_project_days: dict[str, int] | None = None,
     retention_interval_s: float = 3600.0,
@@ -139,8 +139,9 @@ def create_app(
     sent without a cost are priced from the prices kept in the storage (``/api/v1/prices``),
     then the offline price tables. ``alert_journal``: the
     journal file of budget alerts (None: alerts wait in memory only). ``metrics_access``:
-    ``"public"`` (process metrics for anyone, stored totals for a reader) or ``"key"``
-    (``/metrics`` answers only a key that may read: 401 otherwise). ``retention_days`` /
+    ``"key"`` (``/metrics`` answers only a key that may read: 401 otherwise; the open
+    mode's loopback clients need none) or ``"public"`` (process metrics for anyone,
+    stored totals for a reader). ``retention_days`` /
     ``retention_project_days``: apply retention (usageledger.retention) at start and every
     ``retention_interval_s`` while the app runs."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
@@ -695,7 +696,7 @@ def serve(
     log_level: str = "info",
     alert_journal: str | os.PathLike[str] | None = None,
     workers: int = 1,
-    metrics_access: str = "public",
+    metrics_access: str = "key",
     retention_days: int | None = None,
     retention_project_days: dict[str, int] | None = None,
 ) -> None:
@@ -767,7 +768,7 @@ def app_from_env() -> FastAPI:
     return create_app(os.environ[STORAGE_ENV], api_keys=keys or None,
                       max_body_bytes=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES)),
                       alert_journal=os.environ.get(ALERT_JOURNAL_ENV) or None,
-                      metrics_access=os.environ.get(METRICS_ENV) or "public",
+                      metrics_access=os.environ.get(METRICS_ENV) or "key",
                       retention_days=retention["days"], retention_project_days=retention["projects"] or None)
 
 
