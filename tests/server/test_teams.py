@@ -196,7 +196,7 @@ def test_no_wrong_revoked_or_expired_key_gets_anything(world):
     bad = {"none": None, "wrong global": "not-the-key", "wrong stored": "ulk_000000000000_" + "x" * 43,
            "wrong secret": w.keys["a", "admin"][:-4] + "AAAA", "revoked": w.revoked, "expired": w.expired}
     for label, key in bad.items():
-        for method, path, body, what in _cases(w, "a", "b"):
+        for method, path, body, _what in _cases(w, "a", "b"):
             r = _send(w, method, path, body, key)
             want = 200 if path == "/healthz" else 401
             assert r.status_code == want, (label, method, path, r.status_code, r.text)
