@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from usageledger import UsageTracker  # noqa: E402
-from usageledger.sinks.summary import Entry, SummaryDoc, encode_doc, new_doc  # noqa: E402
+from usageledger.summary_file import Entry, SummaryDoc, encode_doc, new_doc  # noqa: E402
 
 ROWS: list[str] = []
 

@@ -479,8 +479,10 @@ def import_(
     fmt: str = typer.Option(None, "--format", help="csv or jsonl (default: from the file name)"),
     batch: int = typer.Option(5000, "--batch", min=1, help="records per transaction"),
 ) -> None:
-    """Load an export into a storage (records already stored are skipped by id)."""
+    """Load an export into a storage (records already stored are skipped by id; records
+    without a cost are priced as the collector prices them)."""
     from .export import EXPORT_FORMATS, read_export
+    from .server.collector import Collector
 
     if fmt is not None and fmt not in EXPORT_FORMATS:
         raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", param_hint="--format")
@@ -488,18 +490,9 @@ def import_(
         raise FileNotFoundError(f"no file {file} to import")
     records = read_export(file, fmt)
     store = _storage(storage, must_exist=False)
-    read = stored = 0
     try:
-        chunk: list[Any] = []
-        for rec in records:
-            chunk.append(rec)
-            if len(chunk) >= batch:
-                stored += len(store.save_many(chunk))
-                read += len(chunk)
-                chunk = []
-        if chunk:
-            stored += len(store.save_many(chunk))
-            read += len(chunk)
+        # the collector's own ingestion: priced, deduplicated and counted like a POST /track
+        read, stored = Collector(store).ingest_records(records, batch)
     finally:
         store.close()
     print(f"imported {stored:,} of {read:,} records ({read - stored:,} already stored)")

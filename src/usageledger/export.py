@@ -30,7 +30,6 @@ CSV_FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
 _JSON_FIELDS = ("tags", "payload")
 _INT_FIELDS = frozenset(f for f in CSV_FIELDS if f.endswith("_tokens"))
 _OPTIONAL_STR = frozenset(("user_id", "session_id", "customer_key", "run_id", "response_id"))
-_json = msgspec.json.Encoder(decimal_format="string").encode
 
 #: records between progress callbacks (a callback per record would cost more than a row)
 PROGRESS_EVERY = 5000
@@ -48,7 +47,7 @@ def _csv_row(rec: UsageRecord) -> list[Any]:
         rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
         "" if rec.cost is None else format(rec.cost, "f"), rec.currency, rec.user_id, rec.session_id,
         rec.customer_key, rec.run_id, rec.response_id,
-        _json(rec.tags).decode() if rec.tags else "", "" if rec.payload is None else _json(rec.payload).decode(),
+        encode(rec.tags).decode() if rec.tags else "", "" if rec.payload is None else encode(rec.payload).decode(),
     ]
 
 

@@ -42,12 +42,42 @@ __all__ = [
     "KIND_USAGE",
     "KIND_RAW",
     "KIND_RUN",
+    "ACCEPTED",
+    "DUPLICATE",
+    "REJECTED",
+    "CREATED",
+    "UPDATED",
+    "STALE",
+    "MISSING",
+    "OK",
+    "STORED",
+    "TRACK_RESULTS",
+    "RUN_RESULTS",
+    "STORED_RESULTS",
 ]
 
 #: journal item kinds; the journal never parses payloads, sinks route on the kind.
 KIND_USAGE = "usage"
 KIND_RAW = "raw"  # a caller's own dict (PersistentDelivery.enqueue)
 KIND_RUN = "run"  # one write of an agent run: {"id", "run_id", "seq", "create", ...fields}
+
+# -- result words: what the collector answers per item, what storage answers per run write,
+# and what a client reads back (one list, so the three never drift apart) ---------------------
+ACCEPTED = "accepted"  # a record newly stored
+DUPLICATE = "duplicate"  # its id was stored already (or a run create that is not newer)
+REJECTED = "rejected"  # refused by validation (with an error): never stored
+CREATED = "created"  # a run write that created the run
+UPDATED = "updated"  # a run write newer than the stored state
+STALE = "stale"  # a run update that is not newer than the stored state
+MISSING = "missing"  # a run update whose run does not exist (yet)
+OK = "ok"  # stored, from a destination that does not say more
+STORED = "stored"  # the same
+#: per-item results of ``/track``
+TRACK_RESULTS = (ACCEPTED, DUPLICATE, REJECTED)
+#: what a storage's ``write_runs`` answers per write
+RUN_RESULTS = (CREATED, UPDATED, DUPLICATE, STALE, MISSING)
+#: results that settle an item as delivered (a run write that is not newer is settled too)
+STORED_RESULTS = frozenset({ACCEPTED, DUPLICATE, OK, STORED, CREATED, UPDATED, STALE})
 
 TOKEN_FIELDS = (
     "input_tokens",

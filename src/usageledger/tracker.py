@@ -8,9 +8,11 @@ writes the summary file through :class:`~usageledger.sinks.summary.SummarySink` 
 journal until a write of the file succeeds.
 
 Reads (``get_summary``, ``get_today``) add the records not yet in the file: the tracker
-keeps each record it accepted in a dict until the sink reports it counted; the sink does
-that under the same lock the readers take, so a record is seen in the file or as pending,
-never both and never neither.
+keeps each record it accepted in a dict until the store reports it counted; the store
+does that under the lock :meth:`SummaryStore.snapshot
+<usageledger.summary_store.SummaryStore.snapshot>` is taken under, and the snapshot drops
+the counted ones from that dict, so a record is seen in the file or as pending, never
+both and never neither.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from .integrations.litellm import LiteLLMRecorder
+from .integrations.litellm import LiteLLMHooks
 from .integrations.litellm import split_model as _split_model
 from .integrations.litellm import usage_from_litellm as _from_litellm  # noqa: F401  (old name)
 from .pipeline import Pipeline
 from .records import KIND_USAGE, UsageRecord, decode_usage, make_usage_record
-from .sinks.summary import Days, SummarySink, apply_records, day_of
+from .sinks.summary import SummarySink
+from .summary_file import Days, apply_records, day_of, entries, in_range
+from .summary_store import SummaryStore
 from .totals import TOKEN_SUMS, Totals
 
 __all__ = ["UsageTracker"]
@@ -48,7 +52,7 @@ def default_storage_path() -> Path:
     return Path(platformdirs.user_data_dir("usageledger")) / "usage_summary.json"
 
 
-class UsageTracker:
+class UsageTracker(LiteLLMHooks):
     """Daily LLM usage totals in a JSON file, recorded without blocking.
 
     ``storage_path``: the summary file (default: ``usage_summary.json`` in the user data
@@ -60,6 +64,8 @@ class UsageTracker:
     ``synchronous=True``: ``record()`` writes the file in the caller's thread and returns
     after the write (the journal only takes records whose write failed).
     ``durability``: of the journal (``buffered``, ``committed``, ``fsync``, ``memory``).
+    A tracker is also a LiteLLM callback (:class:`~usageledger.integrations.litellm.LiteLLMHooks`):
+    ``litellm.callbacks = [tracker.litellm_callback()]``.
     """
 
     def __init__(
@@ -132,25 +138,26 @@ class UsageTracker:
         self._closed = False
         _install_fork_hook()
         _live.add(self)
-        with self.sink.locked():  # read the file now: corruption is reported at start
-            self._pending_from_journal()
+        self._pending_from_journal()  # reads the file now: corruption is reported at start
 
     def _pending_from_journal(self) -> None:
-        """Records a previous process left in the journal count in reads from the start
-        (called under the sink lock: one the dispatcher writes meanwhile is either counted
-        already, and skipped here, or popped when it is)."""
+        """Records a previous process left in the journal count in reads from the start.
+        They join the pending map first and a snapshot then drops the ones the file counts:
+        one the dispatcher writes meanwhile is either popped when it is counted or dropped
+        by the snapshot."""
+        self.store.snapshot()  # the file is read before the journal's items are looked at
         room = self.max_pending - len(self._pending)
         for journal in self._pipeline.recorder.journals:
             for state in ("ready", "inflight"):
                 if room <= 0:
-                    return
+                    break
                 try:
                     items = journal.items(state, limit=room)
                 except Exception as exc:
                     log.warning("reading %s items of journal %s failed: %s", state, journal.location, exc)
                     continue
                 for item in items:
-                    if item["kind"] != KIND_USAGE or self.sink.is_counted(item["id"]):
+                    if item["kind"] != KIND_USAGE or self.store.is_counted(item["id"]):
                         continue
                     try:
                         rec = decode_usage(item["data"])
@@ -158,6 +165,7 @@ class UsageTracker:
                         continue  # the dispatcher will reject it
                     if self._pending.setdefault(rec.id, rec) is rec:
                         room -= 1
+        self.store.snapshot(pending=self._pending)
 
     @staticmethod
     def _journal_beside(path: Path) -> Path:
@@ -200,7 +208,7 @@ class UsageTracker:
         return rec.id
 
     def _record_now(self, rec: UsageRecord) -> None:
-        error = self.sink.apply([rec])
+        error = self.store.apply([rec])
         if error is not None:
             # the file refused: the journal keeps it and the dispatcher retries
             self._submit(rec.id, KIND_USAGE, rec)
@@ -244,6 +252,11 @@ class UsageTracker:
             return None
 
     # -- reading --------------------------------------------------------------------------------
+    @property
+    def store(self) -> SummaryStore:
+        """The summary file's store: ``store.snapshot()``, ``store.today()``, ``stats()``."""
+        return self.sink.store
+
     def get_summary(
         self,
         days: int | None = None,
@@ -260,20 +273,15 @@ class UsageTracker:
         ``by_model`` (``"provider/model"``) and ``by_provider``; ``unflushed`` counts the
         records included that are not in the file yet."""
         first, last = _day_range(days, since, until)
-        with self.sink.locked() as parts:
-            # under the sink lock: a record is either in `parts` or still pending. One in
-            # the file's recent ids was counted by another process sharing the journal.
-            unflushed = []
-            for r in list(self._pending.copy().values()):
-                if self.sink.is_counted(r.id):
-                    self._pending.pop(r.id, None)
-                else:
-                    unflushed.append(r)
+        # each record is in the snapshot or in its `pending`, never both, never neither
+        snap = self.store.snapshot(pending=self._pending)
+        parts = list(snap.parts)
+        unflushed = snap.pending
         if unflushed:
             priced = [r if r.cost is not None else self._price_quietly(r) for r in unflushed]
-            parts = [*parts, apply_records({}, priced)]
+            parts.append(apply_records({}, priced))
         out = _summarise(parts, first, last)
-        out["unflushed"] = sum(1 for r in unflushed if _in_range(day_of(r), first, last))
+        out["unflushed"] = sum(1 for r in unflushed if in_range(day_of(r), first, last))
         return out
 
     def get_today(self) -> dict[str, Any]:
@@ -330,52 +338,6 @@ class UsageTracker:
         )
         return out
 
-    # -- LiteLLM custom callback ------------------------------------------------------------------
-    # The callback itself lives in usageledger.integrations.litellm (it records with any
-    # target); these methods keep the tracker usable as one, as documented.
-    def _litellm(self) -> LiteLLMRecorder:
-        recorder = self.__dict__.get("_litellm_recorder")
-        if recorder is None:
-            recorder = LiteLLMRecorder.to(lambda fields: self.record(**fields), self.prices)
-            self._litellm_recorder = recorder
-        return recorder
-
-    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        """LiteLLM ``CustomLogger`` hook: records the usage of a finished call. Never
-        raises (a callback error must not break the LLM call)."""
-        self._litellm().log_success_event(kwargs, response_obj, start_time, end_time)
-
-    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        self.log_success_event(kwargs, response_obj, start_time, end_time)
-
-    # the other CustomLogger hooks LiteLLM may call: the pre-call one keeps the caller's
-    # attributes for the success event; the rest have nothing to record
-    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
-        self._litellm().log_pre_api_call(model, messages, kwargs)
-
-    def log_post_api_call(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    def log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    async def async_log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
-        pass
-
-    def litellm_callback(self) -> Any:
-        """A ``litellm.integrations.custom_logger.CustomLogger`` forwarding to this tracker
-        (LiteLLM calls class-based callbacks only for CustomLogger subclasses):
-        ``litellm.callbacks = [tracker.litellm_callback()]``. Needs litellm installed."""
-        from .integrations.litellm import litellm_callback
-
-        return litellm_callback(self)
-
 
 # -- fork -------------------------------------------------------------------------------------
 _live: weakref.WeakSet[UsageTracker] = weakref.WeakSet()
@@ -428,10 +390,6 @@ def _day_range(days: Any, since: Any, until: Any) -> tuple[str | None, str | Non
     return first, last
 
 
-def _in_range(day: str, first: str | None, last: str | None) -> bool:
-    return (first is None or day >= first) and (last is None or day <= last)
-
-
 def _out(t: Totals) -> dict[str, Any]:
     """The documented totals shape of ``get_summary``, from the one totals type: ``cost``
     in USD and ``cost_other`` for the other currencies (never added to it), plus
@@ -447,20 +405,13 @@ def _summarise(parts: list[Days], first: str | None, last: str | None) -> dict[s
     by_day: dict[str, Totals] = {}
     by_model: dict[str, Totals] = {}
     by_provider: dict[str, Totals] = {}
-    for days in parts:
-        for day, providers in days.items():
-            if not _in_range(day, first, last):
-                continue
-            for provider, models in providers.items():
-                for model, e in models.items():
-                    t = e.totals()
-                    total += t
-                    for table, key in ((by_day, day), (by_model, f"{provider}/{model}"),
-                                       (by_provider, provider)):
-                        acc = table.get(key)
-                        if acc is None:
-                            acc = table[key] = Totals()
-                        acc += t
+    for day, provider, model, t in entries(parts, first, last):
+        total += t
+        for table, key in ((by_day, day), (by_model, f"{provider}/{model}"), (by_provider, provider)):
+            acc = table.get(key)
+            if acc is None:
+                acc = table[key] = Totals()
+            acc += t
     return {"since": first, "until": last, **_out(total),
             "by_day": {k: _out(v) for k, v in sorted(by_day.items())},
             "by_model": {k: _out(v) for k, v in by_model.items()},

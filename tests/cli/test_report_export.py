@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
 from tests.cli.conftest import totals, usage_records
 from usageledger.export import CSV_FIELDS, read_export
+from usageledger.pricebook import PriceBook
 from usageledger.storage import create_storage
 
 
@@ -114,11 +116,69 @@ def test_export_then_import_gives_the_same_totals(cli, store_url, tmp_path, fmt)
     assert r.out.strip() == "imported 0 of 31 records (31 already stored)"
     a, b = create_storage(store_url), create_storage(target)
     try:
-        for group_by in (("day", "model"), ("user_id",), ("tag:team",)):
-            assert a.aggregate(group_by) == b.aggregate(group_by)
+        # every record back as it was, except the one stored without a cost: the import
+        # prices it as the collector prices a posted record (from the price table here)
+        book = PriceBook(b)
+        assert {r.id: r for r in b.iter_records()} == {r.id: book.price(r) for r in a.iter_records()}
+        assert [r.cost for r in a.query() if r.id == "rec-1-7"] == [None]
+        assert [r.cost for r in b.query() if r.id == "rec-1-7"] == [book.cost(
+            next(r for r in usage_records() if r.id == "rec-1-7"))[0]]
+        for group_by in (("tag:team",),):  # the priced record has no tag: same groups
+            assert [g for g in a.aggregate(group_by) if g["tag:team"] == "search"] == \
+                [g for g in b.aggregate(group_by) if g["tag:team"] == "search"]
     finally:
         a.close()
         b.close()
+
+
+def test_import_prices_like_a_post(cli, tmp_path):
+    """An imported record without a cost is stored exactly as the collector stores the
+    same record posted to /track: priced from the storage's override, or from the price
+    table, through the one Collector.ingest."""
+    from fastapi.testclient import TestClient
+
+    from usageledger.export import write_records
+    from usageledger.pricebook import entry_json, parse_price
+    from usageledger.records import encode, make_usage_record
+    from usageledger.server import create_app
+
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    recs = [
+        make_usage_record("acme", "house-model", 1_000_000, 500_000, timestamp=at, id="r-override"),
+        make_usage_record("openai", "gpt-4o", 1234, 567, timestamp=at, id="r-table"),
+        make_usage_record("openai", "gpt-4o", 10, 5, cost="0.5", timestamp=at, id="r-own-cost"),
+        make_usage_record("nobody", "unknown-model", 10, 5, timestamp=at, id="r-unknown"),
+    ]
+    out = tmp_path / "in.jsonl"
+    with out.open("w") as f:
+        write_records(recs, f, "jsonl")
+
+    def new_store(name):
+        store = create_storage(f"sqlite:///{tmp_path / name}")
+        day, entry = parse_price({"input_per_mtok": "1.25", "output_per_mtok": "3", "currency": "EUR"})
+        store.put_price("acme", "house-model", day, entry_json(entry))
+        return store
+
+    imported, posted = new_store("imported.db"), new_store("posted.db")
+    imported.close()
+    r = cli("import", out, "--storage", f"sqlite:///{tmp_path / 'imported.db'}")
+    assert r.code == 0, r.err
+    with TestClient(create_app(posted), client=("127.0.0.1", 40000)) as c:
+        body = b'{"tracked":[' + b",".join(encode(x) for x in recs) + b"]}"
+        resp = c.post("/api/v1/track", content=body, headers={"Content-Type": "application/json"})
+        assert resp.json()["accepted"] == 4, resp.text
+    imported = create_storage(f"sqlite:///{tmp_path / 'imported.db'}")
+    try:
+        got = {x.id: x for x in imported.iter_records()}
+        assert got == {x.id: x for x in posted.iter_records()}
+        assert (got["r-override"].cost, got["r-override"].currency) == (Decimal("1.25") + Decimal("1.5"), "EUR")
+        assert got["r-table"].cost is not None and got["r-table"].currency == "USD"
+        assert got["r-own-cost"].cost == Decimal("0.5")
+        assert got["r-unknown"].cost is None
+        assert imported.aggregate(("currency",)) == posted.aggregate(("currency",))
+    finally:
+        imported.close()
+        posted.close()
 
 
 def test_export_csv_columns_and_range(cli, store_url, tmp_path):

@@ -133,6 +133,81 @@ def test_the_moved_callback_records_with_any_target(llm_server, meter):
         litellm.logging_callback_manager.remove_callback_from_all_lists(callback)
 
 
+def _call_through(callback, server, n: int = 1) -> None:
+    litellm.logging_callback_manager.add_litellm_callback(callback)
+    try:
+        for _ in range(n):
+            litellm.completion(**openai_args(server))
+        time.sleep(1.0)  # LiteLLM runs sync success callbacks on its own threads
+    finally:
+        litellm.logging_callback_manager.remove_callback_from_all_lists(callback)
+
+
+def test_the_callback_records_with_a_usage_tracker(llm_server, tmp_path):
+    from usageledger import UsageTracker
+
+    tracker = UsageTracker(tmp_path / "usage.json", backup_dir=tmp_path / "b",
+                           emergency_dir=tmp_path / "e", flush_interval=0.05)
+    try:
+        _call_through(litellm_callback(tracker), llm_server)
+        _call_through(tracker.litellm_callback(), llm_server)  # the tracker's own method
+        assert tracker.flush(30)
+        gpt = tracker.get_today()["by_model"]["openai/gpt-4o"]
+        chat = EXPECTED["chat"]
+        assert (gpt["calls"], gpt["input_tokens"], gpt["output_tokens"]) == (
+            2, 2 * chat["input_tokens"], 2 * chat["output_tokens"])
+        assert gpt["cost"] > 0 and tracker.store.today().count == 2
+    finally:
+        tracker.shutdown(10)
+
+
+def test_the_callback_records_with_persistent_delivery_typed(llm_server, tmp_path):
+    from tests.support.fault_server import FaultServer
+    from usageledger.delivery import PersistentDelivery
+
+    with FaultServer() as collector:
+        delivery = PersistentDelivery(api_base=collector.url, db_path=tmp_path / "queue.db")
+        try:
+            with usageledger.attributes(user_id="u7"):
+                _call_through(litellm_callback(delivery), llm_server)
+            assert delivery.flush(30)
+        finally:
+            delivery.stop(10)
+        [stored] = collector.stored.values()
+    assert (stored["provider"], stored["model"], stored["user_id"]) == ("openai", "gpt-4o", "u7")
+    assert {k: stored.get(k, 0) for k in EXPECTED["chat"]} == EXPECTED["chat"]
+    assert "api_id" not in stored  # typed, not the older /track shape
+
+
+def test_the_callback_records_with_any_object_with_a_record_method(llm_server):
+    class Notebook:
+        # $1 per uncached input token, nothing else
+        prices = {"openai/gpt-4o": {"input": 1_000_000, "output": 0, "cache_read": 0, "cache_write": 0}}
+
+        def __init__(self):
+            self.calls = []
+
+        def record(self, **fields):
+            self.calls.append(fields)
+
+    book = Notebook()
+    _call_through(litellm_callback(book), llm_server)
+    [fields] = book.calls
+    assert (fields["provider"], fields["model"]) == ("openai", "gpt-4o")
+    assert fields["cost"] == fields["input_tokens"]  # priced with the target's own prices
+
+
+def test_one_hook_class_serves_the_tracker_and_any_target():
+    from usageledger.integrations.litellm import LiteLLMHooks
+    from usageledger.tracker import UsageTracker
+
+    assert issubclass(UsageTracker, LiteLLMHooks)
+    for name in ("log_pre_api_call", "log_success_event", "async_log_success_event",
+                 "log_failure_event", "litellm_callback"):
+        assert getattr(UsageTracker, name) is getattr(LiteLLMHooks, name), name
+    assert not any(name.startswith(("log_", "async_log_")) for name in vars(UsageTracker))
+
+
 def test_old_import_path_of_the_litellm_helpers_still_works():
     from usageledger.integrations.litellm import usage_from_litellm
     from usageledger.tracker import _from_litellm

@@ -432,6 +432,9 @@ def test_a_file_from_a_newer_format_is_kept_and_never_overwritten(make, logs):
     t = make()  # creates the directory and the journal; writes nothing
     newer = b'{"format": "usageledger-summary", "version": 2, "shards": ["elsewhere"]}'
     t.storage_path.write_bytes(newer)
+    # stopped, so that t2's dispatcher is the one holding the shared journal's lease and
+    # writing (t's could take it first now and then: the tier asserted is t2's)
+    assert t.shutdown(5)
     t2 = make()
     e = Expect()
     e.write(t2, 4)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
-from ..records import new_id
+from ..records import encode, new_id
 from ..sinks.base import OK, Reject, Result, Retry, Sink
 from ..sinks.http import RETRY_STATUSES, parse_retry_after
 
@@ -34,7 +34,6 @@ log = logging.getLogger("usageledger.budgets")
 KIND_ALERT = "alert"
 
 _decode = msgspec.json.decode
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 class WebhookSink(Sink):
@@ -70,7 +69,7 @@ class WebhookSink(Sink):
         except (msgspec.DecodeError, KeyError, TypeError) as exc:
             return Reject(f"not an alert: {exc}")
         try:
-            resp = self._client().post(url, content=_encode(body), headers={"Idempotency-Key": key})
+            resp = self._client().post(url, content=encode(body), headers={"Idempotency-Key": key})
         except httpx.TimeoutException as exc:
             return Retry(None, f"webhook {url}: timeout after {self.timeout}s: {exc!r}")
         except httpx.HTTPError as exc:

@@ -29,7 +29,7 @@ from ..records import check_cost
 from ._common import get, recorder_for
 from .context import current_attributes
 
-__all__ = ["usage_from_litellm", "litellm_cost", "LiteLLMRecorder", "litellm_callback"]
+__all__ = ["usage_from_litellm", "litellm_cost", "LiteLLMRecorder", "LiteLLMHooks", "litellm_callback"]
 
 log = logging.getLogger("usageledger.litellm")
 
@@ -189,6 +189,58 @@ class LiteLLMRecorder:
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
                                       end_time: Any) -> None:
         self.log_success_event(kwargs, response_obj, start_time, end_time)
+
+
+class LiteLLMHooks:
+    """LiteLLM's ``CustomLogger`` hook methods for a class whose instances record
+    (``record(**fields)``, or a :class:`~usageledger.delivery.PersistentDelivery`): each
+    instance is then a callback of its own, recording with itself through one
+    :class:`LiteLLMRecorder`. ``UsageTracker`` has them this way. LiteLLM calls
+    class-based callbacks only for ``CustomLogger`` subclasses, so give LiteLLM
+    :meth:`litellm_callback` (the ``log_*`` methods serve direct calls and older
+    LiteLLMs); the hooks never raise."""
+
+    def _litellm_recorder(self) -> LiteLLMRecorder:
+        recorder = self.__dict__.get("_litellm_recorder_")
+        if recorder is None:
+            recorder = LiteLLMRecorder.to(recorder_for(self), getattr(self, "prices", None))
+            self.__dict__["_litellm_recorder_"] = recorder
+        return recorder
+
+    def litellm_callback(self) -> Any:
+        """A ``litellm.integrations.custom_logger.CustomLogger`` recording with this
+        object: ``litellm.callbacks = [obj.litellm_callback()]``. Needs litellm installed."""
+        return litellm_callback(self)
+
+    def log_pre_api_call(self, model: Any, messages: Any, kwargs: Any) -> None:
+        self._litellm_recorder().log_pre_api_call(model, messages, kwargs)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        """Records the usage of a finished call. Never raises (a callback error must not
+        break the LLM call)."""
+        self._litellm_recorder().log_success_event(kwargs, response_obj, start_time, end_time)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        self._litellm_recorder().log_success_event(kwargs, response_obj, start_time, end_time)
+
+    # the other hooks LiteLLM may call have nothing to record
+    def log_post_api_call(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    def log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        pass
+
+    async def async_log_stream_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                     end_time: Any) -> None:
+        pass
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        pass
 
 
 def _callback_class() -> type:

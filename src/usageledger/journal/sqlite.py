@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from .._sqlite import connect_wal, fork_gate
+from ..records import encode
 from .base import (
     DEAD,
     INFLIGHT,
@@ -144,7 +145,6 @@ _CLAIMED = (
     f" CAST(group_concat({_DATA}, '') AS BLOB) FROM {_FROM_ITEMS}"
     " WHERE claim=? AND state=1 AND owner=?"
 )
-_json_encode = msgspec.json.Encoder().encode
 _SPAN = "{:012d}{:012d}"
 _ROWID, _ID = operator.itemgetter(0), operator.itemgetter(1)
 _ITEM_FIELDS = operator.itemgetter(1, 2, 3, 4)  # (rowid, id, kind, data, attempts) -> item
@@ -153,7 +153,7 @@ _new_item = functools.partial(tuple.__new__, JournalItem)  # no bytecode per ite
 
 def _json_text(obj: Any) -> str:
     # JSON goes to SQLite as TEXT: from SQLite 3.45 a BLOB argument is read as JSONB
-    return _json_encode(obj).decode()
+    return encode(obj).decode()
 
 _json_decode = msgspec.json.decode
 

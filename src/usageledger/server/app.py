@@ -31,24 +31,24 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import UsageLedgerError
 from ..limits import MAX_ANSWER_BYTES, short
-from ..records import UsageRecord, to_utc
+from ..records import CREATED, MISSING, UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
 from ..storage._retention import raw_since
-from ..storage.base import RunWrite, check_group_by, from_us
+from ..storage.base import check_group_by, from_us
 from ..totals import Totals
 from . import budgets as budget_routes
 from . import key_routes, schema
 from . import prices as price_routes
 from .auth import PROJECT_TAG, TOKEN_PREFIX, Authenticator, KeySessions, Principal, principal_of
+from .collector import Collector, track_answer
 from .headers import SecurityHeadersMiddleware
 from .keys import API_KEYS_ENV, keys_from_env
 from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsMiddleware, UsageTotals
 from .pages import install_pages
+from .responses import encode, json_response
 from .session import COOKIE_NAME, SessionSigner
 from .wire import (
     BodyError,
-    Refused,
-    RunItem,
     decode_run,
     decode_run_batch,
     decode_run_patch,
@@ -65,23 +65,17 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: the largest page of /usage and /runs
 MAX_PAGE = 1000
 MAX_OFFSET = 10**9
-#: attempts of a seq-less PATCH racing other writers of the same run
-_PATCH_ATTEMPTS = 5
 #: rows fetched from storage at a time while a page is filled up to MAX_ANSWER_BYTES, so
 #: a page of large rows never holds more than this many of them in memory
 _RECORDS_CHUNK = 100
 _RUNS_CHUNK = 16
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 def plain(cost: Decimal) -> str:
     """A cost as a plain decimal string ("0.00000075", never "7.5E-7"), every digit kept."""
     return format(cost, "f")
 
-
-def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
 def _page(fetch: Callable[[int, int], list[Any]], limit: int, offset: int, chunk: int,
@@ -161,7 +155,6 @@ def create_app(
     store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
     if not isinstance(store, StorageBackend):
         raise TypeError(f"storage must be a StorageBackend or a storage URL, got {storage!r}")
-    pricer: Callable[[UsageRecord], UsageRecord] | None = None
     metrics = Metrics()
     usage_totals = UsageTotals(store)
     signer = SessionSigner(keys)
@@ -220,11 +213,11 @@ def create_app(
     # -- errors ------------------------------------------------------------------------------
     @app.exception_handler(BodyError)
     async def _body_error(request: Request, exc: BodyError) -> Response:
-        return _json({"detail": exc.message}, exc.status)
+        return json_response({"detail": exc.message}, exc.status)
 
     @app.exception_handler(StorageUnavailable)
     async def _unavailable(request: Request, exc: StorageUnavailable) -> Response:
-        return _json({"detail": f"storage unavailable: {exc}"}, 503, {"Retry-After": "1"})
+        return json_response({"detail": f"storage unavailable: {exc}"}, 503, {"Retry-After": "1"})
 
     def call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """A storage call: bad arguments are the client's (422), a backend that lacks the
@@ -293,8 +286,11 @@ def create_app(
     app.state.budgets = budgets
     app.include_router(key_routes.attach(store, authorized, call))
     price_router, app.state.prices = price_routes.attach(store, authorize, call)
-    if price:  # overrides, then aliases, then the table (usageledger.pricebook)
-        pricer = app.state.prices.price
+    # the ingestion rules: pricing (overrides, then aliases, then the table), dedup
+    # accounting, the answer, run sequences; the routes below only read and answer
+    collector = Collector(store, price=price, prices=app.state.prices, metrics=metrics,
+                          on_stored=budgets.note, call=call)
+    app.state.collector = collector
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -320,25 +316,12 @@ def create_app(
         return data
 
     # -- usage records -----------------------------------------------------------------------
-    def ingest(data: bytes, project: str | None = None) -> dict[str, Any]:
+    def ingest(data: bytes, project: str | None) -> dict[str, Any]:
         items = decode_track(data)
         if project is not None:  # the key's project, whatever the body says
             items = [msgspec.structs.replace(it, tags={**it.tags, PROJECT_TAG: project})
                      if type(it) is UsageRecord else it for it in items]
-        n = len(items)
-        metrics.received.inc(n)
-        # copies of one id are stored once by save_many (and priced twice: harmless)
-        records = [
-            (pricer(it) if it.cost is None and pricer is not None else it)
-            for it in items if type(it) is UsageRecord
-        ]
-        new = call(store.save_many, records) if records else set()
-        budgets.note(records, new)  # alert evaluation happens off the request path
-        answer = track_answer(items, new)
-        metrics.accepted.inc(answer["accepted"])
-        metrics.rejected.inc(answer.get("rejected", 0))
-        metrics.duplicates.inc(answer["duplicate"])
-        return answer
+        return collector.ingest(items)
 
     @api.post(
         "/track",
@@ -355,7 +338,7 @@ def create_app(
         `rejected`, every item is answered in order in `results` (with `error` for the
         rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        return _json(await run_in_threadpool(ingest, data, project_of(request)))
+        return json_response(await run_in_threadpool(ingest, data, project_of(request)))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -363,17 +346,17 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> Response:
-        def encode(r: UsageRecord) -> bytes:
+        def encode_row(r: UsageRecord) -> bytes:
             # (replace does not type-check: the cost is encoded as the plain string)
-            return _encode(r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)))
+            return encode(r if r.cost is None else msgspec.structs.replace(r, cost=plain(r.cost)))
 
         parts, more = _page(lambda n, at: call(store.query, limit=n, offset=at, **f),
-                            limit, offset, _RECORDS_CHUNK, encode)
+                            limit, offset, _RECORDS_CHUNK, encode_row)
         # retention folds older records into daily rollups: listings hold raw records only
         since = call(raw_since, store, (f.get("tags") or {}).get(PROJECT_TAG))
-        tail = _encode({"limit": limit, "offset": offset,
-                        "next_offset": offset + len(parts) if more else None,
-                        "raw_since": None if since is None else from_us(since)})
+        tail = encode({"limit": limit, "offset": offset,
+                       "next_offset": offset + len(parts) if more else None,
+                       "raw_since": None if since is None else from_us(since)})
         return Response(b'{"records":[' + b",".join(parts) + b"]," + tail[1:],
                         media_type="application/json")
 
@@ -395,31 +378,9 @@ def create_app(
         totals = Totals.of_rows(groups).to_dict(plain=True)
         for g in groups:
             g["cost"] = plain(g["cost"])
-        return _json({"group_by": list(keys), "groups": groups, "totals": totals})
+        return json_response({"group_by": list(keys), "groups": groups, "totals": totals})
 
     # -- agent runs --------------------------------------------------------------------------
-    def write_runs(writes: list[Any]) -> list[str]:
-        out = call(store.write_runs, writes)
-        for status in out:
-            metrics.run_writes.labels(status).inc()
-        return out
-
-    def stored_seq(run_id: str) -> int | None:
-        run = call(store.get_run, run_id)
-        return None if run is None else int(run["seq"])
-
-    def patch_run(run_id: str, seq: int | None, fields: dict[str, Any]) -> str:
-        if seq is not None:
-            return write_runs([RunWrite(run_id, fields, seq, create=False)])[0]
-        for _ in range(_PATCH_ATTEMPTS):
-            current = stored_seq(run_id)
-            if current is None:
-                return "missing"
-            status = write_runs([RunWrite(run_id, fields, current + 1, create=False)])[0]
-            if status != "stale":  # stale: another writer moved the run on meanwhile
-                return status
-        return "stale"
-
     def own_runs(project: str | None, run_ids: list[str]) -> None:
         """A project key writes only its project's runs (run ids are one namespace)."""
         if project is None:
@@ -449,9 +410,8 @@ def create_app(
             raise HTTPException(422, str(exc)) from None
         project = project_of(request)
         await run_in_threadpool(own_runs, project, [run_id])
-        status = (await run_in_threadpool(write_runs, [RunWrite(run_id, with_project(fields, project),
-                                                                seq or 0, True)]))[0]
-        return _json({"run_id": run_id, "status": status}, 201 if status == "created" else 200)
+        status = await run_in_threadpool(collector.create_run, run_id, seq, with_project(fields, project))
+        return json_response({"run_id": run_id, "status": status}, 201 if status == CREATED else 200)
 
     @api.patch(
         "/runs/{run_id:path}",
@@ -469,39 +429,10 @@ def create_app(
         _refuse_nul({"run_id": run_id})
         project = project_of(request)
         await run_in_threadpool(own_runs, project, [run_id])
-        status = await run_in_threadpool(patch_run, run_id, seq, with_project(fields, project))
-        if status == "missing":
+        status = await run_in_threadpool(collector.patch_run, run_id, seq, with_project(fields, project))
+        if status == MISSING:
             raise HTTPException(404, f"no run {run_id!r}: create it with POST /api/v1/runs first")
-        return _json({"run_id": run_id, "status": status})
-
-    def apply_batch(items: list[RunItem]) -> list[dict[str, Any]]:
-        # a write without seq goes on top of what is stored (or written earlier in the batch)
-        latest: dict[str, int] = {}
-        writes, where = [], []
-        for i, it in enumerate(items):
-            if it.error is not None:
-                continue
-            seq = it.seq
-            if seq is None:
-                if it.create:
-                    seq = 0
-                else:
-                    base = latest.get(it.run_id)
-                    if base is None:
-                        base = stored_seq(it.run_id)
-                    seq = 0 if base is None else base + 1
-            latest[it.run_id] = max(seq, latest.get(it.run_id, seq))
-            writes.append(it.write(seq))
-            where.append(i)
-        statuses = write_runs(writes) if writes else []
-        done = dict(zip(where, statuses, strict=True))
-        out = []
-        for i, it in enumerate(items):
-            if it.error is not None:
-                out.append({"id": it.id, "run_id": it.run_id, "status": "rejected", "error": it.error})
-            else:
-                out.append({"id": it.id, "run_id": it.run_id, "status": done[i]})
-        return out
+        return json_response({"run_id": run_id, "status": status})
 
     @api.post(
         "/runs/batch",
@@ -522,7 +453,7 @@ def create_app(
             for it in items:
                 if it.error is None:
                     it.fields = with_project(it.fields or {}, project)
-        return _json({"results": await run_in_threadpool(apply_batch, items)})
+        return json_response({"results": await run_in_threadpool(collector.apply_runs, items)})
 
     @api.get("/runs/{run_id:path}", summary="One agent run")
     def get_run(run_id: str, request: Request, project: str | None = None) -> Response:
@@ -531,7 +462,7 @@ def create_app(
         run = call(store.get_run, run_id)
         if run is None or (scope is not None and run.get("project") != scope):
             raise HTTPException(404, f"no run {run_id!r}")
-        return _json(run)
+        return json_response(run)
 
     @api.get("/runs", summary="Agent runs, newest start_time first")
     def list_runs(
@@ -547,8 +478,8 @@ def create_app(
             lambda n, at: call(store.query_runs, agent_name=agent_name or None,
                                status=status or None, limit=n, offset=at,
                                project=principal_of(request).scope(project)),
-            limit, offset, _RUNS_CHUNK, _encode)
-        tail = _encode({"limit": limit, "offset": offset,
+            limit, offset, _RUNS_CHUNK, encode)
+        tail = encode({"limit": limit, "offset": offset,
                         "next_offset": offset + len(parts) if more else None})
         return Response(b'{"runs":[' + b",".join(parts) + b"]," + tail[1:],
                         media_type="application/json")
@@ -560,7 +491,7 @@ def create_app(
     # -- service -----------------------------------------------------------------------------
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     @app.get("/metrics", summary="Prometheus text exposition", response_class=Response)
     def prometheus(request: Request) -> Response:
@@ -588,39 +519,6 @@ def create_app(
     )
 
     return app
-
-
-def track_answer(items: Sequence[UsageRecord | Refused], new: set[str]) -> dict[str, Any]:
-    """The answer to a ``/track`` batch whose newly stored ids are ``new``: compact
-    (counts, and the ids of the duplicates) when no item was refused, else one result per
-    item in order. The first copy of a new id is ``accepted``, any later copy ``duplicate``."""
-    n = len(items)
-    if len(new) == n:  # the common case: every item a new record
-        return {"accepted": n, "duplicate": 0, "duplicate_ids": []}
-    fresh = set(new)
-    if not any(type(it) is Refused for it in items):
-        duplicates = []
-        for it in items:
-            if it.id in fresh:
-                fresh.discard(it.id)
-            else:
-                duplicates.append(it.id)
-        return {"accepted": n - len(duplicates), "duplicate": len(duplicates),
-                "duplicate_ids": duplicates}
-    results: list[dict[str, Any]] = []
-    accepted = rejected = 0
-    for it in items:
-        if type(it) is Refused:
-            rejected += 1
-            results.append({"id": it.id, "status": "rejected", "error": it.error})
-        elif it.id in fresh:
-            fresh.discard(it.id)
-            accepted += 1
-            results.append({"id": it.id, "status": "accepted"})
-        else:
-            results.append({"id": it.id, "status": "duplicate"})
-    return {"accepted": accepted, "duplicate": n - accepted - rejected, "rejected": rejected,
-            "results": results}
 
 
 def _filters(

@@ -31,16 +31,13 @@ from ..records import UsageRecord
 from ..storage._keys import PROJECT_TAG
 from ..storage.base import StorageBackend
 from .auth import principal_of
+from .responses import json_response
 
 __all__ = ["BudgetService", "attach"]
 
 log = logging.getLogger("usageledger.server")
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(_encode(obj), status_code=status, media_type="application/json")
 
 
 class BudgetService:
@@ -126,7 +123,7 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
             check_attributes(attrs, "the query")  # bad input is 400, before any storage call
         except BudgetInputError as exc:
             raise HTTPException(400, str(exc)) from None
-        return _json(call(engine().check, **attrs))
+        return json_response(call(engine().check, **attrs))
 
     @router.get("", summary="Every budget with its status")
     def list_budgets(request: Request) -> Response:
@@ -134,7 +131,7 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         rows = call(engine().list)
         if scope is not None:
             rows = [r for r in rows if project_of_budget(r) == scope]
-        return _json({"budgets": rows})
+        return json_response({"budgets": rows})
 
     @router.put("/{name}", summary="Create or replace a budget")
     async def put_budget(name: str, request: Request) -> Response:
@@ -160,19 +157,19 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         except BudgetInputError as exc:
             raise HTTPException(400, str(exc)) from None
         await run_in_threadpool(call, eng.put, name, body)
-        return _json(await run_in_threadpool(call, eng.status, name))
+        return json_response(await run_in_threadpool(call, eng.status, name))
 
     @router.get("/{name}", summary="One budget with its status")
     def get_budget(name: str, request: Request) -> Response:
         status = call(engine().status, name) if visible(request, name) else None
         if status is None:
             raise HTTPException(404, f"no budget {name!r}")
-        return _json(status)
+        return json_response(status)
 
     @router.delete("/{name}", summary="Delete a budget")
     def delete_budget(name: str, request: Request) -> Response:
         if not visible(request, name) or not call(engine().remove, name):
             raise HTTPException(404, f"no budget {name!r}")
-        return _json({"name": name, "deleted": True})
+        return json_response({"name": name, "deleted": True})
 
     return router, service

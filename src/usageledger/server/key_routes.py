@@ -19,14 +19,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
 from .auth import Principal, new_key, principal_of, public_key
+from .responses import json_response as _json
 
 __all__ = ["attach"]
-
-_encode = msgspec.json.Encoder().encode
-
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(_encode(obj), status_code=status, media_type="application/json")
 
 
 def attach(store: Any, authorize: Callable[..., Any], call: Callable[..., Any]) -> APIRouter:

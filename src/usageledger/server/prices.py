@@ -29,14 +29,11 @@ from fastapi.responses import Response
 
 from ..pricebook import PriceBook, PriceInputError, entry_json, parse_price
 from ..storage.base import StorageBackend
+from .responses import json_response
 
 __all__ = ["attach"]
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(_encode(obj), status_code=status, media_type="application/json")
 
 
 async def _body(request: Request) -> Any:
@@ -66,7 +63,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
     @router.get("", summary="Every price entry (with its history) and alias")
     def list_prices() -> Response:
         need()
-        return _json({"prices": call(store.list_prices), "aliases": call(store.list_aliases)})
+        return json_response({"prices": call(store.list_prices), "aliases": call(store.list_aliases)})
 
     @router.put("/aliases/{provider}/{name}", summary="Map a deployment name or snapshot to a priced model")
     async def put_alias(provider: str, name: str, request: Request) -> Response:
@@ -79,7 +76,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
         p, n, m = provider.lower(), name.lower(), model.strip().lower()
         await _run(call, store.put_alias, p, n, m)
         book.refresh()
-        return _json({"provider": p, "name": n, "model": m})
+        return json_response({"provider": p, "name": n, "model": m})
 
     @router.delete("/aliases/{provider}/{name}", summary="Delete an alias")
     def delete_alias(provider: str, name: str) -> Response:
@@ -87,7 +84,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
         if not call(store.delete_alias, provider.lower(), name.lower()):
             raise HTTPException(404, f"no alias {provider}/{name}")
         book.refresh()
-        return _json({"provider": provider.lower(), "name": name.lower(), "deleted": True})
+        return json_response({"provider": provider.lower(), "name": name.lower(), "deleted": True})
 
     @router.put("/{provider}/{model}", summary="Add or replace one entry of a model's price history")
     async def put_price(provider: str, model: str, request: Request) -> Response:
@@ -99,7 +96,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
         p, m = provider.lower(), model.lower()
         await _run(call, store.put_price, p, m, day, entry_json(entry))
         book.refresh()
-        return _json({"provider": p, "model": m, "history": history(p, m)})
+        return json_response({"provider": p, "model": m, "history": history(p, m)})
 
     @router.get("/{provider}/{model}", summary="A model's price history")
     def get_price(provider: str, model: str) -> Response:
@@ -108,7 +105,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
         got = history(p, m)
         if not got:
             raise HTTPException(404, f"no price entry for {p}/{m}")
-        return _json({"provider": p, "model": m, "history": got})
+        return json_response({"provider": p, "model": m, "history": got})
 
     @router.delete("/{provider}/{model}", summary="Delete one entry of a model's price history")
     def delete_price(provider: str, model: str, effective_from: str | None = None) -> Response:
@@ -122,7 +119,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
         if not call(store.delete_price, p, m, day):
             raise HTTPException(404, f"no price entry for {p}/{m} from {day or 'the beginning'}")
         book.refresh()
-        return _json({"provider": p, "model": m, "effective_from": day or None, "deleted": True})
+        return json_response({"provider": p, "model": m, "effective_from": day or None, "deleted": True})
 
     reprice_router = APIRouter(prefix="/api/v1/reprice", dependencies=[Depends(authorize)], tags=["prices"])
     jobs: dict[str, dict[str, Any]] = {}
@@ -154,7 +151,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
             book.refresh()
 
         threading.Thread(target=run, name=f"reprice-{job_id[:8]}", daemon=True).start()
-        return _json(dict(job), 202)
+        return json_response(dict(job), 202)
 
     @reprice_router.get("/{job_id}", summary="A reprice job's progress")
     def reprice_job(job_id: str) -> Response:
@@ -162,7 +159,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
             job = jobs.get(job_id)
         if job is None:
             raise HTTPException(404, f"no reprice job {job_id!r} in this collector process")
-        return _json(dict(job))
+        return json_response(dict(job))
 
     both = APIRouter()
     both.include_router(router)

@@ -39,8 +39,8 @@ from ..limits import (
     text_error,
 )
 from ..records import TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
+from ..runs import RunRecord
 from ..storage.base import RunWrite
-from ..telemetry.models import RunRecord
 
 __all__ = [
     "BodyError",

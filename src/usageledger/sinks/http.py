@@ -15,15 +15,13 @@ import httpx
 import msgspec
 
 from ..journal.base import JournalItem
-from ..records import KIND_RUN
+from ..records import KIND_RUN, MISSING, REJECTED, STORED_RESULTS
 from .base import OK, Reject, Result, Retry, Sink, all_results, describe_url
 
 log = logging.getLogger("usageledger.http")
 
 #: statuses worth another try; every other 4xx is a refusal for good
 RETRY_STATUSES = frozenset({408, 425, 429})
-#: per-record statuses that mean stored (a run write that is not newer is settled too)
-_STORED = frozenset({"accepted", "duplicate", "ok", "stored", "created", "updated", "stale"})
 #: refusals that are about the request as a whole, not any one record
 _NOT_RECORD_SPECIFIC = frozenset({401, 403, 404, 405})
 
@@ -178,11 +176,11 @@ class HttpSink(Sink):
                 f"of the {len(batch)} sent")))
         out: dict[str, Result] = {}
         for r in answer.results:
-            if r.status in _STORED:
+            if r.status in STORED_RESULTS:
                 out[r.id] = OK
-            elif r.status == "rejected":
+            elif r.status == REJECTED:
                 out[r.id] = Reject(r.error or "rejected by the collector")
-            elif r.status == "missing":
+            elif r.status == MISSING:
                 # an update that arrived before its run's create: try again later
                 out[r.id] = Retry(None, r.error or "run not created yet")
             else:

@@ -19,9 +19,10 @@ from typing import Any
 
 import msgspec
 
+from ..records import encode
+
 __all__ = ["MemoryBudgets", "SqlBudgets", "BUDGET_TABLES"]
 
-_dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
 
 BUDGET_TABLES = (
@@ -46,12 +47,12 @@ class MemoryBudgets:
     def put_budget(self, name: str, definition: dict[str, Any]) -> None:
         lock, defs, _ = self._budget_state()
         with lock:
-            defs[name] = _loads(_dumps(definition))
+            defs[name] = _loads(encode(definition))
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         lock, defs, _ = self._budget_state()
         with lock:
-            return {k: _loads(_dumps(defs[k])) for k in sorted(defs)}
+            return {k: _loads(encode(defs[k])) for k in sorted(defs)}
 
     def delete_budget(self, name: str) -> bool:
         lock, defs, claims = self._budget_state()
@@ -66,7 +67,7 @@ class MemoryBudgets:
             key = (budget, window_start, threshold)
             if key in claims:
                 return False
-            claims[key] = [_dumps(delivery), time.time(), False]
+            claims[key] = [encode(delivery), time.time(), False]
             return True
 
     def alert_queued(self, budget: str, window_start: str, threshold: str) -> None:
@@ -115,7 +116,7 @@ class SqlBudgets:
 
     def put_budget(self, name: str, definition: dict[str, Any]) -> None:
         self._bq("INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name) "
-                 "DO UPDATE SET definition = excluded.definition", name, _dumps(definition).decode())
+                 "DO UPDATE SET definition = excluded.definition", name, encode(definition).decode())
 
     def list_budgets(self) -> dict[str, dict[str, Any]]:
         rows = self._bq("SELECT name, definition FROM budgets ORDER BY name")
@@ -130,7 +131,7 @@ class SqlBudgets:
         rows = self._bq(
             "INSERT INTO budget_alerts (budget, window_start, threshold, delivery, claimed_at, queued) "
             "VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT (budget, window_start, threshold) DO NOTHING "
-            "RETURNING budget", budget, window_start, threshold, _dumps(delivery).decode(), time.time())
+            "RETURNING budget", budget, window_start, threshold, encode(delivery).decode(), time.time())
         return bool(rows)
 
     def alert_queued(self, budget: str, window_start: str, threshold: str) -> None:

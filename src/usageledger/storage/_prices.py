@@ -19,9 +19,10 @@ from typing import Any
 
 import msgspec
 
+from ..records import encode
+
 __all__ = ["MemoryPrices", "SqlPrices", "PRICE_TABLES"]
 
-_dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
 
 PRICE_TABLES = (
@@ -51,7 +52,7 @@ class MemoryPrices:
     def put_price(self, provider: str, model: str, effective_from: str, entry: dict[str, Any]) -> None:
         lock, prices, _ = self._price_state()
         with lock:
-            prices[(provider, model, effective_from)] = _loads(_dumps(entry))
+            prices[(provider, model, effective_from)] = _loads(encode(entry))
 
     def list_prices(self) -> list[dict[str, Any]]:
         """Every entry, ordered by provider, model and date."""
@@ -103,7 +104,7 @@ class SqlPrices:
     def put_price(self, provider: str, model: str, effective_from: str, entry: dict[str, Any]) -> None:
         self._pq("INSERT INTO prices (provider, model, effective_from, entry) VALUES (?, ?, ?, ?) "
                  "ON CONFLICT (provider, model, effective_from) DO UPDATE SET entry = excluded.entry",
-                 provider, model, effective_from, _dumps(entry).decode())
+                 provider, model, effective_from, encode(entry).decode())
 
     def list_prices(self) -> list[dict[str, Any]]:
         rows = self._pq("SELECT provider, model, effective_from, entry FROM prices "

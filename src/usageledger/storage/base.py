@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..records import UsageRecord
+from ..records import RUN_RESULTS, UsageRecord
 from ..totals import total_tokens
 
 # the helpers once defined here: kept importable from this module (backends import them
@@ -95,8 +95,8 @@ class RunWrite:
     create: bool = True
 
 
-#: what ``write_runs`` answers per write
-RUN_RESULTS = ("created", "updated", "duplicate", "stale", "missing")
+# RUN_RESULTS (what ``write_runs`` answers per write) lives with the other result words in
+# usageledger.records; it stays importable from here
 
 
 class StorageBackend:

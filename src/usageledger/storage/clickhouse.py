@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from ..records import UsageRecord
+from ..records import UsageRecord, encode
 from ._sql import group_by_sql, group_value
 from .aggregate import Aggregate, finish_groups, zero_totals
 from .base import RunStore, RunWrite, StorageBackend, unique_records
@@ -68,7 +68,6 @@ _SUMS = ", ".join([
 ])
 _MAX_DEC = Decimal(10) ** 20
 _MAX_QUERY = 64 << 20
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 _decode = msgspec.json.decode
 
 #: chdb runs one embedded server per process, on one directory: stores on the same
@@ -229,7 +228,7 @@ class ClickHouseStorage(RunStore, StorageBackend):
         # loading them into a Memory table takes milliseconds
         staged = self._staging
         self._engine.command(f"TRUNCATE TABLE {staged}")
-        self._engine.insert(f"{staged} (id)", b"\n".join(_encode([i]) for i in ids))
+        self._engine.insert(f"{staged} (id)", b"\n".join(encode([i]) for i in ids))
         rows = self._engine.rows(f"SELECT id FROM {self._db}.usage WHERE id IN {staged}")
         return {r[0] for r in rows}
 
@@ -242,12 +241,12 @@ class ClickHouseStorage(RunStore, StorageBackend):
             rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens, rec.reasoning_tokens,
             cost, _cost_dec(rec.cost, cost), rec.currency,
             rec.user_id, rec.session_id, rec.customer_key, rec.run_id, rec.response_id, rec.tags,
-            None if rec.payload is None else _encode(rec.payload).decode(),
+            None if rec.payload is None else encode(rec.payload).decode(),
         ]
 
     def _insert(self, records: Iterable[UsageRecord]) -> None:
         """Insert without looking for known ids (what two racing writers end up doing)."""
-        data = b"\n".join(_encode(self._row(r)) for r in records)
+        data = b"\n".join(encode(self._row(r)) for r in records)
         if data:
             self._engine.insert(f"{self._db}.usage ({', '.join(_INSERT_COLS)})", data)
 
@@ -335,7 +334,7 @@ class ClickHouseStorage(RunStore, StorageBackend):
                     changed[w.run_id] = new
             if changed:
                 data = b"\n".join(
-                    _encode([k, v["seq"], _encode(v).decode()]) for k, v in changed.items())
+                    encode([k, v["seq"], encode(v).decode()]) for k, v in changed.items())
                 self._engine.insert(f"{self._db}.runs (run_id, seq, data)", data)
         return results
 

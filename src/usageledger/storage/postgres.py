@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..records import UsageRecord, encode
+from ..records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, UsageRecord, encode
 from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
@@ -463,7 +463,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                         "WHERE runs.seq < excluded.seq RETURNING (xmax = 0)",
                         p,
                     ).fetchone()
-                    results.append("duplicate" if row is None else "created" if row[0] else "updated")
+                    results.append(DUPLICATE if row is None else CREATED if row[0] else UPDATED)
                 else:
                     row = conn.execute(
                         f"UPDATE runs SET seq = %(seq)s, data = {merged}, "
@@ -472,12 +472,12 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                         p,
                     ).fetchone()
                     if row is not None:
-                        results.append("updated")
+                        results.append(UPDATED)
                     else:
                         exists = conn.execute(
                             "SELECT 1 FROM runs WHERE run_id = %s", (w.run_id,)
                         ).fetchone()
-                        results.append("stale" if exists else "missing")
+                        results.append(STALE if exists else MISSING)
         return results
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:

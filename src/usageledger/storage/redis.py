@@ -157,7 +157,6 @@ end
 return out
 """
 
-_group_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 _pack = msgspec.msgpack.encode
 
@@ -221,11 +220,11 @@ class RedisStorage(RunStore, StorageBackend):
                 idx += [self._tag_index(k, v) for k, v in rec.tags.items()]
             batch.append([
                 rec.id, str(us), encode(rec).decode(),
-                _group_encode([us // _US_PER_HOUR, rec.provider, rec.model, rec.currency]).decode(),
+                encode([us // _US_PER_HOUR, rec.provider, rec.model, rec.currency]).decode(),
                 rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
                 rec.cache_write_tokens, rec.reasoning_tokens, "" if nano is None else str(nano),
                 1 if rec.cost is None else 0, 1 if rec.cost is not None and nano is None else 0,
-                idx, _group_encode([us // _US_PER_DAY, rec.provider, rec.model, rec.currency]).decode(),
+                idx, encode([us // _US_PER_DAY, rec.provider, rec.model, rec.currency]).decode(),
             ])
             if len(batch) == chunk:
                 run(batch)

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ..records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, encode
+
 if TYPE_CHECKING:
     from .base import RunWrite
 
 __all__ = ["run_fields", "apply_run_write", "page_runs", "run_sort_key"]
 
-_json_encode = msgspec.json.Encoder(decimal_format="string").encode
+_json_encode = encode  # the package's one encoder (exact decimals as strings)
 _json_decode = msgspec.json.decode
 
 
@@ -42,11 +44,11 @@ def apply_run_write(stored: dict[str, Any] | None, write: RunWrite) -> tuple[str
     fields = run_fields(write)
     if stored is None:
         if not write.create:
-            return "missing", None
-        return "created", {**fields, "run_id": write.run_id, "seq": write.seq}
+            return MISSING, None
+        return CREATED, {**fields, "run_id": write.run_id, "seq": write.seq}
     if write.seq <= stored["seq"]:
-        return ("duplicate" if write.create else "stale"), None
-    return "updated", {**stored, **fields, "run_id": write.run_id, "seq": write.seq}
+        return (DUPLICATE if write.create else STALE), None
+    return UPDATED, {**stored, **fields, "run_id": write.run_id, "seq": write.seq}
 
 
 def page_runs(

@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 
 from .._sqlite import connect_wal
-from ..records import UsageRecord
+from ..records import UsageRecord, encode
 from ._budgets import SqlBudgets
 from ._keys import PROJECT_TAG, SqlKeys
 from ._prices import SqlPrices
@@ -169,7 +169,6 @@ _ROLLUP_SUMS = (
     "SUM(unknown_cost)"
 )
 
-_dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
 
 
@@ -281,8 +280,8 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
              rec.reasoning_tokens, None if rec.cost is None else str(rec.cost),
              cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
              rec.customer_key, rec.run_id, rec.response_id,
-             _dumps(rec.tags).decode() if rec.tags else "{}",
-             None if rec.payload is None else _dumps(rec.payload).decode())
+             encode(rec.tags).decode() if rec.tags else "{}",
+             None if rec.payload is None else encode(rec.payload).decode())
             for rec in batch.values()
         ]
         with self._transaction() as c:
@@ -495,7 +494,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                     c.execute(
                         "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                         (w.run_id, new["seq"], new.get("agent_name"), new.get("status"),
-                         None if started is None else str(started), _dumps(new).decode()),
+                         None if started is None else str(started), encode(new).decode()),
                     )
         return results
 

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-from .client import RunContext, TelemetryClient
-from .config import ConfigError, TelemetryConfig
-from .models import (
+from ..runs import (
     RUN_STATUSES,
     SCHEMA_VERSION,
     APIPayload,
@@ -16,6 +14,8 @@ from .models import (
     generate_run_id,
     get_iso8601_timestamp,
 )
+from .client import RunContext, TelemetryClient
+from .config import ConfigError, TelemetryConfig
 from .ndjson import NdjsonSink, NDJSONWriter
 from .sqlite_writer import DatabaseWriter, SqliteRunSink
 

@@ -40,10 +40,7 @@ import msgspec
 from ..journal import journal_stream
 from ..pipeline import Pipeline
 from ..records import KIND_RUN, encode_json_object, new_id
-from ..sinks.base import Sink
-from ..sinks.http import HttpSink
-from .config import ConfigError, TelemetryConfig
-from .models import (
+from ..runs import (
     _MS,
     RUN_STATUSES,
     SCHEMA_VERSION,
@@ -54,6 +51,9 @@ from .models import (
     check_run_fields,
     check_status,
 )
+from ..sinks.base import Sink
+from ..sinks.http import HttpSink
+from .config import ConfigError, TelemetryConfig
 from .ndjson import KIND_EVENT, NdjsonSink, NDJSONWriter
 from .sqlite_writer import DatabaseWriter, SqliteRunSink
 

@@ -26,8 +26,8 @@ import msgspec
 
 from .._files import write_all
 from ..records import KIND_RUN, encode
+from ..runs import RunEvent, RunRecord
 from ..sinks.base import OK, Reject, Result, Retry, Sink
-from .models import RunEvent, RunRecord
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem

@@ -24,10 +24,10 @@ import httpx
 import msgspec
 
 from ..records import KIND_RUN
+from ..runs import SHEET_COLUMNS, APIPayload, RunWrite
 from ..sinks.base import OK, Result, Retry, all_results, decode_batch
 from ..sinks.http import HttpSink
 from .config import ConfigError, sheets_url_problem
-from .models import SHEET_COLUMNS, APIPayload, RunWrite
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem

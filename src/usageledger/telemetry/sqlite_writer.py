@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .._sqlite import connect_wal
-from ..records import KIND_RUN
+from ..records import KIND_RUN, encode
+from ..runs import RunRecord, RunWrite
 from ..sinks.base import OK, Result, Retry, Sink, decode_batch
-from .models import RunRecord, RunWrite
 
 if TYPE_CHECKING:
     from ..journal.base import JournalItem
@@ -47,7 +47,6 @@ _UPSERT = (
     + " WHERE excluded.seq > agent_runs.seq"
 )
 _decode_write = msgspec.json.Decoder(RunWrite).decode
-_encode = msgspec.json.encode
 
 
 class DatabaseWriter:
@@ -94,7 +93,7 @@ class DatabaseWriter:
         values = [getattr(record, f) for f in _FIELDS]
         i = _FIELDS.index("metrics_json")
         if values[i] is not None:
-            values[i] = _encode(values[i]).decode()
+            values[i] = encode(values[i]).decode()
         return (*values, seq, write_id)
 
     # -- writes -----------------------------------------------------------------------------
