@@ -58,7 +58,7 @@ class World:
         for project in ("a", "b"):
             marker = f"secret-{project}"
             for role in ("ingest", "read", "admin"):
-                r = client.post("/api/v1/keys", json={"project": project, "role": role, "name": f"{role}-{project}"},
+                r = client.post("/api/v1/keys", json={"project": project, "role": role, "name": f"{role}-{marker}"},
                                 headers=g)
                 assert r.status_code == 201, r.text
                 self.keys[project, role] = r.json()["key"]
@@ -182,6 +182,9 @@ def test_matrix_of_endpoints_roles_projects_and_keys(world):
             r = _send(w, method, path, body, key, **params)
             assert r.status_code == expected[role], (role, method, path, params, r.status_code, r.text)
             assert SECRET_B not in r.text, (role, method, path, r.text)
+    # an admin's key listing holds its own project's keys, never b's (their names hold the marker)
+    listing = _send(w, "GET", "/api/v1/keys", None, w.keys["a", "admin"]).text
+    assert SECRET_A in listing and SECRET_B not in listing
     # project b's objects are intact after all that
     g = _bearer(GLOBAL)
     run_b = w.c.get("/api/v1/runs/run-b", headers=g).json()
