@@ -628,7 +628,7 @@ def serve(
     if not api_keys:
         log.warning(
             "NO API KEY CONFIGURED: this collector serves ONLY loopback clients (127.0.0.1, ::1) "
-            "and answers 403 to everyone else. Start it with --api-key-file PATH (or set %s) "
+            "and answers 403 to everyone else (but a project key's holder). Start it with --api-key-file PATH (or set %s) "
             "before exposing it%s.", API_KEYS_ENV,
             f" (it listens on {host})" if not _is_loopback_host(host) else "",
         )
