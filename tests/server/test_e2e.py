@@ -53,8 +53,15 @@ def _kill_mid_stream(storage_url: str, tmp_path, check_storage) -> None:
         timeout=5,
     )
 
-    def produce() -> None:  # a steady stream, so the kill lands in the middle of it
+    killed = threading.Event()
+
+    def produce() -> None:
+        """A steady stream; its second half waits for the kill, so the kill lands in the
+        middle of it however slow the machine is (a loaded one once let the whole stream
+        finish before the collector had accepted its first 500)."""
         for i in range(0, N, 200):
+            if i == N // 2:
+                killed.wait(60)
             for call in calls[i:i + 200]:
                 enqueued.append(delivery.enqueue(call))
             time.sleep(0.02)
@@ -68,6 +75,7 @@ def _kill_mid_stream(storage_url: str, tmp_path, check_storage) -> None:
             time.sleep(0.01)
         collector.kill()
         killed_at = len(enqueued)
+        killed.set()
         time.sleep(0.3)  # requests fail meanwhile; the journal keeps them
         collector.start()  # same port: the producer's URL stays valid
         producer.join(60)
