@@ -241,7 +241,8 @@ def bench_drain(url: str, tmp: Path, n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    ap.add_argument("--only", choices=["hot", "ingest", "drain"], help="run one part")
+    ap.add_argument("--only", choices=["hot", "ours", "ingest", "drain"],
+                    help="run one part (ours: the hot-path rows alone, without the side-by-side ones)")
     args = ap.parse_args()
     n_hot = 20_000 if args.quick else 200_000
     n_ingest = 50_000 if args.quick else 500_000
@@ -249,9 +250,10 @@ def main() -> None:
     print("| figure | measured | baseline (same run) | ratio |\n|---|---|---|---|")
     with tempfile.TemporaryDirectory() as d, run_receiver() as url:
         tmp = Path(d)
-        if args.only in (None, "hot"):
+        if args.only in (None, "hot", "ours"):
             ours = bench_hot_path(url, tmp, n_hot)
-            bench_side_by_side(url, tmp, n_hot, ours)
+            if args.only != "ours":
+                bench_side_by_side(url, tmp, n_hot, ours)
         if args.only in (None, "ingest"):
             bench_ingest(tmp, n_ingest)
         if args.only in (None, "drain"):

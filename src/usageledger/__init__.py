@@ -21,6 +21,7 @@ _LAZY = {
     "IniManager": "usageledger.config",
     "Meter": "usageledger.meter",
     "Pipeline": "usageledger.pipeline",
+    "Settings": "usageledger.settings",
     "create_storage": "usageledger.storage",
     "StorageBackend": "usageledger.storage.base",
     "TelemetryClient": "usageledger.telemetry",

@@ -17,6 +17,7 @@ from .logs import OWNER, configure_logging, log_body, new_owner, release_logging
 from .pipeline import Pipeline
 from .recorder import open_fallbacks
 from .records import KIND_RAW
+from .settings import DEFAULTS
 from .sinks.http import HttpSink
 
 __all__ = ["PersistentDelivery", "PersistentQueueManager", "DeliveryConfig", "IniManager"]
@@ -39,9 +40,9 @@ class PersistentDelivery:
         db_path: str | Path | None = None,
         *,
         sink: Any = None,
-        lease_s: float = 15.0,
+        lease_s: float = DEFAULTS.lease_s,
         fallback_dir: str | Path | None = None,
-        exit_timeout: float = 2.0,
+        exit_timeout: float = DEFAULTS.exit_timeout,
         **overrides: Any,
     ):
         if db_path is not None:
@@ -64,22 +65,7 @@ class PersistentDelivery:
         )
         self._pipeline = Pipeline(
             self.sink,
-            journal_path=config.db_path,
-            journal_url=config.journal_url,
-            durability=config.durability,
-            flush_interval=config.flush_interval,
-            max_buffer=config.max_buffer,
-            max_batch_size=config.max_batch_size,
-            max_batch_bytes=config.max_batch_bytes,
-            batch_interval=config.batch_interval,
-            max_attempts=config.max_attempts,
-            max_retry_age=config.max_retry_age,
-            base_delay=config.immediate_pause_seconds,
-            max_backoff=config.max_backoff,
-            poll_interval=config.poll_interval,
-            lease_s=lease_s,
-            fallback_dir=fallback_dir,
-            exit_timeout=exit_timeout,
+            config.settings(lease_s=lease_s, fallback_dir=fallback_dir, exit_timeout=exit_timeout),
             name=self._name,
         )
         self._submit = self._pipeline.submit

@@ -35,12 +35,13 @@ from typing import Any
 
 from ._signals import leave_signals_to_main_thread
 from .journal import Journal, JournalError, JournalItem
+from .settings import DEFAULTS, Settings
 from .sinks.base import Ok, Reject, Result, Retry, Sink, all_results
 
 log = logging.getLogger("usageledger.dispatcher")
 
 #: records whose transient failures go on longer than this are dead-lettered (3 days)
-DEFAULT_MAX_RETRY_AGE = 3 * 86400.0
+DEFAULT_MAX_RETRY_AGE = DEFAULTS.max_retry_age
 #: growth of the probe interval per failed probe during an outage: slow enough that the
 #: wait after the destination returns stays a fraction of the outage (at most a third of
 #: it, until ``max_backoff``), fast enough that a long outage costs few requests
@@ -55,41 +56,25 @@ class Dispatcher:
         self,
         journals: Callable[[], list[Journal]],
         sink: Sink,
+        settings: Settings = DEFAULTS,
         *,
-        max_batch_size: int = 100,
-        max_batch_bytes: int = 4 * 1024 * 1024,
-        batch_interval: float = 0.5,
-        max_attempts: int | None = None,
-        max_retry_age: float = DEFAULT_MAX_RETRY_AGE,
-        base_delay: float = 0.5,
-        max_backoff: float = 60.0,
-        lease_s: float = 15.0,
-        poll_interval: float = 1.0,
-        max_in_flight: int = 2,
         name: str = "usageledger",
     ):
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size!r}")
-        if max_attempts is not None and max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1 or None, got {max_attempts!r}")
-        if not max_retry_age > 0:
-            raise ValueError(f"max_retry_age must be a positive number of seconds, got {max_retry_age!r}")
+        # every value was checked when ``settings`` was built
+        self.settings = settings
         self._journals = journals
         self.sink = sink
-        self.max_batch_size = max_batch_size
-        self.max_batch_bytes = max_batch_bytes
-        self.batch_interval = batch_interval
-        self.max_attempts = max_attempts
-        self.max_retry_age = max_retry_age
-        self.base_delay = base_delay
-        self.max_backoff = max_backoff
-        self.lease_s = lease_s
-        self.poll_interval = poll_interval
+        self.max_batch_size = settings.max_batch_size
+        self.max_batch_bytes = settings.max_batch_bytes
+        self.batch_interval = settings.batch_interval
+        self.max_attempts = settings.max_attempts
+        self.max_retry_age = settings.max_retry_age
+        self.base_delay = settings.base_delay
+        self.max_backoff = settings.max_backoff
+        self.lease_s = settings.lease_s
         # requests in flight at once, for sinks that take concurrent sends: the destination
         # works on one batch while the next is claimed, encoded and sent
-        self.max_in_flight = max_in_flight if sink.concurrent_sends else 1
+        self.max_in_flight = settings.max_in_flight if sink.concurrent_sends else 1
         self.name = name
         self._reset_state()
 

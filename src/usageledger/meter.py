@@ -12,6 +12,7 @@ from typing import Any
 from .journal import journal_stream
 from .pipeline import Pipeline, default_journal_path
 from .records import KIND_USAGE, UsageRecord, make_usage_record
+from .settings import Settings, parse, resolve
 from .sinks.storage import StorageSink
 from .storage import create_storage
 from .storage.base import Aggregate, StorageBackend
@@ -23,6 +24,14 @@ _PIPELINE_OPTIONS = (
     "durability", "journal_path", "journal_url", "flush_interval", "max_buffer", "max_batch_size",
     "batch_interval", "max_attempts", "max_retry_age", "max_backoff", "exit_timeout",
 )
+#: where a Meter's values differ from the mechanism's defaults: a store is near, so a
+#: record reaches it within 50 ms
+_DEFAULTS = {"batch_interval": 0.05}
+
+
+def _env_names(option: str) -> tuple[str, ...]:
+    return ("USAGELEDGER_JOURNAL_URL",) if option == "journal_url" else ()
+
 
 
 class Meter:
@@ -44,33 +53,39 @@ class Meter:
         prices: dict[Any, Any] | None = None,
         **kw: Any,
     ):
-        options = {k: kw.pop(k) for k in _PIPELINE_OPTIONS if k in kw}
+        settings = self._settings({k: kw.pop(k) for k in _PIPELINE_OPTIONS if k in kw})
         self.storage = storage if isinstance(storage, StorageBackend) else create_storage(storage, **kw)
         if isinstance(storage, StorageBackend) and kw:
             raise TypeError(f"storage options {sorted(kw)} given with a StorageBackend instance")
         from .pricing import check_prices
 
         self.prices = check_prices(prices)  # bad overrides fail here, not in the dispatcher
-        options.setdefault("batch_interval", 0.05)
-        if options.get("journal_url") is None and os.environ.get("USAGELEDGER_JOURNAL_URL"):
-            # the shared setting names the Redis database; the meter keeps its own stream
-            options["journal_url"] = journal_stream(os.environ["USAGELEDGER_JOURNAL_URL"], "meter")
         drain_also: list[Path] = []
-        if "journal_path" not in options and options.get("durability") != "memory":
-            options["journal_path"] = self._journal_beside(self.storage)
-            if options["journal_path"] is None:
-                options["durability"] = "memory"
+        if settings.journal_path is None and settings.durability != "memory":
+            beside = self._journal_beside(self.storage)
+            if beside is None:
+                settings = settings.replace(durability="memory")
             else:  # the name older versions derived (`u.journal` for `u.db`): drain it too
-                derived = options["journal_path"]
-                drain_also.append(derived.with_name(derived.name.removesuffix(".journal")).with_suffix(".journal"))
+                settings = settings.replace(journal_path=beside)
+                drain_also.append(beside.with_name(beside.name.removesuffix(".journal")).with_suffix(".journal"))
         self._budgets: Any = None
         self._pipeline = Pipeline(
             StorageSink(self.storage, price=self._price, on_stored=self._stored),
+            settings,
             name="usageledger-meter",
             drain_also=drain_also,
-            **options,
         )
         self._submit = self._pipeline.submit
+
+    @staticmethod
+    def _settings(options: dict[str, Any]) -> Settings:
+        """Arguments > ``USAGELEDGER_JOURNAL_URL`` (the shared setting names the Redis
+        database; the meter keeps its own stream, ``NAME.meter``) > the meter's defaults."""
+        values, sources = resolve(_PIPELINE_OPTIONS, options, env_names=_env_names)
+        if sources["journal_url"].startswith("environment"):
+            url = parse("journal_url", values["journal_url"], sources["journal_url"])
+            values["journal_url"] = journal_stream(url, "meter")
+        return Settings(**{**_DEFAULTS, **values}, sources=sources)
 
     @staticmethod
     def _journal_beside(storage: StorageBackend) -> Path | None:

@@ -7,21 +7,22 @@ thin layer over one Pipeline.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from . import _hooks, paths
 from ._sqlite import fork_gate
-from .dispatcher import DEFAULT_MAX_RETRY_AGE, Dispatcher
+from .dispatcher import Dispatcher
 from .journal import Journal, JournalError, SqliteJournal
 from .recorder import Recorder
+from .settings import DEFAULTS, Settings
 from .sinks.base import Sink
 
 log = logging.getLogger("usageledger")
@@ -29,7 +30,7 @@ log = logging.getLogger("usageledger")
 __all__ = ["Pipeline"]
 
 #: how long interpreter exit and SIGTERM wait for delivery after writing the buffer
-EXIT_DELIVERY_TIMEOUT = 2.0
+EXIT_DELIVERY_TIMEOUT = DEFAULTS.exit_timeout
 
 _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 _hooks_lock = threading.Lock()
@@ -37,61 +38,41 @@ _hooks_installed = False
 
 
 class Pipeline:
+    """``Pipeline(sink, settings=None, *, dispatch=True, name=..., drain_also=(), **options)``.
+
+    ``settings``: a :class:`~usageledger.settings.Settings` (default: its defaults);
+    ``options`` are keys of Settings that change it: ``journal_path``, ``journal_url``,
+    ``fallback_dir``, ``durability``, ``flush_interval`` (the group-commit interval),
+    ``max_buffer``, ``max_batch_size``, ``max_batch_bytes``, ``batch_interval``,
+    ``max_attempts``, ``max_retry_age``, ``base_delay``, ``max_backoff``, ``lease_s``,
+    ``max_in_flight``, ``exit_timeout``; ``poll_interval`` is accepted and changes nothing.
+    A bad value raises :class:`~usageledger.config.ConfigError` naming it.
+    ``dispatch=False``: record only (another process delivers); ``drain_also``: journal
+    files this pipeline only drains (e.g. one under a name an older version used).
+    """
+
     def __init__(
         self,
         sink: Sink,
+        settings: Settings | None = None,
         *,
-        journal_path: str | os.PathLike[str] | None = None,
-        journal_url: str | None = None,
-        durability: str = "buffered",
-        flush_interval: float = 0.05,
-        max_buffer: int = 100_000,
-        max_batch_size: int = 100,
-        max_batch_bytes: int = 4 * 1024 * 1024,
-        batch_interval: float = 0.5,
-        max_attempts: int | None = None,
-        max_retry_age: float = DEFAULT_MAX_RETRY_AGE,
-        base_delay: float = 0.5,
-        max_backoff: float = 60.0,
-        lease_s: float = 15.0,
-        poll_interval: float = 1.0,
-        max_in_flight: int = 2,
-        fallback_dir: str | os.PathLike[str] | None = None,
-        exit_timeout: float = EXIT_DELIVERY_TIMEOUT,
         dispatch: bool = True,
         name: str = "usageledger",
-        drain_also: list[str | os.PathLike[str]] = (),  # type: ignore[assignment]
+        drain_also: Iterable[str | os.PathLike[str]] = (),
+        **options: Any,
     ):
-        if durability == "memory":
-            journal_path = journal_url = None
-        self.exit_timeout = exit_timeout
-        self.dispatcher = Dispatcher(
-            lambda: self.journals,
-            sink,
-            max_batch_size=max_batch_size,
-            max_batch_bytes=max_batch_bytes,
-            batch_interval=batch_interval,
-            max_attempts=max_attempts,
-            max_retry_age=max_retry_age,
-            base_delay=base_delay,
-            max_backoff=max_backoff,
-            lease_s=lease_s,
-            poll_interval=poll_interval,
-            max_in_flight=max_in_flight,
-            name=name,
-        )
+        settings = (settings or DEFAULTS).replace(**options) if options else (settings or DEFAULTS)
+        self.settings = settings
+        self.exit_timeout = settings.exit_timeout
+        self.dispatcher = Dispatcher(lambda: self.journals, sink, settings, name=name)
         self.recorder = Recorder(
-            journal_path,
-            durability=durability,
-            flush_interval=flush_interval,
-            max_buffer=max_buffer,
-            fallback_dir=fallback_dir,
-            journal_url=journal_url,
+            settings,
             on_commit=self.dispatcher.notify,
             on_fork=self._after_fork_child,
             name=name,
             destination=sink.destination,
         )
+        journal_path = settings.journal_path
         #: journals only drained, never written: e.g. one under a name an older version used
         self._drained = self._open_drained(drain_also, sink.destination) if journal_path else []
         #: the hot path: the recorder's own method, no extra call layer
@@ -108,9 +89,9 @@ class Pipeline:
         self._pid = os.getpid()
 
     @staticmethod
-    def _open_drained(paths: Any, destination: str | None) -> list[Journal]:
+    def _open_drained(files: Any, destination: str | None) -> list[Journal]:
         out: list[Journal] = []
-        for path in paths:
+        for path in files:
             if not Path(path).is_file():
                 continue
             try:
@@ -318,7 +299,6 @@ def _before_fork() -> None:
     # pause our own threads at a safe point: the writer between commits, the dispatcher
     # between settlements, and no thread inside SQLite (the fork gate); the hot path is
     # untouched (buffered enqueue takes none of these locks)
-    _register_multiprocessing_finalizer()
     deadline = time.monotonic() + FORK_WAIT_S
     for p in list(_live):
         for lock in (p.recorder._write_lock, p.dispatcher._settle_lock):
@@ -338,34 +318,16 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     fork_gate.reset()
-    _held_at_fork.clear()  # the child's pipelines make new locks below
+    _held_at_fork.clear()  # the child's pipelines make new locks when they restart
+
+
+def _restart_in_child() -> None:
+    # after every other module renewed its locks and handles (see _hooks.restart_in_child)
     for p in list(_live):
         try:
             p._after_fork_child()
         except Exception:
             log.exception("restarting after fork failed")
-
-
-class _MultiprocessingChild:
-    """Children of ``multiprocessing`` (``Process``, ``Pool``) end with ``os._exit``: no
-    atexit hook runs there, so every buffered record of the child was lost (800 of 800
-    measured). Its own finalizers do run: flush in one."""
-
-    def after_fork(self) -> None:
-        import multiprocessing.util as mp_util
-
-        mp_util.Finalize(None, _at_exit, exitpriority=100)
-
-
-_mp_child = _MultiprocessingChild()
-
-
-def _register_multiprocessing_finalizer() -> None:
-    # only where multiprocessing is in use (it is imported before it forks): an application
-    # that never imports it pays nothing, and one where it cannot be imported still works
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.register_after_fork(_mp_child, _MultiprocessingChild.after_fork)  # idempotent
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -394,10 +356,11 @@ def _install_process_hooks() -> None:
         if _hooks_installed:
             return
         _hooks_installed = True
-        atexit.register(_at_exit)
-        os.register_at_fork(
-            before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-        )
+        # the fork gate is closed by this module's before-fork callback, not one of its own:
+        # it must close after the pipelines' threads paused, within the same deadline
+        _hooks.at_exit(_at_exit)
+        _hooks.on_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                       after_in_child=_after_fork_in_child, restart_in_child=_restart_in_child)
         if threading.current_thread() is threading.main_thread():
             try:
                 _previous_sigterm = signal.getsignal(signal.SIGTERM)
@@ -407,6 +370,5 @@ def _install_process_hooks() -> None:
 
 
 def default_journal_path(name: str = "queue.db") -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("usageledger")) / name
+    """``<user data dir>/<name>`` (see :mod:`usageledger.paths`)."""
+    return paths.data_file(name)

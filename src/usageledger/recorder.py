@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import paths
 from ._signals import leave_signals_to_main_thread
 from .journal import (
     Journal,
@@ -41,10 +42,10 @@ from .journal import (
     open_journal,
 )
 from .records import encode
+from .settings import DEFAULTS, Settings
 
 log = logging.getLogger("usageledger.recorder")
 
-DURABILITIES = ("buffered", "committed", "fsync", "memory")
 _CHUNK = 5000  # items per journal transaction: bounds a commit's latency and memory
 _PRIMARY_RETRY_S = 5.0
 #: items buffered before the caller writes them itself: at ~10k items the writer is behind
@@ -58,12 +59,7 @@ def fallback_paths(journal_path: str | os.PathLike[str], fallback_dir: str | os.
     The fallback dir defaults to ``<user cache dir>/usageledger/fallback`` (a per-user
     folder in /tmp when that is the journal's own folder)."""
     primary = Path(journal_path).expanduser()
-    if fallback_dir is not None:
-        base = Path(fallback_dir).expanduser()
-    else:
-        import platformdirs
-
-        base = Path(platformdirs.user_cache_dir("usageledger")) / "fallback"
+    base = Path(fallback_dir).expanduser() if fallback_dir is not None else paths.fallback_dir()
     if base.resolve() == primary.parent.resolve():
         base = Path("/tmp") / f"usageledger-fallback-{os.getuid()}"
     digest = hashlib.sha1(str(primary.absolute()).encode()).hexdigest()[:10]
@@ -102,33 +98,28 @@ def open_fallbacks(
 class Recorder:
     def __init__(
         self,
-        journal_path: str | os.PathLike[str] | None,
+        settings: Settings = DEFAULTS,
         *,
-        durability: str = "buffered",
-        flush_interval: float = 0.05,
-        max_buffer: int = 100_000,
-        fallback_dir: str | os.PathLike[str] | None = None,
         on_commit: Callable[[int], None] | None = None,
         on_fork: Callable[[], None] | None = None,
         name: str = "usageledger",
         destination: str | None = None,
-        journal_url: str | None = None,
     ):
-        if durability not in DURABILITIES:
-            raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
+        durability, journal_path, journal_url = settings.durability, settings.journal_path, settings.journal_url
         if durability != "memory" and journal_path is None and journal_url is None:
             raise ValueError(f"durability={durability!r} needs a journal path (db_path) or journal_url")
+        self.settings = settings
         self.durability = durability
-        self.flush_interval = flush_interval
-        self.max_buffer = max_buffer
-        self._high_water = min(max_buffer, HIGH_WATER)
+        self.flush_interval = settings.flush_interval
+        self.max_buffer = settings.max_buffer
+        self._high_water = min(self.max_buffer, HIGH_WATER)
         self.name = name
         self._sync = durability in ("committed", "fsync")
         self._journal_path = None if journal_path is None else Path(journal_path).expanduser()
         # a journal URL (e.g. a Redis stream) is the primary; a path given with it is where
         # the local fallback journal lives
         self._journal_url = journal_url
-        self._fallback_dir = fallback_dir
+        self._fallback_dir = settings.fallback_dir
         self._on_commit = on_commit
         # a fork made without os.register_at_fork hooks is seen here, on the hot path
         self._on_fork = on_fork or self.after_fork_child

@@ -118,14 +118,12 @@ def default_locations(
 ) -> list[Location]:
     """Primary, backup and emergency locations. The backup and emergency file names carry
     a hash of the primary path, so trackers of different files never share a copy."""
-    import platformdirs
+    from . import paths
 
     tag = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     name = f"{path.stem}-{tag}{path.suffix or '.json'}"
-    bdir = Path(backup_dir) if backup_dir is not None else (
-        Path(platformdirs.user_data_dir("usageledger")) / "summary-backup")
-    edir = Path(emergency_dir) if emergency_dir is not None else (
-        Path(platformdirs.user_cache_dir("usageledger")) / "emergency")
+    bdir = Path(backup_dir) if backup_dir is not None else paths.summary_backup_dir()
+    edir = Path(emergency_dir) if emergency_dir is not None else paths.emergency_dir()
     out = [Location("primary", path)]
     seen = {path}
     for tier, d in (("backup", bdir), ("emergency", edir)):

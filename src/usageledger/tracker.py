@@ -20,18 +20,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import weakref
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from . import _hooks, paths
 from .integrations.litellm import LiteLLMHooks
 from .integrations.litellm import split_model as _split_model
 from .integrations.litellm import usage_from_litellm as _from_litellm  # noqa: F401  (old name)
 from .pipeline import Pipeline
 from .records import KIND_USAGE, UsageRecord, decode_usage, make_usage_record
+from .settings import DEFAULTS, Settings, parse
 from .sinks.summary import SummarySink
 from .summary_file import Days, apply_records, day_of, entries, in_range
 from .summary_store import SummaryStore
@@ -47,9 +48,7 @@ _MAX_ATTEMPTS = 1_000_000_000
 
 
 def default_storage_path() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("usageledger")) / "usage_summary.json"
+    return paths.summary_file()
 
 
 class UsageTracker(LiteLLMHooks):
@@ -86,12 +85,19 @@ class UsageTracker(LiteLLMHooks):
         exit_timeout: float = 5.0,
         lease_s: float = 15.0,
     ):
-        if isinstance(flush_interval, bool) or not isinstance(flush_interval, int | float) or not flush_interval > 0:
-            raise ValueError(f"flush_interval must be a positive number of seconds, got {flush_interval!r}")
-        if isinstance(flush_size, bool) or not isinstance(flush_size, int) or flush_size < 1:
-            raise ValueError(f"flush_size must be an integer >= 1, got {flush_size!r}")
-        if isinstance(max_backoff, bool) or not isinstance(max_backoff, int | float) or not max_backoff > 0:
-            raise ValueError(f"max_backoff must be a positive number of seconds, got {max_backoff!r}")
+        # the tracker's flush_interval / flush_size are the pipeline's batch_interval /
+        # max_batch_size: checked here under the names the caller used
+        settings = Settings(
+            durability="committed" if synchronous and durability is None else (durability or "buffered"),
+            batch_interval=parse("flush_interval", flush_interval, "argument"),
+            max_batch_size=parse("flush_size", flush_size, "argument"),
+            max_attempts=_MAX_ATTEMPTS,
+            base_delay=min(DEFAULTS.base_delay, parse("max_backoff", max_backoff, "argument")),
+            max_backoff=max_backoff,
+            exit_timeout=exit_timeout,
+            lease_s=lease_s,
+            journal_path=journal_path,
+        )
         if not isinstance(max_pending, int) or max_pending < 0:
             raise ValueError(f"max_pending must be an integer >= 0, got {max_pending!r}")
         from .pricing import check_prices
@@ -108,37 +114,28 @@ class UsageTracker(LiteLLMHooks):
         if dedup_window is None:
             # a redelivery follows a lost ack of the batch(es) in flight, and a journal that
             # cannot ack cannot claim either: a few batches would do, 200 are kept
-            dedup_window = max(2_000, 4 * flush_size)
+            dedup_window = max(2_000, 4 * settings.max_batch_size)
         self.sink = SummarySink(
             self.storage_path, backup_dir=backup_dir, emergency_dir=emergency_dir,
             price=self._price_record, on_applied=self._counted, dedup_window=dedup_window,
         )
-        if durability is None:
-            # synchronous: a record whose write failed is committed to the journal before
-            # record() returns, so returning always means "durable somewhere"
-            durability = "committed" if self.synchronous else "buffered"
-        if journal_path is None and durability != "memory":
-            journal_path = self._journal_beside(self.storage_path)
+        if settings.journal_path is None and settings.durability != "memory":
+            settings = settings.replace(journal_path=self._journal_beside(self.storage_path))
         emergency = self.sink.locations[-1].path.parent
         self._pipeline = Pipeline(
             self.sink,
-            journal_path=journal_path,
-            durability=durability,
-            max_batch_size=flush_size,
-            batch_interval=float(flush_interval),
-            max_attempts=_MAX_ATTEMPTS,
-            base_delay=min(0.5, float(max_backoff)),
-            max_backoff=float(max_backoff),
-            fallback_dir=emergency / "journal",
-            exit_timeout=exit_timeout,
-            lease_s=lease_s,
+            settings.replace(fallback_dir=emergency / "journal"),
             name="usageledger-tracker",
         )
         self._submit = self._pipeline.submit
         self._closed = False
-        _install_fork_hook()
-        _live.add(self)
+        # the parent delivers what it had accepted; the child starts with nothing pending
+        _hooks.reset_in_child(self)
         self._pending_from_journal()  # reads the file now: corruption is reported at start
+
+    def _after_fork_child(self) -> None:
+        self._pending = {}
+        self.sink.after_fork_child()
 
     def _pending_from_journal(self) -> None:
         """Records a previous process left in the journal count in reads from the start.
@@ -337,25 +334,6 @@ class UsageTracker(LiteLLMHooks):
             pipeline=self._pipeline.stats(),
         )
         return out
-
-
-# -- fork -------------------------------------------------------------------------------------
-_live: weakref.WeakSet[UsageTracker] = weakref.WeakSet()
-_fork_hook = False
-
-
-def _after_fork_in_child() -> None:
-    # the parent delivers what it had accepted; the child starts with nothing pending
-    for t in list(_live):
-        t._pending = {}
-        t.sink.after_fork_child()
-
-
-def _install_fork_hook() -> None:
-    global _fork_hook
-    if not _fork_hook:
-        _fork_hook = True
-        os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- helpers -----------------------------------------------------------------------------------

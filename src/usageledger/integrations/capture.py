@@ -30,7 +30,6 @@ import importlib
 import importlib.abc
 import importlib.util
 import logging
-import os
 import sys
 import threading
 import time
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import _hooks
 from ._common import recorder_for
 from .context import _current
 
@@ -509,7 +509,7 @@ def _after_fork_in_child() -> None:
     _import_hook.after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_hooks.on_fork(after_in_child=_after_fork_in_child)
 
 
 # -- public ---------------------------------------------------------------------------------

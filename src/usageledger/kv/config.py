@@ -1,17 +1,15 @@
-"""Building stores: ``create_store(kind, **options)``, settings from ``USAGELEDGER_KV_*``
-environment variables, and the one explicit default store behind
+"""Building stores: ``create_store(kind, **options)``, settings from arguments, the
+``[kv]`` section of the INI file and ``USAGELEDGER_KV_*`` environment variables (the one
+resolver of :mod:`usageledger.settings`), and the one explicit default store behind
 ``configure_global_store`` / ``get_global_store``."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-import platformdirs
-
-from ..config import ENV_PREFIX
+from .. import paths
+from ..settings import ENV_PREFIX, IniManager, config_error, resolve
 from .base import SERIALIZERS, KVConfigError, KVStore, ttl_seconds
 
 __all__ = [
@@ -36,15 +34,26 @@ KV_ENV = {
     f"{_KV}REDIS_DB": "db",
 }
 
+#: create_store option -> environment variable
+_ENV_OF = {opt: var for var, opt in KV_ENV.items()}
+#: the section of the INI file (``USAGELEDGER_INI_PATH``, else the user config dir) read,
+#: with the option names as keys (``store_type``, ``path``, ``url``, ``port``...)
+INI_SECTION = "kv"
+
 DEFAULT_KEY_PREFIX = "usageledger:"
 
 
 def default_sqlite_path() -> str:
-    return str(Path(platformdirs.user_data_dir("usageledger")) / "kv.sqlite3")
+    return str(paths.kv_sqlite_file())
+
+
+def _env_names(option: str) -> tuple[str, ...]:
+    var = _ENV_OF.get(option)
+    return () if var is None else (var,)
 
 
 def _bad(name: str, value: Any, source: str, expected: str) -> KVConfigError:
-    return KVConfigError(f"{name}={value!r} (from {source}) must be {expected}")
+    return KVConfigError(str(config_error(name, value, source, expected)))
 
 
 def _int(name: str, value: Any, source: str, low: int, high: int) -> int:
@@ -104,34 +113,30 @@ def _validate(options: dict[str, Any], sources: Mapping[str, str]) -> dict[str, 
 def store_options_from_env(env: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Options set by ``USAGELEDGER_KV_*`` variables (empty ones are ignored) and where each
     came from."""
-    env = os.environ if env is None else env
-    options: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for var, opt in KV_ENV.items():
-        value = env.get(var)
-        if value not in (None, ""):
-            options[opt] = value
-            sources[opt] = f"environment {var}"
-    return options, sources
+    options, sources = resolve(_ENV_OF, {}, env=env, env_names=_env_names)
+    return options, {k: sources[k] for k in options}
 
 
 def create_store(
     store_type: str | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    ini_manager: IniManager | None = None,
     **options: Any,
 ) -> KVStore:
     """A store of ``store_type`` ("memory", "sqlite" (default), "redis"). Arguments win over
-    ``USAGELEDGER_KV_*`` variables, which win over defaults. Options: ``key_prefix``
-    (default ``"usageledger:"``), ``serializer``, ``allow_pickle``, ``default_ttl``; sqlite:
-    ``path``, ``sweep_interval``; redis: ``host``, ``port``, ``db``, ``password``, ``url``,
-    ``max_connections``, ``socket_timeout``, ``connect_timeout``, ``retries``."""
-    merged, sources = store_options_from_env(env)
+    the INI file's ``[kv]`` section, which wins over ``USAGELEDGER_KV_*`` variables, which
+    win over defaults. Options: ``key_prefix`` (default ``"usageledger:"``), ``serializer``,
+    ``allow_pickle``, ``default_ttl``; sqlite: ``path``, ``sweep_interval``; redis: ``host``,
+    ``port``, ``db``, ``password``, ``url``, ``max_connections``, ``socket_timeout``,
+    ``connect_timeout``, ``retries``."""
     if store_type is not None:
         options["store_type"] = store_type
-    for k, v in options.items():
-        merged[k] = v
-        sources[k] = "argument"
+    if ini_manager is None:
+        ini_manager = IniManager(IniManager.resolve_path(env=env))
+    names = [*_ENV_OF, *(k for k in options if k not in _ENV_OF)]
+    merged, sources = resolve(names, options, env=env, env_names=_env_names, ini=ini_manager,
+                              section=INI_SECTION)
     merged.setdefault("key_prefix", DEFAULT_KEY_PREFIX)
     _validate(merged, sources)
     kind = merged.pop("store_type", "sqlite")
@@ -139,7 +144,8 @@ def create_store(
     redis_only = {"host", "port", "db", "password", "url", "max_connections", "socket_timeout",
                   "connect_timeout", "retries"}
     sqlite_only = {"path", "busy_timeout_ms"}
-    env_set = {k for k, s in sources.items() if s.startswith("environment")}
+    # (settings read from the INI file or the environment; those given as arguments are not)
+    env_set = {k for k, s in sources.items() if s not in ("argument", "default")}
     if kind == "memory":
         from .memory import MemoryKVStore
 

@@ -23,12 +23,10 @@ destination keeps the newest ``seq``, so replays, duplicates and reordering are 
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from .. import _hooks
 from ..journal import journal_stream
 from ..pipeline import Pipeline
 from ..records import KIND_RUN, encode_json_object, new_id
@@ -69,17 +68,6 @@ _SUMMARY_CHARS = 1000
 _DETAILS_CHARS = 8000
 
 _now = datetime.now
-
-
-_live: weakref.WeakSet[TelemetryClient] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for client in list(_live):
-        client._after_fork_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RunContext:
@@ -157,7 +145,7 @@ class TelemetryClient:
         self._run_targets = tuple(s for n, s in submits.items() if n != "sheets")
         self._end_targets = tuple(submits.values())
         self._event_target = submits["ndjson"]
-        _live.add(self)
+        _hooks.reset_in_child(self)
 
     def _after_fork_child(self) -> None:
         # the child continues the parent's active runs; a lock held at fork() is never released
@@ -169,21 +157,11 @@ class TelemetryClient:
         if c.durability != "memory":
             Path(c.journal_dir).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
             journal = Path(c.journal_dir) / f"{name}.journal"  # type: ignore[arg-type]
-        return Pipeline(
-            sink,
-            journal_path=journal,
-            # a stream is drained by whichever host holds its lease: only destinations every
-            # host shares (the collector, Sheets) may use one; local files keep local journals
-            journal_url=None if c.journal_url is None or name in _LOCAL_SINKS
-            else journal_stream(c.journal_url, name),
-            durability=c.durability,
-            flush_interval=c.flush_interval,
-            batch_interval=c.batch_interval,
-            max_attempts=c.max_attempts,
-            max_backoff=c.max_backoff,
-            exit_timeout=c.exit_timeout,
-            name=f"usageledger-telemetry-{name}",
-        )
+        # a stream is drained by whichever host holds its lease: only destinations every
+        # host shares (the collector, Sheets) may use one; local files keep local journals
+        url = None if c.journal_url is None or name in _LOCAL_SINKS else journal_stream(c.journal_url, name)
+        return Pipeline(sink, c.settings(journal_path=journal, journal_url=url),
+                        name=f"usageledger-telemetry-{name}")
 
     # -- runs (the caller's thread: no I/O) -----------------------------------------------------
     def start_run(self, agent_name: str, job_type: str, trigger_type: str = "cli", **fields: Any) -> str:

@@ -1,30 +1,30 @@
-"""TelemetryConfig: keyword arguments > ``USAGELEDGER_TELEMETRY_<KEY>`` > the original client's
-environment names > defaults. A bad value fails at construction with a ``ConfigError``
-naming the key, the value and where it came from."""
+"""TelemetryConfig: keyword arguments > the ``[telemetry]`` section of the INI file >
+``USAGELEDGER_TELEMETRY_<KEY>`` > the original client's environment names > defaults (the
+one resolver of :mod:`usageledger.settings`). A bad value fails at construction with a
+``ConfigError`` naming the key, the value and where it came from."""
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
-
-from ..config import ConfigError, parse_bool, parse_journal_url, parse_path, parse_positive_float
-from ..config import _parse as _parse_delivery_key
+from .. import paths
 from ..redact import redact_url
+from ..settings import DEFAULTS, ConfigError, IniManager, Settings, check_known, parse, resolve
 
 __all__ = [
-    "TelemetryConfig", "ConfigError", "ENV_PREFIX", "ENV_ALIASES", "is_local_url",
+    "TelemetryConfig", "ConfigError", "ENV_PREFIX", "ENV_ALIASES", "INI_SECTION", "is_local_url",
     "sheets_url_problem",
 ]
 
 ENV_PREFIX = "USAGELEDGER_TELEMETRY_"
+#: the section of the INI file (``USAGELEDGER_INI_PATH``, else the user config dir) read
+INI_SECTION = "telemetry"
 #: other environment names read for a key when ``USAGELEDGER_TELEMETRY_<KEY>`` is unset,
 #: in order: the original client's names, and the collector settings shared with PersistentDelivery
 ENV_ALIASES: dict[str, tuple[str, ...]] = {
@@ -42,8 +42,12 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _env_names(name: str) -> tuple[str, ...]:
+    return (ENV_PREFIX + name.upper(), *ENV_ALIASES.get(name, ()))
+
+
 def _default_base_dir() -> str:
-    return str(Path(platformdirs.user_data_dir("usageledger")) / "telemetry")
+    return str(paths.telemetry_dir())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +75,13 @@ class TelemetryConfig:
     api_url: str = "/api/v1"
     api_key: str | None = None
     timeout: float = 10.0
-    durability: str = "buffered"
-    flush_interval: float = 0.05
-    batch_interval: float = 0.5
+    durability: str = DEFAULTS.durability
+    flush_interval: float = DEFAULTS.flush_interval
+    batch_interval: float = DEFAULTS.batch_interval
     #: collector outages are waited out: ~100 attempts with backoff capped at max_backoff
     max_attempts: int = 100
-    max_backoff: float = 60.0
-    exit_timeout: float = 2.0
+    max_backoff: float = DEFAULTS.max_backoff
+    exit_timeout: float = DEFAULTS.exit_timeout
     sheets_enabled: bool = False
     sheets_spreadsheet_id: str | None = None
     sheets_range: str = "Sheet1!A1"
@@ -91,7 +95,9 @@ class TelemetryConfig:
     def __post_init__(self) -> None:
         for name in _FIELDS:
             src = self.sources.get(name, "argument")
-            object.__setattr__(self, name, _parse(name, getattr(self, name), src))
+            # the check of usageledger.settings.PARSERS, shared with PersistentDelivery and
+            # the pipeline: the same bad value gives the same error
+            object.__setattr__(self, name, parse(name, getattr(self, name), src))
         base = Path(self.base_dir)
         if self.database_path is None:
             object.__setattr__(self, "database_path", str(base / "db" / "telemetry.sqlite"))
@@ -103,32 +109,28 @@ class TelemetryConfig:
             object.__setattr__(self, "host", platform.node() or None)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **arguments: Any) -> TelemetryConfig:
-        """Arguments > ``USAGELEDGER_TELEMETRY_<KEY>`` > the names in :data:`ENV_ALIASES` >
-        defaults."""
-        env = os.environ if env is None else env
-        unknown = sorted(set(arguments) - set(_FIELDS))
-        if unknown:
-            raise TypeError(f"unknown telemetry settings {unknown}; known: {sorted(_FIELDS)}")
-        values: dict[str, Any] = {}
-        sources: dict[str, str] = {}
-        for name in _FIELDS:
-            if arguments.get(name) is not None:
-                values[name], sources[name] = arguments[name], "argument"
-                continue
-            for env_name in (ENV_PREFIX + name.upper(), *ENV_ALIASES.get(name, ())):
-                if env.get(env_name) not in (None, ""):
-                    values[name], sources[name] = env[env_name], f"environment {env_name}"
-                    break
-            else:
-                sources[name] = "default"
+    def from_env(cls, env: Mapping[str, str] | None = None, ini_manager: IniManager | None = None,
+                 **arguments: Any) -> TelemetryConfig:
+        """Arguments > the INI file's ``[telemetry]`` section > ``USAGELEDGER_TELEMETRY_<KEY>``
+        > the names in :data:`ENV_ALIASES` > defaults. The INI file is ``ini_manager``'s, else
+        the one ``USAGELEDGER_INI_PATH`` (in ``env``) names, else the user config dir's."""
+        check_known("telemetry settings", arguments, _FIELDS)
+        if ini_manager is None:
+            ini_manager = IniManager(IniManager.resolve_path(env=env))
+        values, sources = resolve(_FIELDS, arguments, env=env, env_names=_env_names,
+                                  ini=ini_manager, section=INI_SECTION)
         return cls(**values, sources=sources)
+
+    def settings(self, **changes: Any) -> Settings:
+        """The mechanism's settings of this configuration, with ``changes`` (a journal per
+        destination: ``journal_path``, ``journal_url``)."""
+        own = {k: getattr(self, k) for k in _SHARED}
+        sources = {k: self.sources.get(k, "argument") for k in _SHARED}
+        return Settings(**own, sources=sources).replace(**changes)
 
     def replace(self, **changes: Any) -> TelemetryConfig:
         """A copy with ``changes`` (validated; paths derived from ``base_dir`` follow it)."""
-        unknown = sorted(set(changes) - set(_FIELDS))
-        if unknown:
-            raise TypeError(f"unknown telemetry settings {unknown}; known: {sorted(_FIELDS)}")
+        check_known("telemetry settings", changes, _FIELDS)
         values = {n: getattr(self, n) for n in _FIELDS}
         sources = dict(self.sources)
         if "base_dir" in changes:
@@ -177,39 +179,8 @@ class TelemetryConfig:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TelemetryConfig) if f.name != "sources"}
 
-_BOOL_KEYS = {"api_enabled", "sheets_enabled", "sheets_allow_insecure_local"}
-#: keys shared with DeliveryConfig: parsed by its rules, so both clients accept the same values
-_DELIVERY_KEYS = {"api_base", "api_url", "api_key", "timeout", "flush_interval", "batch_interval",
-                  "max_backoff", "max_attempts", "durability"}
-_PATH_KEYS = {"base_dir", "database_path", "ndjson_dir", "journal_dir", "sheets_credentials_file"}
-
-
-def _parse(key: str, value: Any, source: str) -> Any:
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{key}={value!r} (from {source}) must be {expected}")
-
-    if key in _DELIVERY_KEYS:
-        return _parse_delivery_key(key, value, source)
-    if key in _BOOL_KEYS:
-        return parse_bool(value, bad)
-    if key == "exit_timeout":
-        return parse_positive_float(value, bad)
-    if key in _PATH_KEYS:
-        return parse_path(value, bad)
-    if key == "journal_url":
-        return parse_journal_url(value, bad)
-    if key == "sheets_api_url":
-        if not isinstance(value, str) or not value.startswith(("http://", "https://")):
-            raise bad("an http:// or https:// URL")
-        return value.rstrip("/")
-    # the remaining keys are optional strings
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise bad("a string")
-    if key == "sheets_range" and not value:
-        raise bad("a non-empty string")
-    return value or None
+#: keys of the mechanism (Settings) a TelemetryClient takes
+_SHARED = tuple(k for k in _FIELDS if k in Settings.__dataclass_fields__ and k != "journal_url")
 
 
 def sheets_url_problem(key: str, url: str, source: str) -> str | None:

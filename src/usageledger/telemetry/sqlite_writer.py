@@ -16,12 +16,12 @@ import logging
 import os
 import sqlite3
 import threading
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import _hooks
 from .._sqlite import connect_wal
 from ..records import KIND_RUN, encode
 from ..runs import RunRecord, RunWrite
@@ -61,7 +61,7 @@ class DatabaseWriter:
         self._pid = os.getpid()
         with self._lock:
             self._migrate(self._connection())
-        _live.add(self)
+        _hooks.reset_in_child(self)
 
     def _after_fork_child(self) -> None:
         # a thread of the parent may have held the lock at fork(); it never releases it here
@@ -184,17 +184,6 @@ class DatabaseWriter:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
-
-
-_live: weakref.WeakSet[DatabaseWriter] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for writer in list(_live):
-        writer._after_fork_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SqliteRunSink(Sink):
