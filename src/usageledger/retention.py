@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,11 +45,13 @@ def parse_project_days(values: list[str] | None, option: str = "--project-days")
 
 def apply_retention(store: StorageBackend, days: int | None = None,
                     project_days: Mapping[str, int] | None = None, *, now: datetime | None = None,
-                    batch: int = DEFAULT_BATCH, runs: bool = True) -> dict[str, Any]:
+                    batch: int = DEFAULT_BATCH, runs: bool = True,
+                    stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Fold and delete what is older than the retention of each project (``days`` for the
     projects without one of their own; None: only those in ``project_days``). Safe to
     interrupt at any point and to run again; several processes may run it at once.
-    Returns counts and cutoffs."""
+    ``stop()`` is asked between batches (True: return now, the rest waits for the next
+    run). Returns counts and cutoffs."""
     if not getattr(store, "supports_retention", False):
         raise ValueError(f"{type(store).__name__} does not support retention: use sqlite, "
                          "postgresql or memory storage")
@@ -63,14 +65,15 @@ def apply_retention(store: StorageBackend, days: int | None = None,
         raise ValueError("nothing to retain: give days or project_days")
     excluded = sorted(per_project)
     folded = deleted_runs = 0
+    stopped = stop or (lambda: False)
     for project, cutoff in plan:
         us = ts_us(cutoff)
         # the mark first: raw records are complete from it on, whatever happens next
         store.set_retention_mark(project, us)  # type: ignore[attr-defined]
-        while n := store.retain(us, project, excluded, batch):  # type: ignore[attr-defined]
+        while not stopped() and (n := store.retain(us, project, excluded, batch)):  # type: ignore[attr-defined]
             folded += n
         if runs:
-            while n := store.retain_runs(us, project, excluded, batch):  # type: ignore[attr-defined]
+            while not stopped() and (n := store.retain_runs(us, project, excluded, batch)):  # type: ignore[attr-defined]
                 deleted_runs += n
     cutoffs = {("*" if p is None else p): c.isoformat().replace("+00:00", "Z") for p, c in plan}
     log.info("retention folded %d records and %d runs (cutoffs %s)", folded, deleted_runs, cutoffs)
@@ -99,7 +102,8 @@ class RetentionLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.last = apply_retention(self.store, self.days, self.project_days)
+                # a shutdown waits for one batch at most, not the whole pass
+                self.last = apply_retention(self.store, self.days, self.project_days, stop=self._stop.is_set)
             except Exception as exc:
                 log.warning("retention failed, trying again in %.0f s: %r", self.interval_s, exc)
             self._stop.wait(self.interval_s)

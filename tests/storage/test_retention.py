@@ -304,3 +304,19 @@ def test_two_retentions_and_a_writer_at_once_stay_exact(kind, tmp_path, request)
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_stop_request_ends_retention_between_batches():
+    store = create_storage("memory")
+    recs = records(2000, seed=8)
+    store.save_many(recs)
+    old = sum(1 for r in recs if r.timestamp < cutoff_for(30, NOW))
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2  # two batches, then stop
+
+    done = apply_retention(store, 30, now=NOW, batch=100, stop=stop)
+    assert done["records"] == 200 and store.count() == len(recs) - 200
+    assert apply_retention(store, 30, now=NOW, batch=100)["records"] == old - 200  # the rest, later
