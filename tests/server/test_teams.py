@@ -33,13 +33,7 @@ def _record(project_marker: str, n: int = 0) -> dict:
 def storage_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/teams.db"
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"ul_teams_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
+    return request.getfixturevalue("postgres_server").new_database("ul_teams")
 
 
 def _bearer(key: str | None) -> dict[str, str]:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -34,13 +33,7 @@ def url(request, tmp_path):
         return "memory"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/ret.db"
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"ul_ret_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
+    return _pg_database(request)
 
 
 def records(n: int, seed: int = 7) -> list[UsageRecord]:
@@ -209,13 +202,7 @@ def test_retention_killed_mid_way_and_run_again_is_exact(kind, tmp_path, request
 
 
 def _pg_database(request) -> str:
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"ul_kill_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server.url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.url.rsplit("/", 1)[0] + "/" + name
+    return request.getfixturevalue("postgres_server").new_database("ul_ret")
 
 
 def test_serve_with_retention_days_folds_while_it_runs(tmp_path):

@@ -29,7 +29,14 @@ from typing import Any
 import msgspec
 
 from ._keys import PROJECT_TAG
-from .aggregate import add_totals, cost_nano, finish_groups, nano_to_decimal, zero_totals
+from .aggregate import (
+    add_totals,
+    cost_nano,
+    finish_groups,
+    merge_groups,
+    nano_to_decimal,
+    zero_totals,
+)
 from .filters import _US_PER_DAY, Filters, day_key, ts_us
 
 __all__ = ["RETAINED_KEYS", "MemoryRetention", "SqlRetention", "merge_retained", "fold_rows",
@@ -121,12 +128,7 @@ def merge_retained(store: Any, keys: tuple[str, ...], f: Filters,
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         groups[tuple(r[k] for k in keys)] = {k: r[k] for k in r if k not in keys and k != "total_tokens"}
-    for gk, t in retained.items():
-        have = groups.get(gk)
-        if have is None:
-            groups[gk] = t
-        else:
-            add_totals(have, t)
+    merge_groups(groups, retained)
     if not keys:
         return [dict(groups.get((), zero_totals()))]
     return finish_groups(keys, groups)
@@ -218,12 +220,7 @@ class MemoryRetention:
                                 rec.cache_write_tokens, rec.reasoning_tokens, rec.cost)
                                for us, _, rec in gone)
             self._forget_records(gone)  # type: ignore[attr-defined]
-            for key, t in folded.items():
-                have = usage.get(key)
-                if have is None:
-                    usage[key] = t
-                else:
-                    add_totals(have, t)
+            merge_groups(usage, folded)
             return len(gone)
 
     def retain_runs(self, cutoff_us: int, project: str | None = None, excluded: Sequence[str] = (),
