@@ -180,7 +180,23 @@ def _storage(url: str, *, must_exist: bool) -> StorageBackend:
             path = Path(_file_path(url.strip(), scheme, {}, ()))
             if not path.exists():
                 raise FileNotFoundError(f"no {scheme} store at {path} (from --storage {url})")
+            if scheme == "sqlite":
+                _check_sqlite_store(path, url)
     return create_storage(url)
+
+
+def _check_sqlite_store(path: Path, url: str) -> None:
+    """A file that is not an SQLite database at all is refused, read-only: opening it as
+    storage would move it aside as damaged and start an empty store in its place."""
+    import sqlite3
+
+    from ._sqlite import read_tables
+
+    try:
+        read_tables(path)
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path} is not a database usageledger can read ({exc}; "
+                         f"from --storage {url})") from None
 
 
 def _out() -> Console:

@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 
 import typer
 
+#: the prices of the finer token kinds, shown when set (override) or listed by the table
+_PARTS = ("cache_write_1h", "input_audio", "output_audio", "input_image", "output_image", "reasoning")
+
 prices_app = typer.Typer(no_args_is_help=True, help="Prices: overrides and aliases kept in a storage, over genai-prices' table.")
 
 
@@ -16,6 +19,7 @@ def prices_show(
     model: str = typer.Argument(..., help="model or alias name", show_default=False),
     storage: str = typer.Option(None, "--storage", help="storage URL holding the overrides and aliases (none: the table only)", show_default=False),
     at: str = typer.Option(None, "--at", help="the time to price at, ISO 8601 (default: now)", show_default=False),
+    service_tier: str = typer.Option(None, "--service-tier", help="the table's prices of this tier: batch, flex, priority... (default: standard)", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """The price in force for PROVIDER MODEL and where it comes from: an override (with
@@ -26,7 +30,7 @@ def prices_show(
     when = datetime.now(UTC) if at is None else _parse_at(at)
     store = _storage(storage, must_exist=True) if storage else None
     try:
-        quote = PriceBook(store).quote(provider, model, when)
+        quote = PriceBook(store).quote(provider, model, when, service_tier)
     finally:
         if store is not None:
             store.close()
@@ -34,17 +38,13 @@ def prices_show(
         raise ValueError(f"no price known for {provider}/{model} at {when.isoformat()}: "
                          f"set one with PUT /api/v1/prices/{provider}/{model} on the collector")
     prices, source = quote
-    if isinstance(prices, PriceEntry):
-        rows = {"input_per_mtok": prices.input, "output_per_mtok": prices.output,
-                "cache_read_per_mtok": prices.cache_read, "cache_write_per_mtok": prices.cache_write,
-                "reasoning_per_mtok": prices.reasoning, "per_request": prices.per_request or None,
-                "currency": prices.currency}
-    else:
-        rows = {"input_per_mtok": prices.input, "output_per_mtok": prices.output,
-                "cache_read_per_mtok": prices.cache_read, "cache_write_per_mtok": prices.cache_write,
-                "currency": "USD"}
-        if prices.tiers:
-            rows["tiers"] = ", ".join(f"above {start:,} input tokens: {t.input}/{t.output}" for start, t in prices.tiers)
+    rows = {"input_per_mtok": prices.input, "output_per_mtok": prices.output,
+            "cache_read_per_mtok": prices.cache_read, "cache_write_per_mtok": prices.cache_write,
+            **{f"{part}_per_mtok": getattr(prices, part) for part in _PARTS},
+            "per_request": prices.per_request or None,
+            "currency": prices.currency if isinstance(prices, PriceEntry) else "USD"}
+    if getattr(prices, "tiers", ()):
+        rows["tiers"] = ", ".join(f"above {start:,} input tokens: {t.input}/{t.output}" for start, t in prices.tiers)
     rows = {k: str(v) for k, v in rows.items() if v is not None}
     if source["source"] == "override":
         origin = f"override from {source['effective_from'] or 'the beginning'}"

@@ -29,7 +29,7 @@ EXPORT_FORMATS = ("csv", "jsonl")
 CSV_FIELDS: tuple[str, ...] = UsageRecord.__struct_fields__
 _JSON_FIELDS = ("tags", "payload")
 _INT_FIELDS = frozenset(f for f in CSV_FIELDS if f.endswith("_tokens"))
-_OPTIONAL_STR = frozenset(("user_id", "session_id", "customer_key", "run_id", "response_id"))
+_OPTIONAL_STR = frozenset(("user_id", "session_id", "customer_key", "run_id", "response_id", "service_tier"))
 
 #: records between progress callbacks (a callback per record would cost more than a row)
 PROGRESS_EVERY = 5000
@@ -48,6 +48,8 @@ def _csv_row(rec: UsageRecord) -> list[Any]:
         "" if rec.cost is None else format(rec.cost, "f"), rec.currency, rec.user_id, rec.session_id,
         rec.customer_key, rec.run_id, rec.response_id,
         encode(rec.tags).decode() if rec.tags else "", "" if rec.payload is None else encode(rec.payload).decode(),
+        rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens, rec.input_image_tokens,
+        rec.output_image_tokens, rec.service_tier,
     ]
 
 

@@ -26,7 +26,7 @@ __all__ = [
     "MIN_YEAR", "MAX_YEAR", "MAX_ID_CHARS", "MAX_TEXT_CHARS", "MAX_TAGS",
     "MAX_TAG_KEY_CHARS", "MAX_TAG_VALUE_CHARS", "MAX_JSON_DEPTH", "MAX_PAYLOAD_BYTES",
     "MAX_RUN_BYTES", "MAX_BATCH_ITEMS", "MAX_ANSWER_BYTES", "MAX_LOG_VALUE_CHARS",
-    "cost_error", "text_error", "tags_error", "json_depth", "depth_error", "short",
+    "cost_error", "token_parts_error", "text_error", "tags_error", "json_depth", "depth_error", "short",
 ]
 
 #: per-call token counts above this are refused: sums of millions of them must still fit
@@ -121,6 +121,35 @@ def cost_error(cost: Decimal) -> str | None:
         return f"cost must have at most {MAX_COST_DECIMALS} decimals, got {short(str(cost))}"
     if cost > MAX_COST:
         return f"cost must be a finite number from 0 to {MAX_COST}, got {short(str(cost))}"
+    return None
+
+
+#: (part, whole, ...): the finer token counts of a record and the count each is part of
+TOKEN_PARTS = (
+    (("cache_write_1h_tokens",), "cache_write_tokens"),
+    (("input_audio_tokens", "input_image_tokens"), "input_tokens"),
+    (("output_audio_tokens", "output_image_tokens"), "output_tokens"),
+)
+
+
+def token_parts_error(record: Any) -> str | None:
+    """Why the finer token counts of ``record`` (a UsageRecord) cannot be priced, or None:
+    each from 0 to ``MAX_TOKENS``, and the parts of a count no larger than that count (a
+    part larger than its whole would be charged at two prices), ``service_tier`` short."""
+    for parts, whole in TOKEN_PARTS:
+        total = 0
+        for field in parts:
+            v = getattr(record, field)
+            if type(v) is not int or not 0 <= v <= MAX_TOKENS:
+                return f"{field} must be an integer from 0 to {MAX_TOKENS}, got {short(v)}"
+            total += v
+        if total > getattr(record, whole):
+            named = " + ".join(f"{f} ({getattr(record, f)})" for f in parts if getattr(record, f))
+            return (f"{named} must be at most {whole} ({getattr(record, whole)}): "
+                    f"they are the part of it priced at their own rate")
+    tier = record.service_tier
+    if tier is not None and (type(tier) is not str or not tier or len(tier) > MAX_TEXT_CHARS):
+        return f"service_tier must be a non-empty string of at most {MAX_TEXT_CHARS} characters, got {short(tier)}"
     return None
 
 

@@ -114,7 +114,10 @@ class Meter:
     ) -> str:
         """Record one call (non-blocking); returns the record id. Fields: cache_read_tokens,
         cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id,
-        customer_key, run_id, response_id, tags, payload, timestamp, id."""
+        customer_key, run_id, response_id, tags, payload, timestamp, id, and the finer
+        counts cache_write_1h_tokens, input_audio_tokens, output_audio_tokens,
+        input_image_tokens, output_image_tokens and service_tier (see
+        :class:`~usageledger.records.UsageRecord`)."""
         rec = make_usage_record(provider, model, input_tokens, output_tokens, **fields)
         self._submit(rec.id, KIND_USAGE, rec)
         return rec.id

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from .errors import UsageLedgerError
-from .pricing import _lookup, _price_value, _rates_from, _warn_unknown
+from .pricing import Rates, _lookup, _price_value, _warn_unknown, table_rates
 from .records import UsageRecord
 
 __all__ = ["PriceBook", "PriceEntry", "PriceInputError", "parse_price", "table_version", "PRICE_FIELDS"]
@@ -40,7 +40,12 @@ _MILLION = Decimal(1_000_000)
 
 #: the fields of an entry; the first two are required
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok",
-                "reasoning_per_mtok", "per_request")
+                "reasoning_per_mtok", "per_request", "cache_write_1h_per_mtok", "input_audio_per_mtok",
+                "output_audio_per_mtok", "input_image_per_mtok", "output_image_per_mtok")
+#: optional entry fields priced as a part of another kind (None: the price of that kind)
+_PART_FIELDS = {"cache_write_1h_per_mtok": "cache_write_1h", "input_audio_per_mtok": "input_audio",
+                "output_audio_per_mtok": "output_audio", "input_image_per_mtok": "input_image",
+                "output_image_per_mtok": "output_image"}
 
 
 class PriceInputError(UsageLedgerError, ValueError):
@@ -51,7 +56,11 @@ class PriceInputError(UsageLedgerError, ValueError):
 class PriceEntry:
     """Per-1M-token prices of one entry. ``cache_read``/``cache_write`` default to the input
     price; ``reasoning`` (None: the output price) prices the reasoning tokens, which are
-    counted within the output tokens; ``per_request`` is added once per record."""
+    counted within the output tokens; ``per_request`` is added once per record. The part
+    prices (None: the price of their whole) price the finer counts of a record:
+    ``cache_write_1h`` its 1-hour cache writes (``cache_write`` is then the 5-minute
+    price), ``input_audio``/``input_image`` parts of its input, ``output_audio``/
+    ``output_image`` parts of its output."""
 
     input: Decimal
     output: Decimal
@@ -60,14 +69,22 @@ class PriceEntry:
     reasoning: Decimal | None = None
     per_request: Decimal = Decimal(0)
     currency: str = "USD"
+    cache_write_1h: Decimal | None = None
+    input_audio: Decimal | None = None
+    output_audio: Decimal | None = None
+    input_image: Decimal | None = None
+    output_image: Decimal | None = None
+
+    def rates(self) -> Rates:
+        """These prices as the table's Rates (one pricing rule for both)."""
+        return Rates(self.input, self.output, self.cache_read, self.cache_write,
+                     cache_write_1h=self.cache_write_1h, input_audio=self.input_audio,
+                     output_audio=self.output_audio, input_image=self.input_image,
+                     output_image=self.output_image, reasoning=self.reasoning,
+                     per_request=self.per_request)
 
     def cost(self, r: UsageRecord) -> Decimal:
-        output = r.output_tokens * self.output
-        if self.reasoning is not None:
-            reasoning = min(r.reasoning_tokens, r.output_tokens)
-            output = (r.output_tokens - reasoning) * self.output + reasoning * self.reasoning
-        return (r.input_tokens * self.input + output + r.cache_read_tokens * self.cache_read
-                + r.cache_write_tokens * self.cache_write) / _MILLION + self.per_request
+        return self.rates().record_cost(r)
 
 
 def _day(value: Any, where: str) -> str:
@@ -111,6 +128,7 @@ def parse_price(body: Any, where: str = "the price") -> tuple[str, PriceEntry]:
         values.get("cache_read_per_mtok", values["input_per_mtok"]),
         values.get("cache_write_per_mtok", values["input_per_mtok"]),
         values.get("reasoning_per_mtok"), values.get("per_request", Decimal(0)), currency,
+        **{attr: values.get(field) for field, attr in _PART_FIELDS.items()},
     )
     return _day(body.get("effective_from"), where), entry
 
@@ -123,6 +141,9 @@ def entry_json(entry: PriceEntry) -> dict[str, Any]:
         out["reasoning_per_mtok"] = entry.reasoning
     if entry.per_request:
         out["per_request"] = entry.per_request
+    for field, attr in _PART_FIELDS.items():
+        if getattr(entry, attr) is not None:
+            out[field] = getattr(entry, attr)
     out["currency"] = entry.currency
     return {k: str(v) for k, v in out.items()}
 
@@ -179,9 +200,11 @@ class PriceBook:
                 found = (start, entry)
         return found
 
-    def quote(self, provider: str, model: str, at: datetime | None = None) -> tuple[Any, dict[str, Any]] | None:
-        """``(prices, source)`` in force for a call at ``at`` (default now), or None when
-        unknown. ``prices`` is a :class:`PriceEntry` or the table's ``Rates``; ``source``
+    def quote(self, provider: str, model: str, at: datetime | None = None,
+              service_tier: str | None = None) -> tuple[Any, dict[str, Any]] | None:
+        """``(prices, source)`` in force for a call at ``at`` (default now) served at
+        ``service_tier`` (the table's batch/flex/priority prices; an override applies to
+        every tier), or None when unknown. ``prices`` is a :class:`PriceEntry` or the table's ``Rates``; ``source``
         says where they came from: ``{"source": "override", "effective_from": ...}``,
         ``{"source": "table", "genai_prices": version}``, with ``"alias": name`` when an
         alias led to the model."""
@@ -201,20 +224,21 @@ class PriceBook:
         table = _lookup(provider or None, target)
         if table is None:
             return None
-        rates = table if not hasattr(table, "get_prices") else _rates_from(table.get_prices(at))
+        rates = table_rates(table, at, service_tier)
+        if service_tier is not None:
+            source["service_tier"] = service_tier
         return rates, {**source, "source": "table", "genai_prices": table_version()}
 
     def cost(self, record: UsageRecord) -> tuple[Decimal, str] | None:
         """``(cost, currency)`` of ``record`` from the prices in force at its time, or None."""
-        q = self.quote(record.provider, record.model, record.timestamp)
+        q = self.quote(record.provider, record.model, record.timestamp, record.service_tier)
         if q is None:
             _warn_unknown(record.provider.lower(), record.model)
             return None
         prices = q[0]
         if isinstance(prices, PriceEntry):
             return prices.cost(record), prices.currency
-        return prices.cost(record.input_tokens, record.output_tokens, record.cache_read_tokens,
-                           record.cache_write_tokens), "USD"
+        return prices.record_cost(record), "USD"
 
     def price(self, record: UsageRecord) -> UsageRecord:
         """``record`` with its cost filled in, or unchanged when it has one already (a

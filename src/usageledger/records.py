@@ -28,6 +28,7 @@ from .limits import (
     short,
     tags_error,
     text_error,
+    token_parts_error,
 )
 from .totals import total_tokens
 
@@ -39,6 +40,7 @@ __all__ = [
     "decode_usage",
     "to_utc",
     "TOKEN_FIELDS",
+    "DETAIL_TOKEN_FIELDS",
     "KIND_USAGE",
     "KIND_RAW",
     "KIND_RUN",
@@ -86,6 +88,16 @@ TOKEN_FIELDS = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
+#: finer counts WITHIN the kinds above, each priced at its own rate where the price table
+#: has one: the 1-hour part of the cache writes, the audio and image parts of the uncached
+#: input and of the output (see usageledger.limits.token_parts_error)
+DETAIL_TOKEN_FIELDS = (
+    "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "input_image_tokens",
+    "output_image_tokens",
+)
 
 _uuid7 = uuid_utils.uuid7
 
@@ -98,8 +110,16 @@ def new_id() -> str:
 class UsageRecord(msgspec.Struct, omit_defaults=True):
     """One LLM call's usage. ``cost`` is exact (Decimal) or None when unknown.
 
+    ``input_tokens``, ``cache_read_tokens``, ``cache_write_tokens`` and ``output_tokens`` are
+    disjoint; the fields after ``payload`` break them down further (never counted twice):
+    ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with a 1-hour
+    lifetime (the rest is the 5-minute kind), ``input_audio_tokens``/``input_image_tokens``
+    are parts of ``input_tokens``, ``output_audio_tokens``/``output_image_tokens`` parts of
+    ``output_tokens``. ``service_tier`` is the tier the provider served the call at
+    (``"batch"``, ``"flex"``, ``"priority"``, ``"default"``...; None: standard).
+
     Field order is part of the API: ``make_usage_record`` builds it positionally, which
-    costs a sixth of keyword construction on the hot path."""
+    costs a sixth of keyword construction on the hot path. New fields go at the end."""
 
     id: str
     timestamp: datetime
@@ -119,6 +139,12 @@ class UsageRecord(msgspec.Struct, omit_defaults=True):
     response_id: str | None = None
     tags: dict[str, str] = {}
     payload: dict[str, Any] | None = None
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    service_tier: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -294,6 +320,12 @@ def make_usage_record(
     payload: dict[str, Any] | None = None,
     timestamp: datetime | None = None,
     id: str | None = None,
+    cache_write_1h_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    output_audio_tokens: int = 0,
+    input_image_tokens: int = 0,
+    output_image_tokens: int = 0,
+    service_tier: str | None = None,
 ) -> UsageRecord:
     """Validate arguments and build a :class:`UsageRecord` (the hot path of ``record()``).
 
@@ -338,9 +370,25 @@ def make_usage_record(
         id = str(_uuid7())
     elif type(id) is not str or not id or len(id) > MAX_ID_CHARS:
         _check_str("id", id, required=True, limit=MAX_ID_CHARS)
-    return UsageRecord(
+    record = UsageRecord(
         id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens,
         cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id,
         customer_key, run_id, response_id, check_tags(tags) if tags else {},
         None if payload is None else check_json_object("payload", payload, MAX_PAYLOAD_BYTES),
     )
+    if (cache_write_1h_tokens or input_audio_tokens or output_audio_tokens or input_image_tokens
+            or output_image_tokens or service_tier is not None):
+        _add_details(record, cache_write_1h_tokens, input_audio_tokens, output_audio_tokens,
+                     input_image_tokens, output_image_tokens, service_tier)
+    return record
+
+
+def _add_details(record: UsageRecord, *values: Any) -> None:
+    """The finer token counts and the service tier, off the hot path (most calls have none)."""
+    *counts, tier = values
+    for field, value in zip(DETAIL_TOKEN_FIELDS, counts, strict=True):
+        setattr(record, field, _check_tokens(field, value))
+    record.service_tier = _check_str("service_tier", tier)
+    error = token_parts_error(record)
+    if error:
+        raise ValueError(error)

@@ -24,7 +24,7 @@ import msgspec
 
 from .errors import UsageLedgerError
 from .records import UsageRecord, encode
-from .totals import Totals
+from .totals import PART_SUMS, Totals
 
 __all__ = [
     "FORMAT", "VERSION", "Entry", "Days", "SummaryDoc", "CorruptSummary", "NewerSummary",
@@ -56,6 +56,12 @@ class Entry(msgspec.Struct, omit_defaults=True):
     unpriced_calls: NonNeg = 0
     #: costs recorded in other currencies than USD, per currency
     cost_other: dict[str, Decimal] = {}
+    #: the finer counts (parts of the sums above; absent in files written before them)
+    cache_write_1h_tokens: NonNeg = 0
+    input_audio_tokens: NonNeg = 0
+    output_audio_tokens: NonNeg = 0
+    input_image_tokens: NonNeg = 0
+    output_image_tokens: NonNeg = 0
 
     def totals(self) -> Totals:
         """These totals as the package's one totals type (cost per currency)."""
@@ -63,7 +69,8 @@ class Entry(msgspec.Struct, omit_defaults=True):
         if self.cost or not costs:
             costs["USD"] = costs.get("USD", Decimal(0)) + self.cost
         return Totals(self.calls, self.input_tokens, self.output_tokens, self.cache_read_tokens,
-                      self.cache_write_tokens, self.reasoning_tokens, self.unpriced_calls, costs)
+                      self.cache_write_tokens, self.reasoning_tokens, self.unpriced_calls, costs,
+                      *(getattr(self, k) for k in PART_SUMS))
 
 
 #: day (``YYYY-MM-DD``) -> provider -> model -> totals
@@ -220,7 +227,7 @@ def add_entries(a: Entry, b: Entry) -> Entry:
         a.calls + b.calls, a.input_tokens + b.input_tokens, a.output_tokens + b.output_tokens,
         a.cost + b.cost, a.cache_read_tokens + b.cache_read_tokens,
         a.cache_write_tokens + b.cache_write_tokens, a.reasoning_tokens + b.reasoning_tokens,
-        a.unpriced_calls + b.unpriced_calls, other,
+        a.unpriced_calls + b.unpriced_calls, other, *(getattr(a, k) + getattr(b, k) for k in PART_SUMS),
     )
 
 
@@ -235,6 +242,7 @@ def entry_of(record: UsageRecord) -> Entry:
     return Entry(
         1, record.input_tokens, record.output_tokens, cost, record.cache_read_tokens,
         record.cache_write_tokens, record.reasoning_tokens, unpriced, other,
+        *(getattr(record, k) for k in PART_SUMS),
     )
 
 

@@ -21,11 +21,15 @@ from typing import Any
 
 from .errors import MixedCurrencyError
 
-__all__ = ["Totals", "TOKEN_SUMS", "total_tokens", "MixedCurrencyError"]
+__all__ = ["Totals", "TOKEN_SUMS", "PART_SUMS", "total_tokens", "MixedCurrencyError"]
 
 #: the token counts every totals carries, in display order
 TOKEN_SUMS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
               "reasoning_tokens")
+#: sums of the finer counts, each a part of one of the above (never added to total_tokens):
+#: the 1-hour cache writes, the audio and image input and output tokens
+PART_SUMS = ("cache_write_1h_tokens", "input_audio_tokens", "output_audio_tokens",
+             "input_image_tokens", "output_image_tokens")
 
 
 def total_tokens(input_tokens: int, output_tokens: int, cache_read_tokens: int,
@@ -52,6 +56,11 @@ class Totals:
     reasoning_tokens: int = 0
     unknown_cost: int = 0
     costs: dict[str, Decimal] = field(default_factory=dict)
+    cache_write_1h_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -92,6 +101,8 @@ class Totals:
         self.cache_read_tokens += rec.cache_read_tokens
         self.cache_write_tokens += rec.cache_write_tokens
         self.reasoning_tokens += rec.reasoning_tokens
+        for k in PART_SUMS:
+            setattr(self, k, getattr(self, k) + getattr(rec, k, 0))
         if rec.cost is None:
             self.unknown_cost += 1
         self.add_cost(rec.currency, rec.cost)
@@ -103,6 +114,8 @@ class Totals:
         self.count += row["count"]
         for k in TOKEN_SUMS:
             setattr(self, k, getattr(self, k) + row[k])
+        for k in PART_SUMS:  # rows of a summary written before these existed lack them
+            setattr(self, k, getattr(self, k) + row.get(k, 0))
         self.unknown_cost += row["unknown_cost"]
         if row.get("currency") is not None:
             self.add_cost(row["currency"], row["cost"])
@@ -115,6 +128,8 @@ class Totals:
         self.cache_read_tokens += other.cache_read_tokens
         self.cache_write_tokens += other.cache_write_tokens
         self.reasoning_tokens += other.reasoning_tokens
+        for k in PART_SUMS:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
         self.unknown_cost += other.unknown_cost
         for cur, v in other.costs.items():
             self.add_cost(cur, v)
@@ -142,7 +157,7 @@ class Totals:
 
     # -- output --------------------------------------------------------------------------
     def to_dict(self, plain: bool = False) -> dict[str, Any]:
-        """``count``, the token sums, ``total_tokens``, ``unknown_cost``, ``costs`` (per
+        """``count``, the token sums (and the finer part sums), ``total_tokens``, ``unknown_cost``, ``costs`` (per
         currency) and — so a reader can never add currencies by mistake — ``cost`` and
         ``currency`` only as one number: the single currency's cost, or None for both when
         the totals hold several. ``plain=True`` writes money as exact decimal strings."""
@@ -151,6 +166,7 @@ class Totals:
         return {
             "count": self.count,
             **{k: getattr(self, k) for k in TOKEN_SUMS},
+            **{k: getattr(self, k) for k in PART_SUMS},
             "total_tokens": self.total_tokens,
             "unknown_cost": self.unknown_cost,
             "cost": None if single is None else money(single),

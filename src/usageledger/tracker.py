@@ -36,7 +36,7 @@ from .settings import DEFAULTS, Settings, parse
 from .sinks.summary import SummarySink
 from .summary_file import Days, apply_records, day_of, entries, in_range
 from .summary_store import SummaryStore
-from .totals import TOKEN_SUMS, Totals
+from .totals import PART_SUMS, TOKEN_SUMS, Totals
 
 __all__ = ["UsageTracker"]
 
@@ -373,7 +373,7 @@ def _out(t: Totals) -> dict[str, Any]:
     in USD and ``cost_other`` for the other currencies (never added to it), plus
     ``costs``, every currency."""
     return {"calls": t.count, **{k: getattr(t, k) for k in TOKEN_SUMS},
-            "total_tokens": t.total_tokens, "cost": t.cost("USD"), "unpriced_calls": t.unknown_cost,
+            **{k: getattr(t, k) for k in PART_SUMS}, "total_tokens": t.total_tokens, "cost": t.cost("USD"), "unpriced_calls": t.unknown_cost,
             "cost_other": {c: v for c, v in sorted(t.costs.items()) if c != "USD"},
             "costs": dict(sorted(t.costs.items()))}
 

@@ -65,8 +65,9 @@ DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def usage_records() -> list[UsageRecord]:
-    """Three days, two models, one record without a price, cache tokens, and a cost
-    finer than a nano-unit (summed exactly all the same)."""
+    """Three days, two models, one record without a price, cache tokens, audio and 1-hour
+    cache-write parts and a service tier on one, and a cost finer than a nano-unit (summed
+    exactly all the same)."""
     out = []
     for day in range(3):
         for k in range(10):
@@ -74,6 +75,8 @@ def usage_records() -> list[UsageRecord]:
                 "openai" if k % 2 else "anthropic", "gpt-4o" if k % 2 else "claude-sonnet",
                 100 * (k + 1), 10 * (k + day),
                 cache_read_tokens=5 if k == 3 else 0,
+                **({"cache_write_tokens": 40, "cache_write_1h_tokens": 30, "input_audio_tokens": 50,
+                    "output_audio_tokens": 4, "service_tier": "batch"} if (day, k) == (2, 4) else {}),
                 cost=None if (day, k) == (1, 7) else Decimal("0.0125") * (k + 1) * (day + 1),
                 timestamp=DAY0 + timedelta(days=day, hours=k),
                 user_id=f"user-{k % 3}",

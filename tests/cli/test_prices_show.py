@@ -4,6 +4,7 @@ alias -> model, or the genai-prices table with its version)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from importlib.metadata import version
 
 from usageledger.pricebook import entry_json, parse_price
@@ -38,3 +39,38 @@ def test_prices_show_sources(cli, tmp_path):
     assert r.code == 1 and "no price known for azure/nobody-knows" in r.err
     r = cli("prices", "show", "openai", "gpt-4o", "--at", "yesterday")
     assert r.code == 1 and "--at" in r.err
+
+
+def test_prices_show_part_prices_and_service_tier(cli, tmp_path):
+    """The table's audio and 1-hour cache-write prices, a tier's prices, an override's part
+    prices: all read from the same data genai-prices prices with."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    def table(provider, model, **context):
+        info = get_snapshot().find_provider_model(model, None, provider, None)[1]
+        return info.get_prices(datetime.now(UTC), context or None)
+
+    r = cli("prices", "show", "openai", "gpt-audio", "--json")
+    got = json.loads(r.out)["prices"]
+    want = table("openai", "gpt-audio")
+    assert (got["input_audio_per_mtok"], got["output_audio_per_mtok"]) == (
+        str(want.input_audio_mtok), str(want.output_audio_mtok))
+
+    r = cli("prices", "show", "anthropic", "claude-opus-4-5", "--service-tier", "batch", "--json")
+    got = json.loads(r.out)
+    want = table("anthropic", "claude-opus-4-5", processing="batch")
+    assert got["service_tier"] == "batch"
+    assert (got["prices"]["input_per_mtok"], got["prices"]["cache_write_1h_per_mtok"]) == (
+        str(want.input_mtok), str(want.cache_write_1h_mtok))
+    assert want.input_mtok < table("anthropic", "claude-opus-4-5").input_mtok
+
+    r = cli("prices", "show", "perplexity", "sonar", "--json")
+    assert json.loads(r.out)["prices"]["per_request"] == str(table("perplexity", "sonar").requests_kcount / 1000)
+
+    url = f"sqlite:///{tmp_path}/usage.db"
+    store = create_storage(url)
+    store.put_price("openai", "voice-ft", "", entry_json(parse_price(
+        {"input_per_mtok": "2", "output_per_mtok": "8", "input_audio_per_mtok": "40"})[1]))
+    store.close()
+    r = cli("prices", "show", "openai", "voice-ft", "--storage", url)
+    assert r.code == 0 and "input_audio_per_mtok" in r.out and "40" in r.out

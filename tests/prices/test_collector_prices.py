@@ -1,8 +1,10 @@
-"""Prices on the collector (/api/v1/prices) in memory, SQLite and PostgreSQL: effective
-dating, aliases, provider-reported costs kept, exact Decimal results, 400 naming the field."""
+"""Prices on the collector (/api/v1/prices) in memory, SQLite, JSONL, PostgreSQL and Redis:
+effective dating, aliases, provider-reported costs kept, exact Decimal results, 400 naming
+the field, prices that outlive the process."""
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -12,8 +14,60 @@ from tests.server.support import record
 from usageledger.pricebook import PriceBook
 from usageledger.pricing import calculate_cost
 from usageledger.server import create_app
+from usageledger.storage import create_storage
 
 LOCAL = ("127.0.0.1", 40000)
+PRICE_STORES = ["memory", "sqlite", "jsonl", "postgres", "redis"]
+
+
+def _open(kind: str, request, tmp_path):
+    if kind == "memory":
+        return create_storage("memory")
+    if kind == "sqlite":
+        return create_storage(f"sqlite:///{tmp_path}/usage.db")
+    if kind == "jsonl":
+        return create_storage("jsonl", path=tmp_path / "usage.jsonl")
+    if kind == "postgres":
+        return create_storage(request.getfixturevalue("pg_url"))
+    prefix = request.node.__dict__.setdefault("_redis_prefix", f"ul-prices-{uuid.uuid4().hex[:10]}:")
+    return create_storage(request.getfixturevalue("redis_server").url, prefix=prefix)
+
+
+@pytest.fixture(params=PRICE_STORES)
+def store(request, tmp_path):
+    """Every backend that keeps prices (this module's own: the reprice job below runs on
+    the backends that reprice)."""
+    s = _open(request.param, request, tmp_path)
+    yield s
+    s.close()
+
+
+def test_prices_outlive_the_process(request, tmp_path, store):
+    """What one process put is what the next one reads (memory aside: nothing survives)."""
+    kind = request.node.callspec.params["store"]
+    if kind == "memory":
+        return
+    from usageledger.pricebook import entry_json, parse_price
+
+    day, entry = parse_price({"input_per_mtok": "0.4", "output_per_mtok": "1.6",
+                              "cache_write_1h_per_mtok": "0.8", "effective_from": "2026-01-05"})
+    store.put_price("openai", "ft-a", day, entry_json(entry))
+    store.put_price("openai", "ft-a", "", entry_json(parse_price({"input_per_mtok": "1", "output_per_mtok": "2"})[1]))
+    store.put_price("openai", "ft-b", "", entry_json(entry))
+    assert store.delete_price("openai", "ft-b", "") and not store.delete_price("openai", "ft-b", "")
+    store.put_alias("azure", "prod", "ft-a")
+    store.put_alias("azure", "gone", "ft-a")
+    assert store.delete_alias("azure", "gone") and not store.delete_alias("azure", "gone")
+    store.clear()  # usage goes, prices are configuration and stay
+    store.close()
+    again = _open(kind, request, tmp_path)
+    try:
+        assert [(e["model"], e["effective_from"], e["input_per_mtok"]) for e in again.list_prices()] == [
+            ("ft-a", None, "1"), ("ft-a", "2026-01-05", "0.4")]
+        assert again.list_prices()[1]["cache_write_1h_per_mtok"] == "0.8"
+        assert again.list_aliases() == [{"provider": "azure", "name": "prod", "model": "ft-a"}]
+    finally:
+        again.close()
 
 
 @pytest.fixture
@@ -133,6 +187,29 @@ def test_replicas_see_changes_within_the_cache(store):
     assert cached.price(rec).cost is None
 
 
+def test_part_prices_of_an_override(client, store):
+    """An override with its own prices for 1-hour cache writes and audio tokens; a record
+    of the batch tier takes the override as it is (overrides apply to every tier)."""
+    body = {"input_per_mtok": "2", "output_per_mtok": "8", "cache_write_per_mtok": "2.5",
+            "cache_write_1h_per_mtok": "4", "input_audio_per_mtok": "40", "output_audio_per_mtok": "80"}
+    r = client.put("/api/v1/prices/openai/voice-ft", json=body)
+    assert r.status_code == 200, r.text
+    assert client.get("/api/v1/prices").json()["prices"][0]["input_audio_per_mtok"] == "40"
+    a, = track(client, record(0, model="voice-ft", cost=None, input_tokens=1000, input_audio_tokens=600,
+                              output_tokens=300, output_audio_tokens=100, cache_write_tokens=500,
+                              cache_write_1h_tokens=200, service_tier="batch"))
+    # (400*2 + 600*40 + 200*8 + 100*80 + 300*2.5 + 200*4) / 1e6
+    assert costs(store)[a] == (Decimal("0.03595"), "USD")
+    got = {r.id: r for r in store.query()}[a]
+    assert (got.input_audio_tokens, got.cache_write_1h_tokens, got.service_tier) == (600, 200, "batch")
+    bad = client.put("/api/v1/prices/openai/voice-ft", json={**body, "input_audio_per_mtok": "-1"})
+    assert bad.status_code == 400 and "input_audio_per_mtok" in bad.json()["detail"]
+    refused = client.post("/api/v1/track", json={"tracked": [
+        record(1, model="voice-ft", input_tokens=10, input_audio_tokens=11)]}).json()
+    assert "input_audio_tokens" in str(refused), refused
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", "postgres"], indirect=True)
 def test_post_reprice_job(client, store):
     import time
 

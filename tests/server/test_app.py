@@ -524,3 +524,29 @@ def test_http_sink_reads_compact_and_per_record_answers(store):
         assert mixed[first[2]["id"]] is OK and mixed[fresh["id"]] is OK
         assert isinstance(mixed[bad["id"]], Reject) and "input_tokens" in mixed[bad["id"]].reason
     assert store.count() == 9
+
+
+def test_finer_token_counts_in_both_track_shapes(client, store):
+    """A PersistentDelivery item (the older shape, as track_item makes it) and a record both
+    carry the finer counts and the tier; a part above its whole is refused by name."""
+    from usageledger.integrations._common import track_item
+    from usageledger.pricing import price_record
+    from usageledger.records import make_usage_record
+
+    fields = dict(provider="openai", model="gpt-audio", input_tokens=1200, output_tokens=500,
+                  input_audio_tokens=800, output_audio_tokens=300, service_tier="default")
+    legacy = track_item(fields)
+    rich = make_usage_record("anthropic", "claude-opus-4-5", 1200, 500, cache_write_tokens=900,
+                             cache_write_1h_tokens=600, service_tier="batch")
+    wire = msgspec.to_builtins(rich)
+    bad = {**wire, "id": "too-many", "cache_write_1h_tokens": 901}
+    assert statuses(track(client, [legacy, wire, bad])) == [
+        (legacy["id"], "accepted"), (rich.id, "accepted"), ("too-many", "rejected")]
+    got = {r.id: r for r in store.query()}
+    a, b = got[legacy["id"]], got[rich.id]
+    assert (a.input_audio_tokens, a.output_audio_tokens, a.service_tier) == (800, 300, "default")
+    assert a.cost == price_record(make_usage_record(**fields, timestamp=a.timestamp)).cost
+    assert (b.cache_write_1h_tokens, b.service_tier) == (600, "batch")
+    assert b.cost == price_record(rich).cost
+    error = {r["id"]: r.get("error") for r in track(client, [bad]).json()["results"]}["too-many"]
+    assert "cache_write_1h_tokens (901) must be at most cache_write_tokens (900)" in error

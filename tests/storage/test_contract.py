@@ -12,6 +12,9 @@ from usageledger.records import make_usage_record
 from usageledger.storage.base import RunWrite
 
 T0 = datetime(2025, 3, 1, 22, 30, tzinfo=UTC)
+#: the finer counts: summed in every aggregate like the token counts they are part of
+PARTS = ("cache_write_1h_tokens", "input_audio_tokens", "output_audio_tokens", "input_image_tokens",
+         "output_image_tokens")
 
 
 def rec(minutes: float = 0, **kw):
@@ -29,11 +32,14 @@ def sample(exact_nano: bool = False):
     return [
         rec(0, user_id="u1", session_id="s1", tags={"env": "prod", "team": "a"}, cost="0.1"),
         rec(10, user_id="u1", session_id="s2", tags={"env": "dev"}, cost="0.2",
-            cache_read_tokens=7, cache_write_tokens=3, reasoning_tokens=2),
+            cache_read_tokens=7, cache_write_tokens=3, reasoning_tokens=2,
+            cache_write_1h_tokens=2, input_audio_tokens=4, input_image_tokens=3,
+            output_audio_tokens=1, output_image_tokens=2, service_tier="batch"),
         rec(45, provider="anthropic", model="claude", user_id="u2", customer_key="c1",
             tags={"env": "prod"}, cost="0.000000001" if exact_nano else "0.000000000001"),
         rec(90, provider="anthropic", model="claude", user_id="u2", session_id="s1",
-            customer_key="c1", input_tokens=100, output_tokens=50),
+            customer_key="c1", input_tokens=100, output_tokens=50, cache_write_tokens=9,
+            cache_write_1h_tokens=9, input_audio_tokens=60, output_audio_tokens=20),
         rec(-120, model="gpt-4o-mini", customer_key="c2", tags={"team": "a"}, cost=3),
         rec(60 * 24 * 3, model="gpt-4o-mini", user_id="u3", cost="12345678.123456789"),
     ]
@@ -42,7 +48,8 @@ def sample(exact_nano: bool = False):
 def expected(records, keys, pred=lambda r: True):
     groups = defaultdict(lambda: {"count": 0, "input_tokens": 0, "output_tokens": 0,
                                   "cache_read_tokens": 0, "cache_write_tokens": 0,
-                                  "reasoning_tokens": 0, "cost": Decimal(0), "unknown_cost": 0})
+                                  "reasoning_tokens": 0, "cost": Decimal(0), "unknown_cost": 0,
+                                  **dict.fromkeys(PARTS, 0)})
     for r in records:
         if not pred(r):
             continue
@@ -61,7 +68,7 @@ def expected(records, keys, pred=lambda r: True):
         g = groups[tuple(values) if "currency" in keys else (*values, r.currency)]
         g["count"] += 1
         for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                  "reasoning_tokens"):
+                  "reasoning_tokens", *PARTS):
             g[t] += getattr(r, t)
         if r.cost is None:
             g["unknown_cost"] += 1

@@ -49,7 +49,8 @@ def records(n: int, seed: int = 7) -> list[UsageRecord]:
             provider=rnd.choice(["openai", "anthropic"]), model=rnd.choice(["m1", "m2", "m3"]),
             input_tokens=rnd.randrange(5000), output_tokens=rnd.randrange(5000),
             cache_read_tokens=rnd.randrange(50), cache_write_tokens=rnd.randrange(50),
-            reasoning_tokens=rnd.randrange(50), cost=cost, currency=rnd.choice(["USD", "USD", "EUR"]),
+            reasoning_tokens=rnd.randrange(50), input_audio_tokens=rnd.randrange(30),
+            cost=cost, currency=rnd.choice(["USD", "USD", "EUR"]),
             user_id=rnd.choice([None, "u1", "u2", "u3"]), customer_key=rnd.choice([None, "c1", "c2"]),
             session_id=rnd.choice([None, "s1"]), tags=tags))
     return out

@@ -8,7 +8,9 @@ paths) and Anthropic (Messages) wire formats, JSON and SSE streams.
         srv.requests   # every request seen: path, headers, JSON body
 
 The usage answered is fixed per API (the ``*_USAGE`` constants below), so tests know the
-exact tokens. The model answered is the requested one with a date suffix
+exact tokens; ``srv.answers[model] = Answer(usage=..., extra=..., model=...)`` makes the
+chat and messages APIs answer a requested model with other usage (audio tokens, 1-hour
+cache writes...), extra top-level fields (``service_tier``) and the model name as given. The model answered is the requested one with a date suffix
 (:data:`RESPONSE_MODEL`): a record must carry the response's model. A requested model
 ``fail-500`` gets a 500 with a provider-shaped error body. Streams are written one event
 per chunk of an HTTP chunked body; a client that goes away mid-stream is fine.
@@ -80,10 +82,22 @@ class Seen:
     body: Any
 
 
+@dataclass
+class Answer:
+    """What the chat and messages APIs answer for one requested model instead of the
+    defaults: ``usage`` (the whole usage object), ``extra`` top-level response fields,
+    ``model`` the model name answered (default: the requested one, without a suffix)."""
+
+    usage: dict[str, Any]
+    extra: dict[str, Any] | None = None
+    model: str | None = None
+
+
 class FakeLLMServer:
     def __init__(self, port: int = 0):
         self.lock = threading.Lock()
         self.requests: list[Seen] = []
+        self.answers: dict[str, Answer] = {}
         self._ids = itertools.count(1)
         server = self
 
@@ -154,6 +168,9 @@ class FakeLLMServer:
         }.get(path)
         if answer is None:
             return self._json(h, 404, {"error": {"message": f"no route {path}"}})
+        special = self.answers.get(model)
+        if special is not None and path in ("/v1/chat/completions", "/v1/messages"):
+            return answer(h, body, special.model or model, special)
         answer(h, body, response_model(model))
 
     def _json(self, h: BaseHTTPRequestHandler, code: int, obj: Any) -> None:
@@ -186,15 +203,16 @@ class FakeLLMServer:
             h.close_connection = True  # the client stopped reading: fine
 
     # -- OpenAI -----------------------------------------------------------------------------
-    def _chat(self, h: BaseHTTPRequestHandler, body: dict, model: str) -> None:
+    def _chat(self, h: BaseHTTPRequestHandler, body: dict, model: str, special: Answer | None = None) -> None:
         rid = self.next_id("chatcmpl-")
         base = {"id": rid, "created": 1_700_000_000, "model": model,
-                "system_fingerprint": "fp_fake"}
+                "system_fingerprint": "fp_fake", **((special and special.extra) or {})}
+        usage = special.usage if special else CHAT_USAGE
         if not body.get("stream"):
             return self._json(h, 200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "finish_reason": "stop", "logprobs": None,
                  "message": {"role": "assistant", "content": "".join(TEXT), "refusal": None}}],
-                "usage": CHAT_USAGE})
+                "usage": usage})
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         extra = {"usage": None} if with_usage else {}
         chunk = {**base, "object": "chat.completion.chunk"}
@@ -206,7 +224,7 @@ class FakeLLMServer:
         events.append((None, {**chunk, **extra, "choices": [
             {"index": 0, "delta": {}, "finish_reason": "stop"}]}))
         if with_usage:
-            events.append((None, {**chunk, "choices": [], "usage": CHAT_USAGE}))
+            events.append((None, {**chunk, "choices": [], "usage": usage}))
         events.append((None, "[DONE]"))
         self._sse(h, events)
 
@@ -270,14 +288,15 @@ class FakeLLMServer:
                                      for i in range(count)]})
 
     # -- Anthropic --------------------------------------------------------------------------
-    def _messages(self, h: BaseHTTPRequestHandler, body: dict, model: str) -> None:
+    def _messages(self, h: BaseHTTPRequestHandler, body: dict, model: str, special: Answer | None = None) -> None:
         mid = self.next_id("msg_")
+        usage = special.usage if special else ANTHROPIC_USAGE
         if not body.get("stream"):
             return self._json(h, 200, {
                 "id": mid, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": "".join(TEXT)}], "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": ANTHROPIC_USAGE})
-        start_usage = {**ANTHROPIC_USAGE, "output_tokens": 1}
+                "stop_sequence": None, "usage": usage, **((special and special.extra) or {})})
+        start_usage = {**usage, "output_tokens": 1}
         start = ("message_start", {"type": "message_start", "message": {
             "id": mid, "type": "message", "role": "assistant", "model": model,
             "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}})
@@ -301,7 +320,7 @@ class FakeLLMServer:
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
             ("message_delta", {"type": "message_delta",
                                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                               "usage": {"output_tokens": ANTHROPIC_USAGE["output_tokens"]}}),
+                               "usage": {"output_tokens": usage["output_tokens"]}}),
             ("message_stop", {"type": "message_stop"}),
         ]
         self._sse(h, events)

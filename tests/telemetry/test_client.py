@@ -221,7 +221,7 @@ def test_a_forked_child_records_runs_through_its_own_threads(tmp_path):
     held, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:  # another thread holds the client's lock at fork()
-        with c._lock, c.database._lock:
+        with c._lock, c.database._db.lock:
             held.set()
             release.wait(10)
 

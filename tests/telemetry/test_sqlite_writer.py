@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from usageledger._sqlite import WalHandle
 from usageledger.journal.base import JournalItem
 from usageledger.records import KIND_RUN, encode
 from usageledger.sinks.base import OK, Reject
@@ -49,7 +50,7 @@ def test_stats_and_integrity(tmp_path):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
     broken = DatabaseWriter.__new__(DatabaseWriter)
-    broken.__dict__.update(db.__dict__, path=bad, _conn=None)
+    broken.__dict__.update(db.__dict__, path=bad, _db=WalHandle(bad))  # the file never opened
     ok, message = broken.check_integrity()
     assert not ok and message
 

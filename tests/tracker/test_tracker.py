@@ -376,3 +376,19 @@ def test_summary_keeps_currencies_apart(make):
         assert s["by_provider"]["mistral"]["cost"] == 0
         assert s["calls"] == 3 and s["total_tokens"] == 45
         assert t.flush(10)
+
+
+def test_summary_sums_the_finer_counts(make):
+    """The summary file keeps the 1-hour cache writes and audio/image tokens beside the token
+    sums, in the totals and each breakdown, before and after the write."""
+    t = make(flush_interval=60, flush_size=1000)
+    t.record("gpt-audio", 100, 50, provider="openai", input_audio_tokens=60, output_audio_tokens=20)
+    t.record("claude-opus-4-5", 10, 5, provider="anthropic", cache_write_tokens=30,
+             cache_write_1h_tokens=25, input_image_tokens=4, output_image_tokens=1)
+    for _ in range(2):
+        s = t.get_today()
+        assert (s["input_audio_tokens"], s["output_audio_tokens"], s["cache_write_1h_tokens"]) == (60, 20, 25)
+        assert (s["input_image_tokens"], s["output_image_tokens"]) == (4, 1)
+        assert s["by_provider"]["anthropic"]["cache_write_1h_tokens"] == 25
+        assert s["total_tokens"] == 100 + 50 + 10 + 5 + 30  # the parts are not added again
+        assert t.flush(10)

@@ -35,7 +35,8 @@ METHODS = (
 )
 
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
-                 "cache_creation_input_tokens", "output_tokens_details")
+                 "cache_creation_input_tokens", "output_tokens_details", "cache_creation",
+                 "service_tier")
 
 
 class MessageStreamUsage(StreamUsage):

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from ..records import TOKEN_FIELDS, make_usage_record
+from ..records import DETAIL_TOKEN_FIELDS, TOKEN_FIELDS, make_usage_record
 
 __all__ = ["get", "count", "response_id", "model_of", "record_to", "recorder_for", "track_item"]
 
@@ -124,10 +124,13 @@ def track_item(fields: dict[str, Any]) -> dict[str, Any]:
         "timestamp": rec.timestamp.isoformat(),
         "payload": payload,
     }
-    for name in ("user_id", "session_id", "customer_key", "run_id", "response_id"):
+    for name in ("user_id", "session_id", "customer_key", "run_id", "response_id", "service_tier"):
         value = getattr(rec, name)
         if value is not None:
             item[name] = value
+    for name in DETAIL_TOKEN_FIELDS:  # the collector reads these beside the older shape
+        if getattr(rec, name):
+            item[name] = getattr(rec, name)
     if rec.cost is not None:
         item["cost"] = str(rec.cost)
         item["currency"] = rec.currency

@@ -8,6 +8,10 @@ writes, as a usageledger record's does, so it is taken as is;
 ``cache_read_input_tokens`` → ``cache_read_tokens``, ``cache_creation_input_tokens`` →
 ``cache_write_tokens``. ``output_tokens`` includes thinking tokens, also given as
 ``reasoning_tokens`` when the response reports ``output_tokens_details.thinking_tokens``.
+Cache writes with a 1-hour lifetime (``cache_creation.ephemeral_1h_input_tokens``) are
+also given as ``cache_write_1h_tokens`` (the rest are 5-minute writes), and
+``usage.service_tier`` (``standard``, ``priority``, ``batch``) as ``service_tier``: both
+are priced at their own rates.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def usage_from_anthropic(response: Any) -> dict[str, Any]:
             f"Anthropic response {response_id(response)!r} has no usage; for a stream, "
             "pass stream.get_final_message()"
         )
-    return {
+    fields = {
         "provider": PROVIDER,
         "model": model_of(response, "Anthropic"),
         "input_tokens": count("usage.input_tokens", get(usage, "input_tokens")),
@@ -44,6 +48,19 @@ def usage_from_anthropic(response: Any) -> dict[str, Any]:
                                   get(get(usage, "output_tokens_details"), "thinking_tokens")),
         "response_id": response_id(response),
     }
+    creation = get(usage, "cache_creation")
+    if creation is not None:
+        five = count("usage.cache_creation.ephemeral_5m_input_tokens", get(creation, "ephemeral_5m_input_tokens"))
+        hour = count("usage.cache_creation.ephemeral_1h_input_tokens", get(creation, "ephemeral_1h_input_tokens"))
+        # the breakdown sums to cache_creation_input_tokens; should it not, the larger
+        # count is the one billed
+        fields["cache_write_tokens"] = max(fields["cache_write_tokens"], five + hour)
+        if hour:
+            fields["cache_write_1h_tokens"] = hour
+    tier = get(usage, "service_tier")
+    if isinstance(tier, str) and tier:
+        fields["service_tier"] = tier
+    return fields
 
 
 def record_anthropic(target: Any, response: Any, **fields: Any) -> str:

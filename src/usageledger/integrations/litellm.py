@@ -75,7 +75,7 @@ def usage_from_litellm(kwargs: Any, response_obj: Any) -> dict[str, Any] | None:
     else:
         provider, model = split_model(model)
     response_id = get(response_obj, "id")
-    return {
+    fields = {
         "model": model,
         "provider": provider,
         "input_tokens": max(prompt - cache_read - cache_write, 0),
@@ -86,6 +86,34 @@ def usage_from_litellm(kwargs: Any, response_obj: Any) -> dict[str, Any] | None:
         "response_id": response_id if isinstance(response_id, str) and response_id else None,
         "cost": None,
     }
+    _add_parts(fields, usage, response_obj)
+    return fields
+
+
+def _add_parts(fields: dict[str, Any], usage: Any, response_obj: Any) -> None:
+    """Audio parts (OpenAI's details, as LiteLLM passes them on), 1-hour cache writes
+    (Anthropic's ``cache_creation``) and the service tier, each kept within its whole."""
+    room = fields["input_tokens"]
+    audio_in = min(_int(get(get(usage, "prompt_tokens_details"), "audio_tokens")), room)
+    image_in = min(_int(get(get(usage, "prompt_tokens_details"), "image_tokens")), room - audio_in)
+    room = fields["output_tokens"]
+    audio_out = min(_int(get(get(usage, "completion_tokens_details"), "audio_tokens")), room)
+    image_out = min(_int(get(get(usage, "completion_tokens_details"), "image_tokens")), room - audio_out)
+    hour = min(_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")),
+               fields["cache_write_tokens"])
+    for name, n in (("input_audio_tokens", audio_in), ("input_image_tokens", image_in),
+                    ("output_audio_tokens", audio_out), ("output_image_tokens", image_out),
+                    ("cache_write_1h_tokens", hour)):
+        if n:
+            fields[name] = n
+    tier = get(response_obj, "service_tier") or get(usage, "service_tier")
+    if isinstance(tier, str) and tier:
+        fields["service_tier"] = tier
+
+
+#: the finer counts calculate_cost prices apart (see usageledger.records.DETAIL_TOKEN_FIELDS)
+_PRICED_PARTS = ("cache_write_1h_tokens", "input_audio_tokens", "output_audio_tokens",
+                 "input_image_tokens", "output_image_tokens", "reasoning_tokens")
 
 
 def litellm_cost(fields: Mapping[str, Any], kwargs: Any,
@@ -95,10 +123,12 @@ def litellm_cost(fields: Mapping[str, Any], kwargs: Any,
     from ..pricing import calculate_cost
 
     try:
+        parts = {k: fields[k] for k in _PRICED_PARTS if fields.get(k)}
         cost = calculate_cost(
             fields["model"], fields["input_tokens"], fields["output_tokens"],
             provider=fields["provider"], cache_read_tokens=fields["cache_read_tokens"],
             cache_write_tokens=fields["cache_write_tokens"], prices=prices,
+            service_tier=fields.get("service_tier"), **parts,
         )
     except Exception as exc:  # a price table problem must not lose the record
         log.warning("pricing %r failed: %r", fields.get("model"), exc)

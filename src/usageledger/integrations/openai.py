@@ -10,6 +10,12 @@ Token convention: OpenAI counts cached prompt tokens inside ``prompt_tokens`` /
 cache counts go to ``cache_read_tokens`` / ``cache_write_tokens``: cached input is never
 counted (or charged) twice. ``output_tokens`` includes reasoning tokens, which are also
 given as ``reasoning_tokens``.
+
+Audio and image tokens (``*_tokens_details.audio_tokens`` / ``.image_tokens``) are parts of
+those counts, priced at their own rates: ``input_audio_tokens``/``input_image_tokens`` are
+the uncached ones (cached audio or images are cache reads, priced as such),
+``output_audio_tokens``/``output_image_tokens`` parts of the output. The response's
+``service_tier`` (``default``, ``flex``, ``priority``...) picks that tier's prices.
 """
 
 from __future__ import annotations
@@ -55,16 +61,45 @@ def usage_from_openai(response: Any) -> dict[str, Any]:
             f"usage.{total_name}={total} must include the cached tokens "
             f"(cached_tokens={cached}, cache_write_tokens={cache_write})"
         )
-    return {
+    output = count(labels[3], get(usage, output_name))
+    out_detail = get(usage, out_details)
+    fields = {
         "provider": PROVIDER,
         "model": model_of(response, "OpenAI"),
         "input_tokens": total - cached - cache_write,
-        "output_tokens": count(labels[3], get(usage, output_name)),
+        "output_tokens": output,
         "cache_read_tokens": cached,
         "cache_write_tokens": cache_write,
-        "reasoning_tokens": count(labels[4], get(get(usage, out_details), "reasoning_tokens")),
+        "reasoning_tokens": count(labels[4], get(out_detail, "reasoning_tokens")),
         "response_id": response_id(response),
     }
+    if details is not None or out_detail is not None:
+        _add_modalities(fields, details, out_detail, in_details, out_details)
+    tier = get(response, "service_tier")
+    if isinstance(tier, str) and tier:
+        fields["service_tier"] = tier
+    return fields
+
+
+def _add_modalities(fields: dict[str, Any], details: Any, out_detail: Any, in_name: str,
+                    out_name: str) -> None:
+    """Audio and image parts, each kept within the count it is part of (a count reported
+    above its whole is cut to it rather than charged twice)."""
+    cached_detail = get(details, "cached_tokens_details")
+    room = fields["input_tokens"]
+    for kind in ("audio", "image"):
+        n = count(f"usage.{in_name}.{kind}_tokens", get(details, f"{kind}_tokens"))
+        n -= count(f"usage.{in_name}.cached_tokens_details.{kind}_tokens", get(cached_detail, f"{kind}_tokens"))
+        n = min(max(n, 0), room)
+        if n:
+            fields[f"input_{kind}_tokens"] = n
+            room -= n
+    room = fields["output_tokens"]
+    for kind in ("audio", "image"):
+        n = min(count(f"usage.{out_name}.{kind}_tokens", get(out_detail, f"{kind}_tokens")), room)
+        if n:
+            fields[f"output_{kind}_tokens"] = n
+            room -= n
 
 
 def _shape(total: str, output: str, in_details: str, out_details: str) -> tuple[Any, ...]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._sqlite import connect_wal
+from .._sqlite import connect_wal, transaction
 from .base import (
     MISSING,
     TTL,
@@ -260,12 +260,11 @@ class SqliteKVStore(KVStore):
         now = time.time()
 
         def op(c: sqlite3.Connection) -> int:
-            c.execute("BEGIN IMMEDIATE")
             live = 0
-            for (full,) in fulls:
-                cur = c.execute("DELETE FROM kv WHERE key = ? RETURNING expires", (full,))
-                live += sum(1 for (exp,) in cur.fetchall() if exp is None or exp > now)
-            c.execute("COMMIT")
+            with transaction(c):
+                for (full,) in fulls:
+                    cur = c.execute("DELETE FROM kv WHERE key = ? RETURNING expires", (full,))
+                    live += sum(1 for (exp,) in cur.fetchall() if exp is None or exp > now)
             return live
 
         return await self._run(op)
@@ -333,9 +332,8 @@ class SqliteKVStore(KVStore):
 
         def op(c: sqlite3.Connection) -> None:
             expires = self._exp(exp)
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany(_UPSERT, [{**r, "expires": expires} for r in rows])
-            c.execute("COMMIT")
+            with transaction(c):
+                c.executemany(_UPSERT, [{**r, "expires": expires} for r in rows])
 
         if rows:
             await self._run(op)
@@ -404,21 +402,19 @@ class SqliteKVStore(KVStore):
         full, exp, items = self._k(key), self._ttl(ttl), check_members(members)
 
         def op(c: sqlite3.Connection) -> int:
-            c.execute("BEGIN IMMEDIATE")
-            if not self._set_kind(c, full, key):
-                if not items:
-                    c.execute("COMMIT")
-                    return 0
-                c.execute("INSERT INTO kv (key, value, expires, kind) VALUES (?, NULL, NULL, 1)", (full,))
-            before = c.total_changes
-            c.executemany(
-                "INSERT OR IGNORE INTO kv_members (key, member) VALUES (?, ?)",
-                [(full, m) for m in items],
-            )
-            added = c.total_changes - before
-            if exp is not None:
-                c.execute("UPDATE kv SET expires = ? WHERE key = ?", (time.time() + exp, full))
-            c.execute("COMMIT")
+            with transaction(c):
+                if not self._set_kind(c, full, key):
+                    if not items:
+                        return 0
+                    c.execute("INSERT INTO kv (key, value, expires, kind) VALUES (?, NULL, NULL, 1)", (full,))
+                before = c.total_changes
+                c.executemany(
+                    "INSERT OR IGNORE INTO kv_members (key, member) VALUES (?, ?)",
+                    [(full, m) for m in items],
+                )
+                added = c.total_changes - before
+                if exp is not None:
+                    c.execute("UPDATE kv SET expires = ? WHERE key = ?", (time.time() + exp, full))
             return added
 
         return await self._run(op)
@@ -427,17 +423,16 @@ class SqliteKVStore(KVStore):
         full, items = self._k(key), check_members(members)
 
         def op(c: sqlite3.Connection) -> int:
-            c.execute("BEGIN IMMEDIATE")
             removed = 0
-            if self._set_kind(c, full, key):
-                before = c.total_changes
-                c.executemany(
-                    "DELETE FROM kv_members WHERE key = ? AND member = ?", [(full, m) for m in items]
-                )
-                removed = c.total_changes - before
-                if c.execute("SELECT 1 FROM kv_members WHERE key = ? LIMIT 1", (full,)).fetchone() is None:
-                    c.execute("DELETE FROM kv WHERE key = ?", (full,))
-            c.execute("COMMIT")
+            with transaction(c):
+                if self._set_kind(c, full, key):
+                    before = c.total_changes
+                    c.executemany(
+                        "DELETE FROM kv_members WHERE key = ? AND member = ?", [(full, m) for m in items]
+                    )
+                    removed = c.total_changes - before
+                    if c.execute("SELECT 1 FROM kv_members WHERE key = ? LIMIT 1", (full,)).fetchone() is None:
+                        c.execute("DELETE FROM kv WHERE key = ?", (full,))
             return removed
 
         return await self._run(op)
@@ -446,12 +441,9 @@ class SqliteKVStore(KVStore):
         full = self._k(key)
 
         def op(c: sqlite3.Connection) -> Any:
-            c.execute("BEGIN")
-            try:
+            with transaction(c, immediate=False):  # one snapshot for both reads
                 live = self._set_kind(c, full, key, purge=False)
                 return c.execute(query, (full, *args)).fetchall() if live else []
-            finally:
-                c.execute("COMMIT")
 
         return self._run(op)
 

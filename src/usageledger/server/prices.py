@@ -55,7 +55,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
     def need() -> None:
         if not getattr(store, "supports_prices", False):
             raise HTTPException(501, f"the collector's storage ({type(store).__name__}) does not keep "
-                                     "prices: use sqlite, postgresql or memory")
+                                     "prices: use sqlite, postgresql, redis, jsonl or memory")
 
     def history(provider: str, model: str) -> list[dict[str, Any]]:
         return [e for e in call(store.list_prices) if (e["provider"], e["model"]) == (provider, model)]

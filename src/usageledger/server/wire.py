@@ -37,8 +37,9 @@ from ..limits import (
     short,
     tags_error,
     text_error,
+    token_parts_error,
 )
-from ..records import TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
+from ..records import DETAIL_TOKEN_FIELDS, TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
 from ..runs import RunRecord
 from ..storage.base import RunWrite
 
@@ -242,7 +243,7 @@ def record_from_dict(obj: dict[str, Any]) -> UsageRecord:
     payload = obj.get("payload")
     if _is_alias(obj):
         kw.update(_from_alias(obj, payload))
-    for field in (*TOKEN_FIELDS, *_STR_FIELDS, "cost", "currency"):
+    for field in (*TOKEN_FIELDS, *DETAIL_TOKEN_FIELDS, *_STR_FIELDS, "service_tier", "cost", "currency"):
         if obj.get(field) is not None:
             kw[field] = obj[field]
     if payload is not None:
@@ -329,6 +330,9 @@ def _record_error(r: UsageRecord, nul: bool) -> str | None:
         v = getattr(r, field)
         if v is not None and len(v) > MAX_TEXT_CHARS:
             return text_error(field, v)
+    if ((r.cache_write_1h_tokens or r.input_audio_tokens or r.output_audio_tokens or r.input_image_tokens
+         or r.output_image_tokens or r.service_tier is not None) and (error := token_parts_error(r))):
+        return error
     if r.tags and (error := tags_error(r.tags)):
         return error
     if r.payload is not None and (error := _payload_error(r)):
@@ -358,7 +362,7 @@ def _payload_error(r: UsageRecord) -> str | None:
 
 
 def _nul_field(r: UsageRecord) -> str | None:
-    for field in ("id", "provider", "model", "currency", *_STR_FIELDS):
+    for field in ("id", "provider", "model", "currency", *_STR_FIELDS, "service_tier"):
         v = getattr(r, field)
         if v is not None and "\x00" in v:
             return field

@@ -7,9 +7,10 @@ by ``(provider, model, effective_from)``; ``effective_from`` is ``YYYY-MM-DD`` o
 (from the beginning), so entries of one model sort by date as text. Putting an entry at an
 existing date replaces it.
 
-Two implementations, as for budgets: dicts for the memory backend, and SQL for sqlite and
-postgres through the backend's ``_side_sql`` hook (one text, the placeholder swapped). The
-tables are created on first use.
+Three implementations: dicts for the memory backend (which the JSONL backend persists as
+appended change lines), SQL for sqlite and postgres through the backend's ``_side_sql`` hook
+(one text, the placeholder swapped; the tables are created on first use), and two hashes
+for the Redis backend.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import msgspec
 
 from ..records import encode
 
-__all__ = ["MemoryPrices", "SqlPrices", "PRICE_TABLES"]
+__all__ = ["MemoryPrices", "SqlPrices", "RedisPrices", "PRICE_TABLES"]
 
 _loads = msgspec.json.decode
 
@@ -126,3 +127,35 @@ class SqlPrices:
     def delete_alias(self, provider: str, name: str) -> bool:
         return bool(self._pq("DELETE FROM price_aliases WHERE provider = ? AND name = ? RETURNING name",
                              provider, name))
+
+
+class RedisPrices:
+    """Prices and aliases in two hashes under the backend's prefix: ``prices`` (field: the
+    JSON ``[provider, model, effective_from]``, value: the entry's JSON) and
+    ``price_aliases`` (field: ``[provider, name]``, value: the model). Each change is one
+    command, atomic on the server; every replica reads the same hashes."""
+
+    supports_prices = True
+    prefix: str
+    _r: Any
+
+    def put_price(self, provider: str, model: str, effective_from: str, entry: dict[str, Any]) -> None:
+        self._r.hset(f"{self.prefix}prices", encode([provider, model, effective_from]), encode(entry))
+
+    def list_prices(self) -> list[dict[str, Any]]:
+        rows = sorted((tuple(_loads(k)), v) for k, v in self._r.hgetall(f"{self.prefix}prices").items())
+        return [_entry(*key, v) for key, v in rows]
+
+    def delete_price(self, provider: str, model: str, effective_from: str) -> bool:
+        return bool(self._r.hdel(f"{self.prefix}prices", encode([provider, model, effective_from])))
+
+    def put_alias(self, provider: str, name: str, model: str) -> None:
+        self._r.hset(f"{self.prefix}price_aliases", encode([provider, name]), model)
+
+    def list_aliases(self) -> list[dict[str, str]]:
+        rows = sorted((tuple(_loads(k)), v.decode()) for k, v in
+                      self._r.hgetall(f"{self.prefix}price_aliases").items())
+        return [{"provider": p, "name": n, "model": m} for (p, n), m in rows]
+
+    def delete_alias(self, provider: str, name: str) -> bool:
+        return bool(self._r.hdel(f"{self.prefix}price_aliases", encode([provider, name])))

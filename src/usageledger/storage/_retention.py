@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from ..totals import PART_SUMS
 from ._keys import PROJECT_TAG
 from .aggregate import (
     add_totals,
@@ -39,7 +40,7 @@ from .aggregate import (
 )
 from .filters import _US_PER_DAY, Filters, day_key, ts_us
 
-__all__ = ["RETAINED_KEYS", "MemoryRetention", "SqlRetention", "merge_retained", "fold_rows",
+__all__ = ["FOLD_COLUMNS", "RETAINED_KEYS", "MemoryRetention", "SqlRetention", "merge_retained", "fold_rows",
            "RETENTION_TABLES", "retained_fits"]
 
 #: the dimensions the daily rollups keep (``project`` is the record's PROJECT_TAG)
@@ -50,7 +51,7 @@ _TOTAL_NAMES = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "
 
 _DIM_COLUMNS = ("day", "project", "provider", "model", "user_id", "customer_key", "currency")
 _SUM_COLUMNS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                "reasoning_tokens", "unknown_cost")
+                "reasoning_tokens", "unknown_cost", *PART_SUMS)
 RETENTION_TABLES = (
     # k: the JSON array of RETAINED_KEYS values (one row per key, None included); cost: the
     # exact sum as text, and in integer nano-units when that is exact (summed in SQL)
@@ -58,7 +59,8 @@ RETENTION_TABLES = (
     "project TEXT, provider TEXT NOT NULL, model TEXT NOT NULL, user_id TEXT, customer_key TEXT, "
     "currency TEXT NOT NULL, count BIGINT NOT NULL, input_tokens BIGINT NOT NULL, "
     "output_tokens BIGINT NOT NULL, cache_read_tokens BIGINT NOT NULL, cache_write_tokens BIGINT NOT NULL, "
-    "reasoning_tokens BIGINT NOT NULL, unknown_cost BIGINT NOT NULL, cost TEXT NOT NULL, cost_nano BIGINT)",
+    "reasoning_tokens BIGINT NOT NULL, unknown_cost BIGINT NOT NULL, cost TEXT NOT NULL, cost_nano BIGINT, "
+    + ", ".join(f"{p} BIGINT NOT NULL DEFAULT 0" for p in PART_SUMS) + ")",
     "CREATE TABLE IF NOT EXISTS runs_retained (k TEXT PRIMARY KEY, day BIGINT NOT NULL, "
     "count BIGINT NOT NULL)",
     # project '' is every project without a cutoff of its own; cutoff in UTC microseconds
@@ -69,14 +71,18 @@ _dumps = msgspec.json.Encoder(decimal_format="string").encode
 _loads = msgspec.json.decode
 
 #: one folded row: (us, tags, provider, model, user_id, customer_key, currency,
-#: input, output, cache_read, cache_write, reasoning, cost Decimal or None)
+#: input, output, cache_read, cache_write, reasoning, cost Decimal or None, *PART_SUMS)
 Row = tuple[Any, ...]
+#: the columns of a usage row that retention reads, in :data:`Row` order (after ts, tags)
+FOLD_COLUMNS = ("provider", "model", "user_id", "customer_key", "currency", "input_tokens",
+                "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost",
+                *PART_SUMS)
 
 
 def fold_rows(rows: Iterable[Row]) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Daily totals of raw rows by :data:`RETAINED_KEYS` (exact: ints and Decimals)."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for us, tags, provider, model, user, customer, currency, it, ot, cr, cw, rt, cost in rows:
+    for us, tags, provider, model, user, customer, currency, it, ot, cr, cw, rt, cost, *parts in rows:
         key = (us // _US_PER_DAY, (tags or {}).get(PROJECT_TAG), provider, model, user, customer, currency)
         t = out.get(key)
         if t is None:
@@ -87,6 +93,8 @@ def fold_rows(rows: Iterable[Row]) -> dict[tuple[Any, ...], dict[str, Any]]:
         t["cache_read_tokens"] += cr
         t["cache_write_tokens"] += cw
         t["reasoning_tokens"] += rt
+        for name, n in zip(PART_SUMS, parts, strict=True):
+            t[name] += n or 0
         if cost is None:
             t["unknown_cost"] += 1
         else:
@@ -215,10 +223,7 @@ class MemoryRetention:
                     break
             if not gone:
                 return 0
-            folded = fold_rows((us, rec.tags, rec.provider, rec.model, rec.user_id, rec.customer_key,
-                                rec.currency, rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
-                                rec.cache_write_tokens, rec.reasoning_tokens, rec.cost)
-                               for us, _, rec in gone)
+            folded = fold_rows((us, rec.tags, *(getattr(rec, c) for c in FOLD_COLUMNS)) for us, _, rec in gone)
             self._forget_records(gone)  # type: ignore[attr-defined]
             merge_groups(usage, folded)
             return len(gone)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..records import UsageRecord
+from ..totals import PART_SUMS
 from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
 
 __all__ = [
@@ -28,7 +29,7 @@ NANO = Decimal("1e-9")
 _MAX_NANO = 2**63 - 1
 
 TOTAL_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-              "reasoning_tokens")
+              "reasoning_tokens", *PART_SUMS)
 
 
 def zero_totals() -> dict[str, Any]:
@@ -41,6 +42,7 @@ def zero_totals() -> dict[str, Any]:
         "reasoning_tokens": 0,
         "cost": Decimal(0),
         "unknown_cost": 0,
+        **dict.fromkeys(PART_SUMS, 0),
     }
 
 
@@ -233,6 +235,10 @@ def add_record(t: dict[str, Any], rec: UsageRecord) -> None:
     t["cache_read_tokens"] += rec.cache_read_tokens
     t["cache_write_tokens"] += rec.cache_write_tokens
     t["reasoning_tokens"] += rec.reasoning_tokens
+    if rec.cache_write_1h_tokens or rec.input_audio_tokens or rec.output_audio_tokens or (
+            rec.input_image_tokens or rec.output_image_tokens):
+        for k in PART_SUMS:
+            t[k] += getattr(rec, k)
     if rec.cost is None:
         t["unknown_cost"] += 1
     else:

@@ -149,7 +149,9 @@ class StorageBackend:
         """One row per group **and currency** (money is never added across currencies:
         ``currency`` is a group key whether asked for or not, last unless placed): the
         group keys, ``count``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
-        ``cache_write_tokens``, ``reasoning_tokens``, ``total_tokens`` (as
+        ``cache_write_tokens``, ``reasoning_tokens``, the finer counts (``cache_write_1h_tokens``,
+        ``input_audio_tokens``, ``output_audio_tokens``, ``input_image_tokens``,
+        ``output_image_tokens``: parts of the sums above), ``total_tokens`` (as
         :mod:`usageledger.totals` defines it), ``cost`` (Decimal, in the row's currency;
         records of unknown cost add nothing) and ``unknown_cost`` (how many records had no
         cost). Sorted by the group keys. When nothing matches and no key was asked for: one

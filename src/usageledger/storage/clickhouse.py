@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from ..records import UsageRecord, encode
+from ..totals import PART_SUMS
 from ._sql import group_by_sql, group_value
 from .aggregate import Aggregate, finish_groups, zero_totals
 from .base import RunStore, RunWrite, StorageBackend, unique_records
@@ -52,19 +53,30 @@ _USAGE = """CREATE TABLE IF NOT EXISTS {db}.usage (
     tags Map(String, String), payload Nullable(String),
     INDEX usage_ts ts TYPE minmax GRANULARITY 1
 ) ENGINE = ReplacingMergeTree ORDER BY id"""
+#: columns added after the first release: a table without them gains them at open
+#: (ADD COLUMN IF NOT EXISTS; old rows read the default, which is what they carried)
+_ADDED = {
+    "cache_write_1h_tokens": "Int64 DEFAULT 0",
+    "input_audio_tokens": "Int64 DEFAULT 0",
+    "output_audio_tokens": "Int64 DEFAULT 0",
+    "input_image_tokens": "Int64 DEFAULT 0",
+    "output_image_tokens": "Int64 DEFAULT 0",
+    "service_tier": "Nullable(String)",
+}
 # one row per run write that changed it; the highest seq wins (read with FINAL)
 _RUNS = """CREATE TABLE IF NOT EXISTS {db}.runs (
     run_id String, seq Int64, data String
 ) ENGINE = ReplacingMergeTree(seq) ORDER BY run_id"""
 _INSERT_COLS = ("id", "ts", "provider", "model", *_TOKENS, "cost", "cost_dec", "currency",
-                "user_id", "session_id", "customer_key", "run_id", "response_id", "tags", "payload")
+                "user_id", "session_id", "customer_key", "run_id", "response_id", "tags", "payload",
+                *_ADDED)
 _COLS = ("id", "ts", "provider", "model", *_TOKENS, "cost", "currency", "user_id", "session_id",
-         "customer_key", "run_id", "response_id", "tags", "payload")
+         "customer_key", "run_id", "response_id", "tags", "payload", *_ADDED)
 #: JSON output with 64-bit integers as numbers and decimals as exact strings
 _SETTINGS = " SETTINGS output_format_json_quote_64bit_integers=0, output_format_json_quote_decimals=1"
 _SUMS = ", ".join([
     "count()", *(f"sum({t})" for t in _TOKENS), "sum(cost_dec)", "countIf(cost IS NULL)",
-    "groupArrayIf(cost, cost IS NOT NULL AND cost_dec IS NULL)",
+    "groupArrayIf(cost, cost IS NOT NULL AND cost_dec IS NULL)", *(f"sum({t})" for t in PART_SUMS),
 ])
 _MAX_DEC = Decimal(10) ** 20
 _MAX_QUERY = 64 << 20
@@ -213,6 +225,8 @@ class ClickHouseStorage(RunStore, StorageBackend):
         try:
             self._engine.command(f"CREATE DATABASE IF NOT EXISTS {self._db}")
             self._engine.command(_USAGE.format(db=self._db))
+            for column, decl in _ADDED.items():
+                self._engine.command(f"ALTER TABLE {self._db}.usage ADD COLUMN IF NOT EXISTS {column} {decl}")
             self._engine.command(_RUNS.format(db=self._db))
             # ids of the batch being saved; one per store (a server is shared by collectors)
             suffix = "" if path is not None else "_" + uuid.uuid4().hex[:12]
@@ -242,6 +256,8 @@ class ClickHouseStorage(RunStore, StorageBackend):
             cost, _cost_dec(rec.cost, cost), rec.currency,
             rec.user_id, rec.session_id, rec.customer_key, rec.run_id, rec.response_id, rec.tags,
             None if rec.payload is None else encode(rec.payload).decode(),
+            rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+            rec.input_image_tokens, rec.output_image_tokens, rec.service_tier,
         ]
 
     def _insert(self, records: Iterable[UsageRecord]) -> None:
@@ -275,11 +291,11 @@ class ClickHouseStorage(RunStore, StorageBackend):
     @staticmethod
     def _record(row: list[Any]) -> UsageRecord:
         (id_, ts, provider, model, i, o, cr, cw, rs, cost, currency, user_id, session_id,
-         customer_key, run_id, response_id, tags, payload) = row
+         customer_key, run_id, response_id, tags, payload, *details) = row
         return UsageRecord(
             id_, from_us(ts), provider, model, i, o, cr, cw, rs,
             None if cost is None else Decimal(cost), currency, user_id, session_id, customer_key,
-            run_id, response_id, tags or {}, None if payload is None else _decode(payload),
+            run_id, response_id, tags or {}, None if payload is None else _decode(payload), *details,
         )
 
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
@@ -316,6 +332,8 @@ class ClickHouseStorage(RunStore, StorageBackend):
                 t[name] += row[n + 1 + i]
             t["cost"] += _exact(row[n + 6] or "0") + sum((Decimal(c) for c in row[n + 8]), Decimal(0))
             t["unknown_cost"] += row[n + 7]
+            for i, name in enumerate(PART_SUMS):
+                t[name] += row[n + 9 + i]
         return finish_groups(keys, groups)
 
     def count(self) -> int:

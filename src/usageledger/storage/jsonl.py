@@ -4,6 +4,9 @@ Every batch is appended with one write and one ``fsync``. At open the whole file
 into memory (the ids make dedup hold across restarts); a corrupt or torn line is skipped,
 counted in ``corrupt_lines`` and logged, never fatal. Agent runs are appended as whole
 snapshots (``{"kind": "run", "run": {...}}``); on reading, the highest ``seq`` wins.
+Prices and aliases (the collector's overrides) are appended as changes
+(``{"kind": "price", "op": "put"|"delete", ...}``, ``{"kind": "alias", ...}``) and replayed
+in order at open, so they persist with the file.
 
 One process writes a given file (an exclusive ``flock`` per append keeps lines whole if
 another process appends anyway, but this process will not see that process's records).
@@ -22,6 +25,7 @@ import msgspec
 
 from .._files import write_all
 from ..records import UsageRecord, decode_usage, encode
+from ._prices import MemoryPrices
 from .base import RunWrite, unique_records
 from .memory import MemoryStorage
 from .runs import apply_run_write, run_fields
@@ -31,6 +35,7 @@ __all__ = ["JsonlStorage"]
 log = logging.getLogger("usageledger.storage.jsonl")
 
 _RUN_PREFIX = b'{"kind":"run",'
+_PRICE_PREFIXES = (b'{"kind":"price",', b'{"kind":"alias",')
 
 
 class _RunLine(msgspec.Struct):
@@ -73,7 +78,9 @@ class JsonlStorage(MemoryStorage):
             if not line.strip():
                 continue
             try:
-                if line.startswith(_RUN_PREFIX):
+                if line.startswith(_PRICE_PREFIXES):
+                    self._replay_price(msgspec.json.decode(line))
+                elif line.startswith(_RUN_PREFIX):
                     run = _run_decoder.decode(line).run
                     stored = self._runs.get(run["run_id"])
                     if stored is None or run["seq"] > stored["seq"]:
@@ -129,9 +136,64 @@ class JsonlStorage(MemoryStorage):
             os.fsync(self._fd)
             self._needs_newline = False
             super().clear()
+            # clear() drops usage and runs; prices are configuration and stay
+            self._append([*(_price_line("put", e["provider"], e["model"], e["effective_from"] or "",
+                                        {k: v for k, v in e.items()
+                                         if k not in ("provider", "model", "effective_from")})
+                            for e in self.list_prices()),
+                          *(_alias_line("put", a["provider"], a["name"], a["model"])
+                            for a in self.list_aliases())])
+
+    # -- prices: the memory engine's, each change appended first ----------------------------
+    def _replay_price(self, change: dict[str, Any]) -> None:
+        put = change["op"] == "put"
+        if change["kind"] == "price":
+            key = (change["provider"], change["model"], change["effective_from"])
+            if put:
+                MemoryPrices.put_price(self, *key, change["entry"])
+            else:
+                MemoryPrices.delete_price(self, *key)
+        elif put:
+            MemoryPrices.put_alias(self, change["provider"], change["name"], change["model"])
+        else:
+            MemoryPrices.delete_alias(self, change["provider"], change["name"])
+
+    def put_price(self, provider: str, model: str, effective_from: str, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self._append([_price_line("put", provider, model, effective_from, entry)])
+            super().put_price(provider, model, effective_from, entry)
+
+    def delete_price(self, provider: str, model: str, effective_from: str) -> bool:
+        with self._lock:
+            if not any(e["provider"] == provider and e["model"] == model
+                       and (e["effective_from"] or "") == effective_from for e in self.list_prices()):
+                return False
+            self._append([_price_line("delete", provider, model, effective_from, None)])
+            return super().delete_price(provider, model, effective_from)
+
+    def put_alias(self, provider: str, name: str, model: str) -> None:
+        with self._lock:
+            self._append([_alias_line("put", provider, name, model)])
+            super().put_alias(provider, name, model)
+
+    def delete_alias(self, provider: str, name: str) -> bool:
+        with self._lock:
+            if not any(a["provider"] == provider and a["name"] == name for a in self.list_aliases()):
+                return False
+            self._append([_alias_line("delete", provider, name, None)])
+            return super().delete_alias(provider, name)
 
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def _price_line(op: str, provider: str, model: str, effective_from: str, entry: Any) -> bytes:
+    return encode({"kind": "price", "op": op, "provider": provider, "model": model,
+                   "effective_from": effective_from, "entry": entry})
+
+
+def _alias_line(op: str, provider: str, name: str, model: str | None) -> bytes:
+    return encode({"kind": "alias", "op": op, "provider": provider, "name": name, "model": model})

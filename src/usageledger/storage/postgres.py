@@ -16,10 +16,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, UsageRecord, encode
+from ..totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
-from ._retention import RETENTION_TABLES, SqlRetention, fold_rows, project_clause, run_day_project
+from ._retention import (
+    FOLD_COLUMNS,
+    RETENTION_TABLES,
+    SqlRetention,
+    fold_rows,
+    project_clause,
+    run_day_project,
+)
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -70,10 +78,20 @@ _COLUMNS: dict[str, str] = {
     "response_id": "TEXT",
     "tags": "JSONB NOT NULL DEFAULT '{}'",
     "payload": "JSONB",
+    "cache_write_1h_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "input_audio_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "output_audio_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "input_image_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "output_image_tokens": "BIGINT NOT NULL DEFAULT 0",
+    "service_tier": "TEXT",
 }
 _COLS = tuple(_COLUMNS)
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
            "reasoning_tokens")
+#: sums of the finer counts, last in the rollups (a rollup from before them gains them,
+#: zero: its records had none)
+_PARTS = PART_SUMS
+_PART_COLS = "".join(f", {c} NUMERIC NOT NULL DEFAULT 0" for c in _PARTS)
 _HOUR = "floor(extract(epoch FROM ts) / 3600)::bigint"
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS usage ({})".format(", ".join(f"{k} {v}" for k, v in _COLUMNS.items())),
@@ -81,15 +99,15 @@ _SCHEMA = [
         hour BIGINT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, currency TEXT NOT NULL,
         count BIGINT NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,
         cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
-        reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
-        PRIMARY KEY (hour, provider, model, currency))""",
+        reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL{_PART_COLS},
+        PRIMARY KEY (hour, provider, model, currency))""".replace("{_PART_COLS}", _PART_COLS),
     """CREATE TABLE IF NOT EXISTS usage_daily (
         dim TEXT COLLATE "C" NOT NULL, value TEXT COLLATE "C" NOT NULL, day BIGINT NOT NULL,
         currency TEXT COLLATE "C" NOT NULL,
         count BIGINT NOT NULL, input_tokens NUMERIC NOT NULL, output_tokens NUMERIC NOT NULL,
         cache_read_tokens NUMERIC NOT NULL, cache_write_tokens NUMERIC NOT NULL,
-        reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL,
-        PRIMARY KEY (dim, value, day, currency))""",
+        reasoning_tokens NUMERIC NOT NULL, cost NUMERIC NOT NULL, unknown_cost BIGINT NOT NULL{_PART_COLS},
+        PRIMARY KEY (dim, value, day, currency))""".replace("{_PART_COLS}", _PART_COLS),
     """CREATE TABLE IF NOT EXISTS runs (
         run_id TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL, agent_name TEXT,
         status TEXT, started_at TEXT COLLATE "C", data JSONB NOT NULL)""",
@@ -99,19 +117,24 @@ _TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS usage_in (id TEXT, ts TIMESTAMPTZ, provider TEXT, model TEXT, "
     "input_tokens BIGINT, output_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT, "
     "reasoning_tokens BIGINT, cost NUMERIC, currency TEXT, user_id TEXT, session_id TEXT, "
-    "customer_key TEXT, run_id TEXT, response_id TEXT, tags TEXT, payload TEXT) "
+    "customer_key TEXT, run_id TEXT, response_id TEXT, tags TEXT, payload TEXT, "
+    "cache_write_1h_tokens BIGINT, input_audio_tokens BIGINT, output_audio_tokens BIGINT, "
+    "input_image_tokens BIGINT, output_image_tokens BIGINT, service_tier TEXT) "
     "ON COMMIT DELETE ROWS"
 )
 _SUMS = ", ".join(
     ["count(*)", *(f"sum({t})" for t in _TOKENS), "coalesce(sum(cost), 0)",
-     "count(*) FILTER (WHERE cost IS NULL)"]
+     "count(*) FILTER (WHERE cost IS NULL)", *(f"sum({t})" for t in _PARTS)]
 )
 _ROLLUP_SUMS = ", ".join(
-    ["sum(count)", *(f"sum({t})" for t in _TOKENS), "sum(cost)", "sum(unknown_cost)"]
+    ["sum(count)", *(f"sum({t})" for t in _TOKENS), "sum(cost)", "sum(unknown_cost)",
+     *(f"sum({t})" for t in _PARTS)]
 )
 _DAY = "floor(extract(epoch FROM {src}.ts) / 86400)::bigint"
-_ADD = ", ".join(f"{c} = {{table}}.{c} + excluded.{c}" for c in ("count", *_TOKENS, "cost", "unknown_cost"))
-_DAY_COLS = ", ".join([_DAY, "{src}.currency", *(f"{{src}}.{t}" for t in _TOKENS), "{src}.cost"])
+_ADD = ", ".join(f"{c} = {{table}}.{c} + excluded.{c}"
+                 for c in ("count", *_TOKENS, "cost", "unknown_cost", *_PARTS))
+_DAY_COLS = ", ".join([_DAY, "{src}.currency", *(f"{{src}}.{t}" for t in _TOKENS), "{src}.cost",
+                       *(f"{{src}}.{t}" for t in _PARTS)])
 #: the daily totals per user, customer, session and tag value (dim '' holds all records) of
 #: the rows of ``{src}``, sorted: concurrent writers lock rollup rows in the same order
 _DAILY_ROWS = f"""
@@ -124,7 +147,7 @@ _DAILY_ROWS = f"""
         UNION ALL SELECT 'session_id', {{src}}.session_id, {_DAY_COLS} FROM {{src}}
             WHERE {{src}}.session_id IS NOT NULL
         UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM {{src}}, jsonb_each_text({{src}}.tags) AS t
-    ) AS n (dim, value, day, currency, {", ".join(_TOKENS)}, cost)
+    ) AS n (dim, value, day, currency, {", ".join(_TOKENS)}, cost, {", ".join(_PARTS)})
     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (dim, value, day, currency) DO UPDATE SET {_ADD.format(table="usage_daily")}"""
 _INSERT = f"""
@@ -134,7 +157,7 @@ WITH ins AS (
     FROM usage_in ORDER BY id
     ON CONFLICT (id) DO NOTHING
     RETURNING id, ts, provider, model, {", ".join(_TOKENS)}, cost, currency, user_id,
-        customer_key, session_id, tags
+        customer_key, session_id, tags, {", ".join(_PARTS)}
 ), roll AS (
     INSERT INTO usage_hourly
     SELECT {_HOUR}, provider, model, currency, {_SUMS} FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
@@ -150,7 +173,8 @@ _DAILY_BACKFILL = f"INSERT INTO usage_daily {_DAILY_ROWS.format(src='usage')}"
 _REPRICE_TEMP = ("CREATE TEMP TABLE IF NOT EXISTS reprice_in (id TEXT PRIMARY KEY, cost NUMERIC, "
                  "currency TEXT) ON COMMIT DELETE ROWS")
 _NEG_SUMS = ", ".join(f"-{x}" for x in ["count(*)", *(f"sum({t})" for t in _TOKENS),
-                                         "coalesce(sum(cost), 0)", "(count(*) FILTER (WHERE cost IS NULL))"])
+                                         "coalesce(sum(cost), 0)", "(count(*) FILTER (WHERE cost IS NULL))",
+                                         *(f"sum({t})" for t in _PARTS)])
 
 
 def _rollups_of_changed(sums: str) -> str:
@@ -227,6 +251,9 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                 if k not in have:
                     conn.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl.replace(' PRIMARY KEY', '')}")
                     log.info("added column %s to an older usage table", k)
+            for table in ("usage_hourly", "usage_daily"):
+                for c in _PARTS:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {c} NUMERIC NOT NULL DEFAULT 0")
             for ddl in _INDEXES:
                 conn.execute(ddl)
             if had_daily is None:  # a database from before the daily totals: build them
@@ -262,6 +289,8 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                 rec.currency, rec.user_id, rec.session_id, rec.customer_key, rec.run_id,
                 rec.response_id, encode(rec.tags).decode() if rec.tags else "{}",
                 None if rec.payload is None else encode(rec.payload).decode(),
+                rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+                rec.input_image_tokens, rec.output_image_tokens, rec.service_tier,
             ))
         if not rows:
             return set()
@@ -314,7 +343,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
-        return UsageRecord(*row[:16], row[16] or {}, row[17])
+        return UsageRecord(*row[:16], row[16] or {}, *row[17:])
 
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
         where, params = self._where(f)
@@ -409,6 +438,8 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                 t[name] += int(row[n + 1 + i] or 0)
             t["cost"] += row[n + 6]
             t["unknown_cost"] += int(row[n + 7])
+            for i, name in enumerate(_PARTS):
+                t[name] += int(row[n + 8 + i] or 0)
         return groups
 
     def count(self) -> int:
@@ -516,8 +547,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                         f"ts < %s{clause} ORDER BY ts LIMIT %s FOR UPDATE) AS o ORDER BY id",
                         [from_us(cutoff_us), *params, batch])
             rows = cur.execute(
-                "SELECT ts, tags, provider, model, user_id, customer_key, currency, input_tokens, "
-                "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost "
+                f"SELECT ts, tags, {', '.join(FOLD_COLUMNS)} "
                 "FROM usage WHERE id IN (SELECT id FROM reprice_in)").fetchall()
             if not rows:
                 return 0

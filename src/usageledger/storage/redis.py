@@ -14,7 +14,10 @@ Layout under ``prefix`` (default ``usageledger:``):
   counted in ``roll:inexact`` and make those aggregates sum the records' own decimal
   strings instead;
 - ``run:<run_id>``: hash of the run's fields (each a JSON value) plus ``seq``; ``runs``: the
-  set of run ids.
+  set of run ids;
+- ``prices`` and ``price_aliases``: the collector's price overrides and aliases
+  (:class:`~usageledger.storage._prices.RedisPrices`), kept by ``clear()`` (configuration,
+  not usage).
 
 Saving is one Lua script per batch: ``HSETNX`` on the records hash decides, atomically with
 the index and rollup updates, whether an id is new — a second copy changes nothing.
@@ -29,6 +32,8 @@ from typing import Any
 import msgspec
 
 from ..records import UsageRecord, decode_usage, encode
+from ..totals import PART_SUMS
+from ._prices import RedisPrices
 from .aggregate import (
     Aggregate,
     Aggregator,
@@ -45,19 +50,23 @@ from .runs import page_runs, run_fields
 __all__ = ["RedisStorage"]
 
 _METRICS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-            "reasoning_tokens", "cost_nano", "unknown_cost", "inexact")
+            "reasoning_tokens", "cost_nano", "unknown_cost", "inexact", *PART_SUMS)
 
-# KEYS: records, ts, registry, roll:<metric> x 9 (per hour), roll_day:<metric> x 9 (per
+# KEYS: records, ts, registry, roll:<metric> x 14 (per hour), roll_day:<metric> x 14 (per
 # day). ARGV[1]: a msgpack array with per record
 # [id, score, json, hour group, it, ot, cr, cw, rt, nano|"", unknown, inexact, [index keys],
-#  day group].
+#  day group, cw1h, audio in, audio out, image in, image out].
+# Per group the sums are {count, it, ot, cr, cw, rt, unknown, inexact, nano, the 5 parts};
+# metric m of _METRICS is KEYS[base + m]. A store written before the parts has no hash for
+# them: they read as 0, which is what its records carried.
 # One msgpack argument per batch (no string escapes to undo, unlike JSON): packing millions
 # of separate arguments costs redis-py more than the script costs Redis. Scores and cost
 # stay strings: a Lua double would round them.
 _SAVE = """
 local batch = cmsgpack.unpack(ARGV[1])
 local dup = {}
-local levels = {{base = 3, col = 4, acc = {}}, {base = 12, col = 14, acc = {}}}
+local NM = (#KEYS - 3) / 2
+local levels = {{base = 3, col = 4, acc = {}}, {base = 3 + NM, col = 14, acc = {}}}
 local z = {}
 local function index(key, score, id)
   local t = z[key]
@@ -74,9 +83,10 @@ for _, r in ipairs(batch) do
     for _, level in ipairs(levels) do
       local g = r[level.col]
       local a = level.acc[g]
-      if not a then a = {0, 0, 0, 0, 0, 0, 0, 0, 0}; level.acc[g] = a end
+      if not a then a = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}; level.acc[g] = a end
       a[1] = a[1] + 1
       for m = 1, 5 do a[m + 1] = a[m + 1] + r[4 + m] end
+      for m = 10, 14 do a[m] = a[m] + r[m + 5] end
       a[7] = a[7] + r[11]
       a[8] = a[8] + r[12]
       if nano ~= '' and nano ~= '0' then
@@ -107,6 +117,9 @@ for _, level in ipairs(levels) do
     if a[9] > 0 then redis.call('HINCRBY', KEYS[b + 7], g, string.format('%d', a[9])) end
     if a[7] > 0 then redis.call('HINCRBY', KEYS[b + 8], g, string.format('%d', a[7])) end
     if a[8] > 0 then redis.call('HINCRBY', KEYS[b + 9], g, string.format('%d', a[8])) end
+    for m = 10, 14 do
+      if a[m] > 0 then redis.call('HINCRBY', KEYS[b + m], g, string.format('%d', a[m])) end
+    end
   end
 end
 return dup
@@ -161,7 +174,7 @@ _json_decode = msgspec.json.decode
 _pack = msgspec.msgpack.encode
 
 
-class RedisStorage(RunStore, StorageBackend):
+class RedisStorage(RedisPrices, RunStore, StorageBackend):
     """``RedisStorage(url, prefix="usageledger:")``; thread-safe (redis-py's pool)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "usageledger:",
@@ -225,6 +238,7 @@ class RedisStorage(RunStore, StorageBackend):
                 rec.cache_write_tokens, rec.reasoning_tokens, "" if nano is None else str(nano),
                 1 if rec.cost is None else 0, 1 if rec.cost is not None and nano is None else 0,
                 idx, encode([us // _US_PER_DAY, rec.provider, rec.model, rec.currency]).decode(),
+                *[getattr(rec, k) for k in PART_SUMS],
             ])
             if len(batch) == chunk:
                 run(batch)
@@ -304,7 +318,7 @@ class RedisStorage(RunStore, StorageBackend):
             t = groups.setdefault(gk, zero_totals())
             t["count"] += int(count)
             for m in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                      "reasoning_tokens", "unknown_cost"):
+                      "reasoning_tokens", "unknown_cost", *PART_SUMS):
                 t[m] += int(hashes[m].get(raw, 0))
             t["cost"] += nano_to_decimal(int(hashes["cost_nano"].get(raw, 0)))
         return groups

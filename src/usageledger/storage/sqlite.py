@@ -5,6 +5,12 @@ whenever that is exact, so sums run in integer arithmetic inside SQLite; a cost 
 than nine decimals keeps ``cost_nano`` NULL and is summed from its text in Python.
 Nothing is rounded.
 
+A damaged file is handled as the journal handles its own: found at open (a quick check of
+the whole file, up to :data:`QUICK_CHECK_MAX_BYTES`) or by the operation that meets the
+damaged page, it is moved aside (ERROR log naming both paths), every row that still reads
+(usage, runs, budgets, prices) goes into a fresh file at the same path, the rollups are
+rebuilt from the rows, and the operation runs again there.
+
 An hourly rollup (``usage_hourly``: hour x provider x model x currency) is maintained in the same
 transaction as every insert, so ``aggregate`` by day/hour/provider/model with provider,
 model and hour-aligned time filters reads a few thousand rows instead of every record.
@@ -13,10 +19,10 @@ model and hour-aligned time filters reads a few thousand rows instead of every r
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -24,12 +30,14 @@ from typing import Any
 
 import msgspec
 
-from .._sqlite import connect_wal
+from .._sqlite import WalHandle, add_missing_columns, is_corruption, move_aside
+from .._sqlite_salvage import iter_rows, open_damaged
 from ..records import UsageRecord, encode
-from ._budgets import SqlBudgets
+from ..totals import PART_SUMS
+from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._keys import PROJECT_TAG, SqlKeys
-from ._prices import SqlPrices
-from ._retention import SqlRetention, fold_rows, project_clause, run_day_project
+from ._prices import PRICE_TABLES, SqlPrices
+from ._retention import FOLD_COLUMNS, SqlRetention, fold_rows, project_clause, run_day_project
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -58,7 +66,7 @@ from .base import RunStore, RunWrite, StorageBackend, unique_records
 from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, from_us, make_filters, ts_us
 from .runs import apply_run_write, run_fields
 
-__all__ = ["SQLiteStorage", "USAGE_COLUMNS"]
+__all__ = ["SQLiteStorage", "USAGE_COLUMNS", "RUNS_COLUMNS", "TABLES"]
 
 log = logging.getLogger("usageledger.storage.sqlite")
 
@@ -83,6 +91,12 @@ USAGE_COLUMNS: dict[str, str] = {
     "response_id": "TEXT",
     "tags": "TEXT NOT NULL DEFAULT '{}'",
     "payload": "TEXT",
+    "cache_write_1h_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "input_audio_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_audio_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "input_image_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "output_image_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "service_tier": "TEXT",
 }
 _COLS = tuple(USAGE_COLUMNS)
 #: the primary key decides what is new (only a conflict on id is skipped: any other
@@ -95,12 +109,18 @@ _NEW_IDS = "SELECT id FROM usage WHERE rowid > ?"
 _SELECT = (
     "SELECT id, ts, provider, model, input_tokens, output_tokens, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost, currency, user_id, session_id, customer_key, "
-    "run_id, response_id, tags, payload FROM usage"
+    "run_id, response_id, tags, payload, cache_write_1h_tokens, input_audio_tokens, "
+    "output_audio_tokens, input_image_tokens, output_image_tokens, service_tier FROM usage"
 )
+#: sums of the finer counts, last in the rollups (a rollup from before them gains them,
+#: zero: its records had none)
+_PARTS = PART_SUMS
+_PART_DECLS = {c: "INTEGER NOT NULL DEFAULT 0" for c in _PARTS}
 _TOTALS = """count INTEGER NOT NULL, input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
     cache_read_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL, cost_nano INTEGER NOT NULL, inexact INTEGER NOT NULL,
-    unknown_cost INTEGER NOT NULL"""
+    unknown_cost INTEGER NOT NULL, """ + ", ".join(f"{c} {d}" for c, d in _PART_DECLS.items())
+_PART_SUM = "".join(f", SUM({c})" for c in _PARTS)
 _ROLLUP = f"""CREATE TABLE IF NOT EXISTS usage_hourly (
     hour INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL, currency TEXT NOT NULL,
     {_TOTALS}, PRIMARY KEY (hour, provider, model, currency)) WITHOUT ROWID"""
@@ -113,12 +133,12 @@ _DAILY = f"""CREATE TABLE IF NOT EXISTS usage_daily (
 _NEW_SUMS = (
     "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
     "SUM(cache_write_tokens), SUM(reasoning_tokens), COALESCE(SUM(cost_nano), 0), "
-    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)"
+    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)" + _PART_SUM
 )
 _ADD = ", ".join(
     f"{c} = {c} + excluded.{c}"
     for c in ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-              "reasoning_tokens", "cost_nano", "inexact", "unknown_cost")
+              "reasoning_tokens", "cost_nano", "inexact", "unknown_cost", *_PARTS)
 )
 # Rollups are maintained from the rows just inserted, in the insert's transaction: a table
 # with a rowid gives a new row a rowid above every existing one, so the new rows are those
@@ -126,7 +146,8 @@ _ADD = ", ".join(
 _ROLLUP_NEW = f"""INSERT INTO usage_hourly SELECT ts / {_US_PER_HOUR}, provider, model, currency,
     {_NEW_SUMS} FROM usage WHERE rowid > ?1 GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
 _DAY_COLS = (f"u.ts / {_US_PER_DAY} AS day, u.currency, u.input_tokens, u.output_tokens, "
-             "u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cost, u.cost_nano")
+             "u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cost, u.cost_nano"
+             + "".join(f", u.{c}" for c in _PARTS))
 _DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW_SUMS} FROM (
     SELECT '' AS dim, '' AS value, {_DAY_COLS} FROM usage AS u WHERE u.rowid > ?1
     UNION ALL SELECT 'user_id', u.user_id, {_DAY_COLS} FROM usage AS u
@@ -144,7 +165,7 @@ _IDS = "(SELECT id FROM temp.reprice_ids)"
 _NEG_SUMS = (
     "-COUNT(*), -SUM(input_tokens), -SUM(output_tokens), -SUM(cache_read_tokens), "
     "-SUM(cache_write_tokens), -SUM(reasoning_tokens), -COALESCE(SUM(cost_nano), 0), "
-    "-SUM(cost IS NOT NULL AND cost_nano IS NULL), -SUM(cost IS NULL)"
+    "-SUM(cost IS NOT NULL AND cost_nano IS NULL), -SUM(cost IS NULL)" + _PART_SUM.replace(", SUM", ", -SUM")
 )
 _REPRICE = [
     sql.replace("u.rowid > ?1", f"u.id IN {_IDS}").replace("rowid > ?1", f"id IN {_IDS}")
@@ -155,19 +176,39 @@ _REPRICE = [
 ]
 #: every rowid is above this: the rollups of a whole table (opening a file without them)
 _ALL_ROWS = -(2**63)
-_RUNS = """CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, agent_name TEXT, status TEXT,
-    started_at TEXT, data TEXT NOT NULL)"""
+RUNS_COLUMNS: dict[str, str] = {
+    "run_id": "TEXT PRIMARY KEY",
+    "seq": "INTEGER NOT NULL",
+    "agent_name": "TEXT",
+    "status": "TEXT",
+    "started_at": "TEXT",
+    "data": "TEXT NOT NULL",
+}
+#: table -> its columns: opening a file creates a missing table and adds missing columns
+#: (a new column is one entry here; the rollups are rebuilt rather than migrated)
+TABLES: dict[str, dict[str, str]] = {"usage": USAGE_COLUMNS, "runs": RUNS_COLUMNS}
+#: columns a ``usage`` table must have for usageledger to have written it
+_REQUIRED = ("id", "ts", "provider", "model")
 _SUMS = (
     "COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
     "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), "
-    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)"
+    "SUM(cost IS NOT NULL AND cost_nano IS NULL), SUM(cost IS NULL)" + _PART_SUM
 )
 _ROLLUP_SUMS = (
     "SUM(count), SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens), "
     "SUM(cache_write_tokens), SUM(reasoning_tokens), SUM(cost_nano), SUM(inexact), "
-    "SUM(unknown_cost)"
+    "SUM(unknown_cost)" + _PART_SUM
 )
+
+#: a file up to this size gets a full ``PRAGMA quick_check`` at open; a larger one only
+#: has its schema read then, and damage elsewhere is found by the operation meeting it
+#: (quick_check read a 400 MB file of 10^6 records in 5.2-6.2 s on a busy 2-core box: too
+#: long for every ``usageledger report``)
+QUICK_CHECK_MAX_BYTES = 16 * 1024 * 1024
+#: the tables whose rows are salvaged from a damaged file (the rollups are rebuilt)
+_SALVAGED = ("usage", "runs", "budgets", "budget_alerts", "prices", "price_aliases")
+#: rows per transaction when salvaging
+_SALVAGE_BATCH = 5000
 
 _loads = msgspec.json.decode
 
@@ -183,6 +224,22 @@ def _tag_path(key: str) -> str | None:
     # a quoted JSON path label cannot hold a double quote, and SQLite reads a backslash in
     # it as an escape: such keys are matched through json_each instead
     return None if '"' in key or "\\" in key else f'$."{key}"'
+
+
+def _salvaging(method: Any) -> Any:
+    """An operation that finds the file damaged: the file is moved aside and salvaged
+    into a fresh one, and the operation runs once more, there."""
+    @functools.wraps(method)
+    def run(self: SQLiteStorage, *args: Any, **kw: Any) -> Any:
+        gen = self._db.gen
+        try:
+            return method(self, *args, **kw)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            self._replace_corrupt(str(exc), gen)
+        return method(self, *args, **kw)
+    return run
 
 
 class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, StorageBackend):
@@ -201,50 +258,127 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             db_path = default_journal_path("usage.db")
         self.db_path = Path(os.fspath(db_path)).expanduser()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         self._explain: list[str] | None = None
+        # one connection behind a lock, in the fork gate, reopened in a forked child;
         # index maintenance on large tables thrashes the default 2 MB page cache
-        self._conn = connect_wal(self.db_path, busy_timeout_ms=int(timeout * 1000),
-                                 pragmas=("cache_size=-65536", "temp_store=MEMORY"))
+        self._db = WalHandle(self.db_path, busy_timeout_ms=int(timeout * 1000),
+                             pragmas=("cache_size=-65536", "temp_store=MEMORY"))
+        #: what was salvaged when a damaged file was replaced (None: never)
+        self.salvaged: dict[str, Any] | None = None
         try:
-            self._migrate()
+            self._open_checked()
         except BaseException:
-            self._conn.close()
+            self._db.close()
             raise
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The connection (callers hold ``self._db``)."""
+        return self._db.get()
+
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """The connection, locked, inside ``BEGIN IMMEDIATE``: committed at the end, rolled
         back on any exception."""
-        c = self._conn
-        with self._lock:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                yield c
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
+        return self._db.transaction()
+
+    # -- damaged files ----------------------------------------------------------------------
+    def _open_checked(self) -> None:
+        gen = self._db.gen
+        small = not self.db_path.exists() or self.db_path.stat().st_size <= QUICK_CHECK_MAX_BYTES
+        try:
+            with self._db as c:
+                check = "PRAGMA quick_check(5)" if small else "SELECT 'ok' FROM sqlite_master LIMIT 1"
+                problems = [r[0] for r in c.execute(check)]
+            if problems in (["ok"], []):  # [] an empty file
+                self._migrate()
+                return
+            reason = "; ".join(map(str, problems))
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
                 raise
+            reason = str(exc)
+        self._replace_corrupt(reason, gen)
+
+    def _replace_corrupt(self, reason: str, seen_gen: int) -> None:
+        """Move the damaged file aside, start a fresh one at the same path and put every
+        row that still reads into it. ``seen_gen``: the file the error came from (another
+        thread may have replaced it already)."""
+        with self._db.held():
+            if seen_gen != self._db.gen:
+                return
+            self._db.reset()  # closed before the file moves (see WalHandle.reset)
+            aside = move_aside(self.db_path)
+            log.error("storage %s is damaged (%s); moved it aside to %s and started a new file at %s",
+                      self.db_path, reason, aside, self.db_path)
+            self._migrate()
+            with self._transaction() as c:  # budgets and prices have their tables at once
+                for ddl in (*BUDGET_TABLES, *PRICE_TABLES):
+                    c.execute(ddl)
+            self.salvaged = self._salvage_from(aside) | {"reason": reason}
+
+    def _salvage_from(self, aside: Path) -> dict[str, Any]:
+        report: dict[str, Any] = {"from": str(aside), "rows": {}, "header_rebuilt": False,
+                                  "problems": []}
+        try:
+            with open_damaged(aside, "usage") as damaged:
+                report["header_rebuilt"], report["problems"] = damaged.header_rebuilt, damaged.problems
+                tables = damaged.tables() if damaged.conn is not None else set()
+                for table in _SALVAGED:
+                    if table in tables:
+                        report["rows"][table] = self._copy_rows(damaged.conn, table, damaged.problems)
+                with self._transaction() as c:  # the rollups of what was salvaged
+                    self._backfill_cost_nano()  # rows from a file older than cost_nano
+                    c.execute(_ROLLUP_NEW, (_ALL_ROWS,))
+                    c.execute(_DAILY_NEW, (_ALL_ROWS,))
+        except Exception as exc:  # salvage is best effort; the new file works anyway
+            report["problems"].append(f"{type(exc).__name__}: {exc}")
+        log.error("salvaged %s from %s into %s; %s",
+                  ", ".join(f"{n} {t} rows" for t, n in report["rows"].items()) or "nothing",
+                  aside, self.db_path, "; ".join(report["problems"]) or "nothing else was damaged")
+        return report
+
+    def _copy_rows(self, src: sqlite3.Connection, table: str, problems: list[str]) -> int:
+        """Every readable row of ``table`` in ``src`` into this file (the columns both have)."""
+        try:
+            have = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
+        except (sqlite3.Error, ValueError) as exc:
+            problems.append(f"{table}: columns unreadable ({exc})")
+            return 0
+        with self._db as c:
+            ours = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
+        cols = [col for col in have if col in ours]
+        insert = (f"INSERT OR IGNORE INTO {table} ({', '.join(cols)}) "
+                  f"VALUES ({', '.join('?' * len(cols))})")
+        n, pending = 0, []
+        for rows in iter_rows(src, table, ", ".join(cols), problems):
+            pending += [r[1:] for r in rows]
+            if len(pending) >= _SALVAGE_BATCH:
+                n += self._insert_rows(insert, pending)
+                pending = []
+        return n + self._insert_rows(insert, pending)
+
+    def _insert_rows(self, insert: str, rows: list[tuple[Any, ...]]) -> int:
+        if not rows:
+            return 0
+        with self._transaction() as c:
+            before = c.total_changes
+            c.executemany(insert, rows)
+            return c.total_changes - before
 
     # -- schema -----------------------------------------------------------------------------
     def _migrate(self) -> None:
         with self._transaction() as c:
-            cols = ", ".join(f"{k} {v}" for k, v in USAGE_COLUMNS.items())
-            c.execute(f"CREATE TABLE IF NOT EXISTS usage ({cols})")
-            have = {row[1] for row in c.execute("PRAGMA table_info(usage)")}
-            added = [k for k in USAGE_COLUMNS if k not in have]
-            required = [k for k in ("id", "ts", "provider", "model") if k in added]
-            if required:
-                raise ValueError(
-                    f"{self.db_path}: table 'usage' has no column(s) {required}; it was not "
-                    "written by usageledger and cannot be migrated"
-                )
-            for k in added:
-                decl = USAGE_COLUMNS[k].replace(" PRIMARY KEY", "")
-                c.execute(f"ALTER TABLE usage ADD COLUMN {k} {decl}")
-            if added:
-                log.info("%s: added columns %s to an older usage table", self.db_path, added)
-            if "cost_nano" in added:
+            added: dict[str, list[str]] = {}
+            for table, columns in TABLES.items():
+                try:
+                    added[table] = add_missing_columns(
+                        c, table, columns, required=_REQUIRED if table == "usage" else ())
+                except ValueError as exc:
+                    raise ValueError(f"{self.db_path}: {exc}") from None
+                if added[table]:
+                    log.info("%s: added columns %s to an older %s table", self.db_path,
+                             added[table], table)
+            if "cost_nano" in added["usage"]:
                 self._backfill_cost_nano()
             for ddl in USAGE_INDEXES:
                 c.execute(ddl)
@@ -259,7 +393,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                 c.execute(ddl)
                 if table not in have_tables:  # a file from before this rollup: build it
                     c.execute(fill, (_ALL_ROWS,))
-            c.execute(_RUNS)
+                    continue
+                # a rollup from before the finer token kinds: they start at 0 there
+                add_missing_columns(c, table, _PART_DECLS)
             c.execute(RUNS_INDEX)
 
     def _backfill_cost_nano(self) -> None:
@@ -281,9 +417,15 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
              cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
              rec.customer_key, rec.run_id, rec.response_id,
              encode(rec.tags).decode() if rec.tags else "{}",
-             None if rec.payload is None else encode(rec.payload).decode())
+             None if rec.payload is None else encode(rec.payload).decode(),
+             rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+             rec.input_image_tokens, rec.output_image_tokens, rec.service_tier)
             for rec in batch.values()
         ]
+        return self._insert(rows)
+
+    @_salvaging
+    def _insert(self, rows: list[tuple[Any, ...]]) -> set[str]:
         with self._transaction() as c:
             top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
             c.executemany(_INSERT, rows)
@@ -299,6 +441,10 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         batch = unique_records(records)
         if not batch:
             return 0
+        return self._reprice(batch)
+
+    @_salvaging
+    def _reprice(self, batch: dict[str, UsageRecord]) -> int:
         sub_hourly, sub_daily, update, add_hourly, add_daily, *prune = _REPRICE
         with self._transaction() as c:
             c.execute("CREATE TEMP TABLE IF NOT EXISTS reprice_ids (id TEXT PRIMARY KEY)")
@@ -333,12 +479,12 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
     @staticmethod
     def _record(row: tuple[Any, ...]) -> UsageRecord:
         (id_, us, provider, model, it, ot, cr, cw, rt, cost, currency, user, session, customer,
-         run, response, tags, payload) = row
+         run, response, tags, payload, *details) = row
         return UsageRecord(
             id_, from_us(us), provider, model, it, ot, cr, cw, rt,
             None if cost is None else Decimal(cost), currency, user, session, customer, run,
             response, _loads(tags) if tags and tags != "{}" else {},
-            None if payload is None else _loads(payload),
+            None if payload is None else _loads(payload), *details,
         )
 
     def _query(self, f: Filters, limit: int | None, offset: int) -> list[UsageRecord]:
@@ -354,12 +500,14 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         for rows in keyset_pages(_SELECT, where, params, "?", batch_size, self._fetch):
             yield from map(self._record, rows)
 
+    @_salvaging
     def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        with self._lock:
+        with self._db:
             return self._conn.execute(sql, params).fetchall()
 
+    @_salvaging
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
-        with self._lock:
+        with self._db:
             groups = None
             if rollup_fits(keys, f):
                 groups = self._aggregate_rollup(keys, f)
@@ -374,7 +522,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
     def explain_aggregate(self, group_by: Sequence[str] | str = ("day",), **filters: Any) -> list[str]:
         """The query plans (``EXPLAIN QUERY PLAN`` lines) of the statements ``aggregate``
         runs for these arguments, e.g. to check that totals come from a rollup."""
-        with self._lock:
+        with self._db:
             self._explain = []
             try:
                 self.aggregate(group_by, **filters)
@@ -427,7 +575,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         n = len(keys)
         for row in rows:
             gk = tuple(group_value(k, v) for k, v in zip(keys, row[:n], strict=True))
-            count, it, ot, cr, cw, rt, nano, inexact, unknown = row[n:]
+            count, it, ot, cr, cw, rt, nano, inexact, unknown, *parts = row[n:]
             if not count:
                 continue
             t = groups.setdefault(gk, zero_totals())
@@ -437,6 +585,8 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             t["cache_read_tokens"] += cr or 0
             t["cache_write_tokens"] += cw or 0
             t["reasoning_tokens"] += rt or 0
+            for k, v in zip(_PARTS, parts, strict=True):
+                t[k] += v or 0
             t["cost"] += nano_to_decimal(nano or 0)
             t["unknown_cost"] += unknown or 0
             t["_inexact"] = t.get("_inexact", 0) + (inexact or 0)
@@ -471,15 +621,18 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                 groups[gk]["cost"] += Decimal(row[n])
         return groups
 
+    @_salvaging
     def count(self) -> int:
-        with self._lock:
+        with self._db:
             return self._conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0]
 
+    @_salvaging
     def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         with self._transaction() as c:
             return c.execute(sql, params).fetchall()
 
     # -- runs -------------------------------------------------------------------------------
+    @_salvaging
     def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
         for w in writes:
             run_fields(w)  # validate everything before the transaction
@@ -502,8 +655,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         row = self._conn.execute("SELECT data FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else _loads(row[0])
 
+    @_salvaging
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        with self._lock:
+        with self._db:
             return self._get_run(run_id)
 
     def _query_runs(
@@ -532,8 +686,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             c.execute(f"INSERT INTO temp.reprice_ids SELECT id FROM usage WHERE ts < ?{clause} "
                       "ORDER BY ts LIMIT ?", [cutoff_us, *params, batch])
             rows = c.execute(
-                "SELECT ts, tags, provider, model, user_id, customer_key, currency, input_tokens, "
-                "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, cost "
+                f"SELECT ts, tags, {', '.join(FOLD_COLUMNS)} "
                 "FROM usage WHERE id IN (SELECT id FROM temp.reprice_ids)").fetchall()
             if not rows:
                 return 0
@@ -562,6 +715,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             self._fold_runs_into(lambda sql, p: c.execute(sql, p).fetchall(), counts)
         return len(gone)
 
+    @_salvaging
     def clear(self) -> None:
         with self._transaction() as c:
             for table in ("usage", "usage_hourly", "usage_daily", "runs"):
@@ -572,5 +726,5 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                     c.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._db.held():  # not under an operation of another thread
+            self._db.close(final=True)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .. import _hooks
-from .._sqlite import connect_wal
+from .._sqlite import WalHandle, add_missing_columns
 from ..records import KIND_RUN, encode
 from ..runs import RunRecord, RunWrite
 from ..sinks.base import OK, Result, Retry, Sink, decode_batch
@@ -38,7 +37,10 @@ _FIELDS: tuple[str, ...] = RunRecord.__struct_fields__
 _INT_COLUMNS = {"schema_version", "items_discovered", "items_succeeded", "items_failed", "duration_ms"}
 _COLUMNS = [*_FIELDS, "seq", "write_id"]
 _TYPES = {name: ("INTEGER" if name in _INT_COLUMNS else "TEXT") for name in _FIELDS}
-_TYPES.update(seq="INTEGER NOT NULL DEFAULT 0", write_id="TEXT")
+_TYPES.update(run_id="TEXT PRIMARY KEY", seq="INTEGER NOT NULL DEFAULT 0", write_id="TEXT")
+#: the agent_runs table, created from this list and brought forward by it
+RUN_COLUMNS: dict[str, str] = {"run_id": _TYPES["run_id"],
+                               **{c: _TYPES[c] for c in _COLUMNS if c != "run_id"}}
 
 _UPSERT = (
     f"INSERT INTO agent_runs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
@@ -56,35 +58,23 @@ class DatabaseWriter:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.busy_timeout_ms = busy_timeout_ms
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
-        with self._lock:
-            self._migrate(self._connection())
+        # one connection behind a lock, in the fork gate; a forked child opens its own
+        self._db = WalHandle(self.path, busy_timeout_ms=busy_timeout_ms, synchronous="FULL")
+        with self._db.transaction() as conn:
+            self._migrate(conn)
         _hooks.reset_in_child(self)
 
     def _after_fork_child(self) -> None:
-        # a thread of the parent may have held the lock at fork(); it never releases it here
-        self._lock = threading.Lock()
-        self._conn = None
+        # a thread of the parent may have held the lock at fork(); it never releases it
+        # here (the handle also checks on every use)
+        self._db.forget_parent()
 
     def _connection(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():
-            self._conn = None  # never use a handle that crossed a fork
-            self._pid = os.getpid()
-        if self._conn is None:
-            self._conn = connect_wal(self.path, busy_timeout_ms=self.busy_timeout_ms,
-                                     synchronous="FULL")
-        return self._conn
+        return self._db.get()
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        cols = ",\n  ".join(f"{c} {_TYPES[c]}" for c in _COLUMNS if c != "run_id")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS agent_runs (\n  run_id TEXT PRIMARY KEY,\n  {cols}\n)")
-        have = {row[1] for row in conn.execute("PRAGMA table_info(agent_runs)")}
-        for c in _COLUMNS:
-            if c not in have:
-                conn.execute(f"ALTER TABLE agent_runs ADD COLUMN {c} {_TYPES[c]}")
+        add_missing_columns(conn, "agent_runs", RUN_COLUMNS)
         conn.execute("CREATE INDEX IF NOT EXISTS agent_runs_status ON agent_runs (status)")
         conn.execute("CREATE INDEX IF NOT EXISTS agent_runs_agent ON agent_runs (agent_name, start_time)")
 
@@ -101,18 +91,10 @@ class DatabaseWriter:
         """Apply run writes in one transaction; a write whose ``seq`` is not newer than
         the stored one is ignored. Returns how many rows changed."""
         rows = [self._row(w, w.seq, w.id or None) for w in writes]
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = conn.total_changes
-                conn.executemany(_UPSERT, rows)
-                changed = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return changed
+        with self._db.transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(_UPSERT, rows)
+            return conn.total_changes - before
 
     def insert_run(self, record: RunRecord, seq: int = 1) -> bool:
         """Store a run (or, if it exists, apply this state when ``seq`` is newer).
@@ -123,10 +105,8 @@ class DatabaseWriter:
         """Apply ``record`` as the run's state when ``seq`` is newer than the stored one
         (None: one past the stored seq, i.e. always). False for an unknown run or a stale
         ``seq``."""
-        with self._lock:
-            row = self._connection().execute(
-                "SELECT seq FROM agent_runs WHERE run_id = ?", (record.run_id,)
-            ).fetchone()
+        with self._db as conn:
+            row = conn.execute("SELECT seq FROM agent_runs WHERE run_id = ?", (record.run_id,)).fetchone()
         if row is None:
             return False
         return self._write_one(record, row[0] + 1 if seq is None else seq)
@@ -136,8 +116,7 @@ class DatabaseWriter:
             raise TypeError(f"record must be a RunRecord, got {record!r}")
         if type(seq) is not int or seq < 0:
             raise ValueError(f"seq must be a non-negative integer, got {seq!r}")
-        with self._lock:
-            conn = self._connection()
+        with self._db as conn:
             before = conn.total_changes
             conn.execute(_UPSERT, self._row(record, seq, getattr(record, "id", None) or None))
             return conn.total_changes > before
@@ -149,8 +128,7 @@ class DatabaseWriter:
 
     def get_row(self, run_id: str) -> dict[str, Any] | None:
         """The stored row as a dict, with ``seq`` and ``write_id``."""
-        with self._lock:
-            conn = self._connection()
+        with self._db as conn:
             cur = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM agent_runs WHERE run_id = ?", (run_id,))
             row = cur.fetchone()
         if row is None:
@@ -162,28 +140,24 @@ class DatabaseWriter:
 
     def get_run_stats(self) -> dict[str, Any]:
         """``total`` and ``by_status`` counts of the stored runs."""
-        with self._lock:
-            rows = self._connection().execute(
-                "SELECT status, COUNT(*) FROM agent_runs GROUP BY status"
-            ).fetchall()
+        with self._db as conn:
+            rows = conn.execute("SELECT status, COUNT(*) FROM agent_runs GROUP BY status").fetchall()
         by_status = {status: n for status, n in rows}
         return {"total": sum(by_status.values()), "by_status": by_status}
 
     def check_integrity(self) -> tuple[bool, str]:
         """``PRAGMA integrity_check``: (True, "ok") or (False, what is wrong)."""
         try:
-            with self._lock:
-                rows = self._connection().execute("PRAGMA integrity_check").fetchall()
+            with self._db as conn:
+                rows = conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.DatabaseError as exc:
             return False, f"{type(exc).__name__}: {exc}"
         message = "; ".join(str(r[0]) for r in rows)
         return message == "ok", message
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None and self._pid == os.getpid():
-                self._conn.close()
-            self._conn = None
+        with self._db.held():
+            self._db.close()
 
 
 class SqliteRunSink(Sink):
