@@ -308,3 +308,23 @@ def test_a_stop_request_ends_retention_between_batches():
     done = apply_retention(store, 30, now=NOW, batch=100, stop=stop)
     assert done["records"] == 200 and store.count() == len(recs) - 200
     assert apply_retention(store, 30, now=NOW, batch=100)["records"] == old - 200  # the rest, later
+
+
+def test_a_salvaged_sqlite_file_keeps_keys_rollups_and_marks(tmp_path):
+    """A damaged SQLite store is moved aside and salvaged (storage.sqlite): project keys,
+    the retention rollups and marks come along, so summaries and keys still hold."""
+    from usageledger.server.auth import new_key
+
+    store = create_storage(f"sqlite:///{tmp_path}/salvage.db")
+    try:
+        store.save_many(records(400, seed=9))
+        row, _ = new_key("a", "read")
+        store.put_key(row)
+        apply_retention(store, 30, now=NOW)
+        before = answers(store)
+        store._replace_corrupt("a test moves the file aside", store._db.gen)
+        assert store.salvaged["rows"]["api_keys"] == 1 and store.salvaged["rows"]["usage_retained"] > 0
+        assert store.get_key(row["id"]) is not None
+        assert answers(store) == before
+    finally:
+        store.close()

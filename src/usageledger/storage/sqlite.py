@@ -35,9 +35,16 @@ from .._sqlite_salvage import iter_rows, open_damaged
 from ..records import UsageRecord, encode
 from ..totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
-from ._keys import PROJECT_TAG, SqlKeys
+from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
-from ._retention import FOLD_COLUMNS, SqlRetention, fold_rows, project_clause, run_day_project
+from ._retention import (
+    FOLD_COLUMNS,
+    RETENTION_TABLES,
+    SqlRetention,
+    fold_rows,
+    project_clause,
+    run_day_project,
+)
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -206,7 +213,8 @@ _ROLLUP_SUMS = (
 #: long for every ``usageledger report``)
 QUICK_CHECK_MAX_BYTES = 16 * 1024 * 1024
 #: the tables whose rows are salvaged from a damaged file (the rollups are rebuilt)
-_SALVAGED = ("usage", "runs", "budgets", "budget_alerts", "prices", "price_aliases")
+_SALVAGED = ("usage", "runs", "budgets", "budget_alerts", "prices", "price_aliases", "api_keys",
+             "usage_retained", "runs_retained", "retention_marks")
 #: rows per transaction when salvaging
 _SALVAGE_BATCH = 5000
 
@@ -311,8 +319,8 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             log.error("storage %s is damaged (%s); moved it aside to %s and started a new file at %s",
                       self.db_path, reason, aside, self.db_path)
             self._migrate()
-            with self._transaction() as c:  # budgets and prices have their tables at once
-                for ddl in (*BUDGET_TABLES, *PRICE_TABLES):
+            with self._transaction() as c:  # budgets, prices, keys, rollups: tables at once
+                for ddl in (*BUDGET_TABLES, *PRICE_TABLES, *KEY_TABLES, *RETENTION_TABLES):
                     c.execute(ddl)
             self.salvaged = self._salvage_from(aside) | {"reason": reason}
 
