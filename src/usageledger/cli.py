@@ -44,6 +44,9 @@ def serve(
     api_key_file: list[Path] = typer.Option(None, "--api-key-file", help="file of accepted bearer keys, one per line (repeatable; keep it chmod 600)"),
     alert_journal: str = typer.Option(None, "--alert-journal", help="journal of budget alerts (default: beside a sqlite store, else in the user data dir)", show_default=False),
     workers: int = typer.Option(1, "--workers", min=1, help="processes serving the port (sqlite, postgresql or redis storage)"),
+    metrics: str = typer.Option("key", "--metrics", help="/metrics access: key (a key that may read; the default) or public (process metrics for anyone, stored totals for a reader)"),
+    retention_days: int = typer.Option(None, "--retention-days", min=1, help="fold raw records older than N days into daily rollups, hourly", show_default=False),
+    retention_project_days: list[str] = typer.Option(None, "--retention-project-days", help="PROJECT=DAYS: a project's own retention (repeatable)", show_default=False),
 ) -> None:
     """Run the collector service. SIGTERM (and Ctrl-C) stop it cleanly: requests under
     way finish, the storage is closed, the exit status is 0. Keys come from
@@ -59,8 +62,17 @@ def serve(
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--api-key-file") from None
     with _exit_cleanly_on_sigterm():
+        from .retention import parse_project_days
+
+        try:
+            per_project = parse_project_days(retention_project_days, "--retention-project-days")
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--retention-project-days") from None
+        if metrics not in ("public", "key"):
+            raise typer.BadParameter(f"must be public or key, got {metrics!r}", param_hint="--metrics")
         run(storage, host=host, port=port, api_keys=keys or None, alert_journal=alert_journal,
-            workers=workers)
+            workers=workers, metrics_access=metrics, retention_days=retention_days,
+            retention_project_days=per_project or None)
 
 
 @contextlib.contextmanager
@@ -636,6 +648,12 @@ from .cli_prices import prices_app, reprice  # noqa: E402 (its commands import h
 
 app.add_typer(prices_app, name="prices")
 app.command()(reprice)
+
+from .cli_keys import keys_app  # noqa: E402
+from .cli_retention import retention_app  # noqa: E402
+
+app.add_typer(keys_app, name="keys")
+app.add_typer(retention_app, name="retention")
 
 
 # -- entry points ------------------------------------------------------------------------------

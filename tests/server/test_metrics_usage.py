@@ -20,7 +20,7 @@ def test_usage_totals_top_pairs_and_other_with_a_key():
     store = create_storage("memory")
     recs = [record(i, model=f"m-{i % 25}", input_tokens=1000 - i, output_tokens=1, cost="0.25")
             for i in range(50)]
-    with TestClient(create_app(store, api_keys=["k"]), client=("10.0.0.5", 5000)) as c:
+    with TestClient(create_app(store, api_keys=["k"], metrics_access="public"), client=("10.0.0.5", 5000)) as c:
         assert c.post("/api/v1/track", json={"tracked": recs},
                       headers={"Authorization": "Bearer k"}).status_code == 200
         anonymous = c.get("/metrics").text

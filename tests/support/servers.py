@@ -104,6 +104,17 @@ class PostgresServer:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def new_database(self, prefix: str = "ul_test") -> str:
+        """The URL of a new empty database on this server (a test's own)."""
+        import uuid
+
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def stop(self) -> None:
         try:
             self._run(_pg_bin("pg_ctl"), "-D", f"{self.dir}/data", "-m", "immediate", "-w", "stop")

@@ -13,7 +13,6 @@ again while decompressing gzip), and decoded with msgspec.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import os
@@ -34,11 +33,13 @@ from ..errors import UsageLedgerError
 from ..limits import MAX_ANSWER_BYTES, short
 from ..records import CREATED, MISSING, UsageRecord, to_utc
 from ..storage import StorageBackend, create_storage
-from ..storage.base import check_group_by
+from ..storage._retention import raw_since
+from ..storage.base import check_group_by, from_us
 from ..totals import Totals
 from . import budgets as budget_routes
+from . import key_routes, schema
 from . import prices as price_routes
-from . import schema
+from .auth import PROJECT_TAG, TOKEN_PREFIX, Authenticator, KeySessions, Principal, principal_of
 from .collector import Collector, track_answer
 from .headers import SecurityHeadersMiddleware
 from .keys import API_KEYS_ENV, keys_from_env
@@ -51,6 +52,7 @@ from .wire import (
     decode_run,
     decode_run_batch,
     decode_run_patch,
+    decode_track,
     read_gzip,
 )
 
@@ -117,6 +119,10 @@ def create_app(
     *,
     price: bool = True,
     alert_journal: str | os.PathLike[str] | None = None,
+    metrics_access: str = "key",
+    retention_days: int | None = None,
+    retention_project_days: dict[str, int] | None = None,
+    retention_interval_s: float = 3600.0,
 ) -> FastAPI:
     """The collector app over ``storage`` (a backend, or a name/URL for ``create_storage``;
     one it creates it also closes at shutdown).
@@ -126,7 +132,12 @@ def create_app(
     request body, before and after gzip decompression (413 beyond). ``price``: records
     sent without a cost are priced from the prices kept in the storage (``/api/v1/prices``),
     then the offline price tables. ``alert_journal``: the
-    journal file of budget alerts (None: alerts wait in memory only)."""
+    journal file of budget alerts (None: alerts wait in memory only). ``metrics_access``:
+    ``"key"`` (``/metrics`` answers only a key that may read: 401 otherwise; the open
+    mode's loopback clients need none) or ``"public"`` (process metrics for anyone,
+    stored totals for a reader). ``retention_days`` /
+    ``retention_project_days``: apply retention (usageledger.retention) at start and every
+    ``retention_interval_s`` while the app runs."""
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if isinstance(api_keys, str):
@@ -138,6 +149,8 @@ def create_app(
             raise ValueError(f"each API key must be a non-empty printable ASCII string without "
                              f"surrounding spaces, got {k!r}")
         keys.append(k.encode())
+    if metrics_access not in ("public", "key"):
+        raise ValueError(f"metrics_access must be 'public' or 'key', got {metrics_access!r}")
     owned = isinstance(storage, str)
     store: StorageBackend = create_storage(storage) if isinstance(storage, str) else storage
     if not isinstance(store, StorageBackend):
@@ -146,11 +159,23 @@ def create_app(
     usage_totals = UsageTotals(store)
     signer = SessionSigner(keys)
     limit = max_body_bytes
+    retention = None
+    if retention_days is not None or retention_project_days:
+        from ..retention import RetentionLoop
+
+        if not getattr(store, "supports_retention", False):
+            raise ValueError(f"retention needs a storage that supports it (sqlite, postgresql, "
+                             f"memory), got {type(store).__name__}")
+        retention = RetentionLoop(store, retention_days, retention_project_days, retention_interval_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         budgets.start()
+        if retention is not None:
+            retention.start()
         yield
+        if retention is not None:
+            retention.stop()
         budgets.stop()
         if owned:
             store.close()
@@ -208,35 +233,58 @@ def create_app(
             log.warning("storage call %s failed: %s", getattr(fn, "__name__", fn), short(exc, 300))
             raise StorageUnavailable(f"{type(exc).__name__}: {str(exc)[:500]}") from None
 
-    # -- auth --------------------------------------------------------------------------------
-    def authorize(request: Request) -> None:
-        if not keys:
-            client = request.client
-            if not _is_loopback(client.host if client else None):
-                raise HTTPException(
-                    403, "no API key is configured on this collector, so it serves only "
-                         "loopback clients: start it with --api-key to accept others")
-            return
-        if request.method in ("GET", "HEAD") and signer.verify(request.cookies.get(COOKIE_NAME)):
-            return  # a browser session from the login page: reads only (SameSite=Strict)
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        ok = False
-        for k in keys:  # every key is compared, so timing says nothing about which matched
-            ok |= hmac.compare_digest(given, k)
-        if not ok:
-            raise HTTPException(
-                401, "missing or invalid API key: send Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": "Bearer"})
+    # -- auth (server/auth.py) ------------------------------------------------------------------
+    key_sessions = KeySessions(store, signer.ttl_s)
+
+    def session_principal(request: Request) -> Principal | None:
+        # a browser session from the login page: reads only (SameSite=Strict); a project
+        # key's session reads its project only
+        cookie = request.cookies.get(COOKIE_NAME)
+        if signer.verify(cookie):
+            return Principal("admin", session=True)
+        return key_sessions.principal(cookie)
+
+    auth = Authenticator(
+        store, keys, session_principal,
+        lambda request: _is_loopback(request.client.host if request.client else None))
+    app.state.auth = auth
+
+    def authorize(request: Request) -> Principal:
+        return call_auth(auth.authorize, request)
+
+    def call_auth(fn: Callable[..., Any], request: Request) -> Any:
+        try:
+            return fn(request)
+        except HTTPException:
+            raise
+        except Exception as exc:  # the key store failed: not the caller's fault
+            log.warning("API key lookup failed: %s", short(exc, 300))
+            raise StorageUnavailable(f"{type(exc).__name__} while checking the API key") from None
 
     async def authorized(request: Request) -> None:
-        # the API's dependency: a plain def one costs every request a threadpool hop
-        authorize(request)
+        # a stored key is read from storage, off the event loop; a global key or the open
+        # mode needs no threadpool hop
+        if request.headers.get("authorization", "").partition(" ")[2].strip().startswith(TOKEN_PREFIX) or (
+                request.cookies.get(COOKIE_NAME, "").startswith(KeySessions.PREFIX)):
+            await run_in_threadpool(authorize, request)
+        else:
+            authorize(request)
+
+    def project_of(request: Request) -> str | None:
+        """The project a write goes to: a project key's own, or a global key's ?project=."""
+        project = request.query_params.get("project")
+        if project:
+            from .auth import check_project
+            try:
+                check_project(project, "the query parameter project")
+            except ValueError as exc:
+                raise HTTPException(422, str(exc)) from None
+        return principal_of(request).scope(project)
 
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorized)])
     budget_router, budgets = budget_routes.attach(store, alert_journal, authorize, call)
     app.state.budgets = budgets
+    app.include_router(key_routes.attach(store, authorized, call))
     price_router, app.state.prices = price_routes.attach(store, authorize, call)
     # the ingestion rules: pricing (overrides, then aliases, then the table), dedup
     # accounting, the answer, run sequences; the routes below only read and answer
@@ -268,6 +316,13 @@ def create_app(
         return data
 
     # -- usage records -----------------------------------------------------------------------
+    def ingest(data: bytes, project: str | None) -> dict[str, Any]:
+        items = decode_track(data)
+        if project is not None:  # the key's project, whatever the body says
+            items = [msgspec.structs.replace(it, tags={**it.tags, PROJECT_TAG: project})
+                     if type(it) is UsageRecord else it for it in items]
+        return collector.ingest(items)
+
     @api.post(
         "/track",
         summary="Store a batch of usage records",
@@ -283,7 +338,7 @@ def create_app(
         `rejected`, every item is answered in order in `results` (with `error` for the
         rejected ones; the other items are still stored)."""
         data = await read_body(request)
-        return json_response(await run_in_threadpool(collector.ingest_body, data))
+        return json_response(await run_in_threadpool(ingest, data, project_of(request)))
 
     @api.get("/usage", summary="Stored usage records, newest first")
     def usage(
@@ -297,8 +352,11 @@ def create_app(
 
         parts, more = _page(lambda n, at: call(store.query, limit=n, offset=at, **f),
                             limit, offset, _RECORDS_CHUNK, encode_row)
+        # retention folds older records into daily rollups: listings hold raw records only
+        since = call(raw_since, store, (f.get("tags") or {}).get(PROJECT_TAG))
         tail = encode({"limit": limit, "offset": offset,
-                        "next_offset": offset + len(parts) if more else None})
+                       "next_offset": offset + len(parts) if more else None,
+                       "raw_since": None if since is None else from_us(since)})
         return Response(b'{"records":[' + b",".join(parts) + b"]," + tail[1:],
                         media_type="application/json")
 
@@ -323,6 +381,18 @@ def create_app(
         return json_response({"group_by": list(keys), "groups": groups, "totals": totals})
 
     # -- agent runs --------------------------------------------------------------------------
+    def own_runs(project: str | None, run_ids: list[str]) -> None:
+        """A project key writes only its project's runs (run ids are one namespace)."""
+        if project is None:
+            return
+        for run_id in set(run_ids):
+            run = call(store.get_run, run_id)
+            if run is not None and run.get("project") != project:
+                raise HTTPException(409, f"run {run_id!r} belongs to another project")
+
+    def with_project(fields: dict[str, Any], project: str | None) -> dict[str, Any]:
+        return fields if project is None else {**fields, "project": project}
+
     @api.post(
         "/runs",
         summary="Create an agent run (idempotent on run_id)",
@@ -338,7 +408,9 @@ def create_app(
             run_id, seq, fields = decode_run(data)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
-        status = await run_in_threadpool(collector.create_run, run_id, seq, fields)
+        project = project_of(request)
+        await run_in_threadpool(own_runs, project, [run_id])
+        status = await run_in_threadpool(collector.create_run, run_id, seq, with_project(fields, project))
         return json_response({"run_id": run_id, "status": status}, 201 if status == CREATED else 200)
 
     @api.patch(
@@ -355,7 +427,9 @@ def create_app(
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         _refuse_nul({"run_id": run_id})
-        status = await run_in_threadpool(collector.patch_run, run_id, seq, fields)
+        project = project_of(request)
+        await run_in_threadpool(own_runs, project, [run_id])
+        status = await run_in_threadpool(collector.patch_run, run_id, seq, with_project(fields, project))
         if status == MISSING:
             raise HTTPException(404, f"no run {run_id!r}: create it with POST /api/v1/runs first")
         return json_response({"run_id": run_id, "status": status})
@@ -373,18 +447,27 @@ def create_app(
         run: retry after its create) or `rejected` (with `error`)."""
         data = await read_body(request)
         items = decode_run_batch(data)
+        project = project_of(request)
+        if project is not None:
+            await run_in_threadpool(own_runs, project, [it.run_id for it in items if it.error is None])
+            for it in items:
+                if it.error is None:
+                    it.fields = with_project(it.fields or {}, project)
         return json_response({"results": await run_in_threadpool(collector.apply_runs, items)})
 
     @api.get("/runs/{run_id:path}", summary="One agent run")
-    def get_run(run_id: str) -> Response:
+    def get_run(run_id: str, request: Request, project: str | None = None) -> Response:
         _refuse_nul({"run_id": run_id})
+        scope = principal_of(request).scope(project)
         run = call(store.get_run, run_id)
-        if run is None:
+        if run is None or (scope is not None and run.get("project") != scope):
             raise HTTPException(404, f"no run {run_id!r}")
         return json_response(run)
 
     @api.get("/runs", summary="Agent runs, newest start_time first")
     def list_runs(
+        request: Request,
+        project: str | None = None,
         agent_name: str | None = None,
         status: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
@@ -393,7 +476,8 @@ def create_app(
         _refuse_nul({"agent_name": agent_name, "status": status})
         parts, more = _page(
             lambda n, at: call(store.query_runs, agent_name=agent_name or None,
-                               status=status or None, limit=n, offset=at),
+                               status=status or None, limit=n, offset=at,
+                               project=principal_of(request).scope(project)),
             limit, offset, _RUNS_CHUNK, encode)
         tail = encode({"limit": limit, "offset": offset,
                         "next_offset": offset + len(parts) if more else None})
@@ -415,10 +499,15 @@ def create_app(
         a caller that could read them through the API (a plain def: they come from storage,
         off the event loop)."""
         try:
-            authorize(request)
-            usage: UsageTotals | None = usage_totals
+            who = authorize(request)
         except HTTPException:
-            usage = None
+            if metrics_access == "key":
+                raise
+            who = None
+        usage: UsageTotals | None = None
+        if who is not None:
+            project = who.scope(request.query_params.get("project"))
+            usage = usage_totals if project is None else UsageTotals(store, project=project)
         return Response(metrics.render(usage), media_type=CONTENT_TYPE_LATEST)
 
     install_pages(
@@ -426,12 +515,16 @@ def create_app(
         open_access=lambda request: _is_loopback(request.client.host if request.client else None),
         counters=metrics.record_counts,
         budget_statuses=None if budgets.engine is None else budgets.engine.list,
+        auth=auth,
     )
 
     return app
 
 
 def _filters(
+    request: Request,
+    project: Annotated[str | None, Query(description="a global key's choice of project; a "
+                                                     "project key reads only its own")] = None,
     provider: str | None = None,
     model: str | None = None,
     user_id: str | None = None,
@@ -461,6 +554,9 @@ def _filters(
             tags[key] = value
         out["tags"] = tags
     _refuse_nul(out)
+    scope = principal_of(request).scope(project)
+    if scope is not None:  # a tag filter: every backend and rollup answers it already
+        out["tags"] = {**out.get("tags", {}), PROJECT_TAG: scope}
     return out
 
 
@@ -480,6 +576,8 @@ def _refuse_nul(values: dict[str, Any]) -> None:
 STORAGE_ENV = "USAGELEDGER_SERVER_STORAGE"
 MAX_BODY_ENV = "USAGELEDGER_SERVER_MAX_BODY_BYTES"
 ALERT_JOURNAL_ENV = "USAGELEDGER_SERVER_ALERT_JOURNAL"
+METRICS_ENV = "USAGELEDGER_SERVER_METRICS"
+RETENTION_ENV = "USAGELEDGER_SERVER_RETENTION"
 #: stores that several processes can share: one file with a writer lock, or a server
 _SHARED_STORES = ("sqlite", "postgres", "postgresql", "redis", "rediss")
 #: seconds a worker may take to answer its supervisor's health check
@@ -496,6 +594,9 @@ def serve(
     log_level: str = "info",
     alert_journal: str | os.PathLike[str] | None = None,
     workers: int = 1,
+    metrics_access: str = "key",
+    retention_days: int | None = None,
+    retention_project_days: dict[str, int] | None = None,
 ) -> None:
     """Run the collector under uvicorn until interrupted. Keys default to the comma-separated
     ``USAGELEDGER_SERVER_API_KEYS``; with none, only loopback clients are served.
@@ -520,13 +621,14 @@ def serve(
     if alert_journal is None:
         alert_journal = default_alert_journal(storage)
     app = create_app(storage, api_keys=api_keys, max_body_bytes=max_body_bytes,
-                     alert_journal=alert_journal)
+                     alert_journal=alert_journal, metrics_access=metrics_access,
+                     retention_days=retention_days, retention_project_days=retention_project_days)
     # the collector's own logs (storage failures, this warning) in uvicorn's format
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     if not api_keys:
         log.warning(
             "NO API KEY CONFIGURED: this collector serves ONLY loopback clients (127.0.0.1, ::1) "
-            "and answers 403 to everyone else. Start it with --api-key-file PATH (or set %s) "
+            "and answers 403 to everyone else (but a project key's holder). Start it with --api-key-file PATH (or set %s) "
             "before exposing it%s.", API_KEYS_ENV,
             f" (it listens on {host})" if not _is_loopback_host(host) else "",
         )
@@ -540,6 +642,10 @@ def serve(
     os.environ[MAX_BODY_ENV] = str(max_body_bytes)
     os.environ[API_KEYS_ENV] = ",".join(api_keys or ())
     os.environ[ALERT_JOURNAL_ENV] = "" if alert_journal is None else os.fspath(alert_journal)
+    os.environ[METRICS_ENV] = metrics_access
+    # every worker runs the retention loop: batches are transactions, the store serializes them
+    os.environ[RETENTION_ENV] = msgspec.json.encode(
+        {"days": retention_days, "projects": retention_project_days or {}}).decode()
     # the supervisor pings each worker every 0.5 s and kills one that does not answer in
     # time; a worker answers only once its interpreter has started, which took over
     # uvicorn's default 5 s on a loaded 2-core machine (the worker was killed and
@@ -556,9 +662,12 @@ def app_from_env() -> FastAPI:
     keys = [k.strip() for k in os.environ.get(API_KEYS_ENV, "").split(",") if k.strip()]
     # every worker queues the alerts it claims in the one alert journal (a shared SQLite
     # journal: one dispatcher at a time delivers them)
+    retention = msgspec.json.decode(os.environ.get(RETENTION_ENV) or '{"days": null, "projects": {}}')
     return create_app(os.environ[STORAGE_ENV], api_keys=keys or None,
                       max_body_bytes=int(os.environ.get(MAX_BODY_ENV, DEFAULT_MAX_BODY_BYTES)),
-                      alert_journal=os.environ.get(ALERT_JOURNAL_ENV) or None)
+                      alert_journal=os.environ.get(ALERT_JOURNAL_ENV) or None,
+                      metrics_access=os.environ.get(METRICS_ENV) or "key",
+                      retention_days=retention["days"], retention_project_days=retention["projects"] or None)
 
 
 def _is_loopback_host(host: str) -> bool:

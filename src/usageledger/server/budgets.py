@@ -28,7 +28,9 @@ from ..budgets.alerts import AlertSender
 from ..budgets.engine import AlertLoop, Budgets, check_attributes
 from ..budgets.model import BudgetInputError, parse_budget
 from ..records import UsageRecord
+from ..storage._keys import PROJECT_TAG
 from ..storage.base import StorageBackend
+from .auth import principal_of
 from .responses import json_response
 
 __all__ = ["BudgetService", "attach"]
@@ -82,6 +84,18 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
     service = BudgetService(store, alert_journal)
     router = APIRouter(prefix="/api/v1/budgets", dependencies=[Depends(authorize)], tags=["budgets"])
 
+    def project_of_budget(definition: dict[str, Any]) -> str | None:
+        return ((definition.get("scope") or {}).get("tags") or {}).get(PROJECT_TAG)
+
+    def visible(request: Request, name: str) -> bool:
+        """Whether the caller's project (if any) owns the budget ``name`` (a project's
+        budgets are those scoped to its tag)."""
+        scope = principal_of(request).scope(request.query_params.get("project"))
+        if scope is None:
+            return True
+        b = call(engine().budgets, fresh=True).get(name)
+        return b is not None and project_of_budget(b.definition()) == scope
+
     def engine() -> Budgets:
         if service.engine is None:
             raise HTTPException(501, f"the collector's storage ({type(store).__name__}) does not keep "
@@ -90,6 +104,7 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
 
     @router.get("/check", summary="Whether a call with these attributes is within every budget covering it")
     def check(
+        request: Request,
         user_id: str | None = None,
         customer_key: str | None = None,
         provider: str | None = None,
@@ -100,6 +115,10 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         attrs = {"user_id": user_id or None, "customer_key": customer_key or None,
                  "provider": provider or None, "model": model or None, "session_id": session_id or None,
                  "tags": tags or None}
+        scope = principal_of(request).scope(request.query_params.get("project"))
+        if scope is not None:  # only the project's budgets cover its calls
+            attrs["tags"] = [t for t in tags or () if not t.startswith(PROJECT_TAG + ":")]
+            attrs["tags"].append(f"{PROJECT_TAG}:{scope}")
         try:
             check_attributes(attrs, "the query")  # bad input is 400, before any storage call
         except BudgetInputError as exc:
@@ -107,8 +126,12 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         return json_response(call(engine().check, **attrs))
 
     @router.get("", summary="Every budget with its status")
-    def list_budgets() -> Response:
-        return json_response({"budgets": call(engine().list)})
+    def list_budgets(request: Request) -> Response:
+        scope = principal_of(request).scope(request.query_params.get("project"))
+        rows = call(engine().list)
+        if scope is not None:
+            rows = [r for r in rows if project_of_budget(r) == scope]
+        return json_response({"budgets": rows})
 
     @router.put("/{name}", summary="Create or replace a budget")
     async def put_budget(name: str, request: Request) -> Response:
@@ -118,6 +141,17 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         except msgspec.DecodeError as exc:
             raise HTTPException(400, f"body: not JSON: {exc}") from None
         eng = engine()
+        scope = principal_of(request).scope(request.query_params.get("project"))
+        if scope is not None:
+            # the budget is the project's: scoped to its tag, whatever the body says
+            if isinstance(body, dict) and isinstance(body.get("scope", {}), dict):
+                tags = (body.get("scope") or {}).get("tags")
+                body = {**body, "scope": {**(body.get("scope") or {}),
+                                          "tags": {**(tags if isinstance(tags, dict) else {}),
+                                                   PROJECT_TAG: scope}}}
+            existing = (await run_in_threadpool(call, eng.budgets, fresh=True)).get(name)
+            if existing is not None and project_of_budget(existing.definition()) != scope:
+                raise HTTPException(409, f"budget {name!r} belongs to another project")
         try:
             parse_budget(name, body, "the request body")  # bad input is 400, before storage
         except BudgetInputError as exc:
@@ -126,15 +160,15 @@ def attach(store: StorageBackend, alert_journal: str | os.PathLike[str] | None,
         return json_response(await run_in_threadpool(call, eng.status, name))
 
     @router.get("/{name}", summary="One budget with its status")
-    def get_budget(name: str) -> Response:
-        status = call(engine().status, name)
+    def get_budget(name: str, request: Request) -> Response:
+        status = call(engine().status, name) if visible(request, name) else None
         if status is None:
             raise HTTPException(404, f"no budget {name!r}")
         return json_response(status)
 
     @router.delete("/{name}", summary="Delete a budget")
-    def delete_budget(name: str) -> Response:
-        if not call(engine().remove, name):
+    def delete_budget(name: str, request: Request) -> Response:
+        if not visible(request, name) or not call(engine().remove, name):
             raise HTTPException(404, f"no budget {name!r}")
         return json_response({"name": name, "deleted": True})
 

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..errors import UsageLedgerError
+from ..storage._keys import PROJECT_TAG
 
 __all__ = ["PAGE_CSP", "ViewFilters", "parse_filters", "Page", "money"]
 
@@ -70,6 +71,8 @@ class ViewFilters:
     bucket: str = "day"
     page: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    #: the signed-in key's project (None: every project); not from the URL
+    project: str | None = None
 
     def storage_filters(self) -> dict[str, Any]:
         out: dict[str, Any] = {"since": self.since, "until": self.until}
@@ -80,6 +83,8 @@ class ViewFilters:
         if self.tag:
             key, _, value = self.tag.partition(":")
             out["tags"] = {key: value}
+        if self.project is not None:
+            out["tags"] = {**out.get("tags", {}), PROJECT_TAG: self.project}
         return out
 
     def query(self, **changes: Any) -> str:

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
+from ..storage._keys import PROJECT_TAG
+
 __all__ = ["Metrics", "MetricsMiddleware", "UsageTotals", "CONTENT_TYPE_LATEST"]
 
 log = logging.getLogger("usageledger.server")
@@ -61,9 +63,11 @@ class UsageTotals:
     own labels, the rest are summed under ``provider="other", model="other"``. Reading them
     is one aggregate over the rollups, a few milliseconds at 10^6 records."""
 
-    def __init__(self, store: Any, top_n: int = 20):
+    def __init__(self, store: Any, top_n: int = 20, project: str | None = None):
         self.store = store
         self.top_n = top_n
+        #: only this project's records (the tag the collector puts on them), or every record
+        self.filters: dict[str, Any] = {} if project is None else {"tags": {PROJECT_TAG: project}}
         # a registry of its own: these totals are stored data, shown only to a caller with
         # a key (or a loopback caller of a keyless collector), unlike the process metrics
         self.registry = CollectorRegistry(auto_describe=False)
@@ -81,7 +85,7 @@ class UsageTotals:
             "usageledger_cost", "Stored cost by provider, model and currency "
             "(top pairs by tokens, the rest as other)", labels=["provider", "model", "currency"])
         try:
-            rows = self.store.aggregate(("provider", "model"))
+            rows = self.store.aggregate(("provider", "model"), **self.filters)
         except Exception as exc:  # a scrape must still answer the process's own metrics
             log.warning("usage totals for /metrics unavailable: %r", exc)
             rows = []

@@ -7,6 +7,7 @@ serves loopback clients only, and the pages need no login, as the API does."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -16,9 +17,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from ..storage import StorageBackend
+from ..storage._keys import PROJECT_TAG
 from . import dashboard
+from .auth import GLOBAL_ADMIN, TOKEN_PREFIX, Authenticator, KeySessions, Principal
 from .session import COOKIE_NAME, SessionSigner
 
 __all__ = ["install_pages", "SECURITY_HEADERS"]
@@ -61,23 +65,39 @@ def install_pages(
     counters: Callable[[], dict[str, float]],
     budget_statuses: Callable[[], list[dict[str, Any]]] | None = None,
     session_secure: bool = False,
+    auth: Authenticator | None = None,
 ) -> None:
     """Add the pages to ``app``. ``open_access(request)``: True when no key is configured
     and the client may be served without one (loopback); ``counters()``: this process's
     record counters for the delivery view; ``budget_statuses()``: every budget's status
-    (None: the storage keeps no budgets)."""
+    (None: the storage keeps no budgets). ``auth``: project keys may log in too; their
+    session shows their project only (None: global keys only)."""
     started = time.monotonic()
     login_needed = signer.has_keys
     static_dir = resources.files("usageledger.server") / "static"
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
-    def signed_in(request: Request) -> bool:
+    sessions = KeySessions(store, signer.ttl_s) if auth is not None else None
+    project_keys = sessions is not None and bool(getattr(store, "supports_keys", False))
+
+    def signed_in(request: Request) -> Principal | None:
+        """The reader of a page: a project key's session, a global key's session, or the
+        open mode's loopback client; None: not signed in."""
+        cookie = request.cookies.get(COOKIE_NAME)
+        if sessions is not None:
+            p = call(sessions.principal, cookie)
+            if p is not None:
+                if not p.may("GET", "/"):
+                    raise HTTPException(403, f"this {p.role} key may not read the dashboard")
+                return p
         if not login_needed:
             if open_access(request):
-                return True
+                return GLOBAL_ADMIN
+            if project_keys:
+                return None  # a project key may log in
             raise HTTPException(403, "no API key is configured on this collector, so it serves "
                                      "only loopback clients: start it with --api-key")
-        return signer.verify(request.cookies.get(COOKIE_NAME))
+        return GLOBAL_ADMIN if signer.verify(cookie) else None
 
     def to_login(request: Request) -> Response:
         target = request.url.path + ("?" + request.url.query if request.url.query else "")
@@ -87,12 +107,14 @@ def install_pages(
     def view(path: str, title: str, render: Callable[[dashboard.ViewFilters], str],
              extra: tuple[str, ...] = ()) -> None:
         def page(request: Request) -> Response:
-            if not signed_in(request):
+            who = signed_in(request)
+            if who is None:
                 return to_login(request)
             frame_filters = None
             try:
                 params = {k: v for k, v in request.query_params.items()}
-                frame_filters = dashboard.parse_filters(params, extra=extra)
+                frame_filters = dataclasses.replace(dashboard.parse_filters(params, extra=extra),
+                                                    project=who.project)
                 body = render(frame_filters)
                 status, error = 200, None
             except dashboard.FilterError as exc:
@@ -127,7 +149,7 @@ def install_pages(
         try:
             rows = call(store.query_runs, agent_name=f.extra.get("agent_name"),
                         status=f.extra.get("status"), limit=dashboard.PAGE_ROWS + 1,
-                        offset=f.page * dashboard.PAGE_ROWS)
+                        offset=f.page * dashboard.PAGE_ROWS, project=f.project)
         except HTTPException as exc:
             if exc.status_code != 501:
                 raise
@@ -136,7 +158,8 @@ def install_pages(
 
     def health(f: dashboard.ViewFilters) -> str:
         try:
-            stored = call(store.count)
+            stored = (call(store.count) if f.project is None else  # the project's records only
+                      sum(r["count"] for r in call(store.aggregate, (), tags={PROJECT_TAG: f.project})))
         except HTTPException:
             stored = None
         return dashboard.health_page(counters(), time.monotonic() - started, stored)
@@ -145,14 +168,18 @@ def install_pages(
     view("/records", "Records", records)
     view("/runs", "Runs", runs, extra=("agent_name", "status"))
     def budgets(f: dashboard.ViewFilters) -> str:
-        return dashboard.budgets_page(None if budget_statuses is None else call(budget_statuses))
+        statuses = None if budget_statuses is None else call(budget_statuses)
+        if statuses is not None and f.project is not None:  # the project's budgets only
+            statuses = [b for b in statuses
+                        if ((b.get("scope") or {}).get("tags") or {}).get(PROJECT_TAG) == f.project]
+        return dashboard.budgets_page(statuses)
 
     view("/budgets", "Budgets", budgets)
     view("/health", "Delivery", health)
 
     @app.get("/login", include_in_schema=False, response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/") -> Response:
-        if not login_needed:
+        if not login_needed and (not project_keys or open_access(request)):
             return RedirectResponse(_safe_next(next), status_code=303, headers=SECURITY_HEADERS)
         return _html(dashboard.login_page(None, _safe_next(next)))
 
@@ -164,13 +191,28 @@ def install_pages(
         form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=4)
         given = (form.get("api_key") or [""])[0].strip()
         target = _safe_next((form.get("next") or ["/"])[0])
-        key = signer.key_for(given.encode()) if given and given.isascii() else None
-        if key is None:
+        cookie = None
+        if given.startswith(TOKEN_PREFIX) and sessions is not None:
+            row = await run_in_threadpool(_stored_row, given)
+            cookie = None if row is None else sessions.issue(row)
+        elif given and given.isascii():
+            key = signer.key_for(given.encode())
+            cookie = None if key is None else signer.issue(key)
+        if cookie is None:
             return _html(dashboard.login_page("That API key is not valid.", target), 401)
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(COOKIE_NAME, signer.issue(key), max_age=signer.ttl_s, httponly=True,
+        response.set_cookie(COOKIE_NAME, cookie, max_age=signer.ttl_s, httponly=True,
                             samesite="strict", secure=session_secure, path="/")
         return response
+
+    def _stored_row(token: str) -> dict[str, Any] | None:
+        """The row of a valid, unrevoked, unexpired project key that may read, or None."""
+        assert auth is not None
+        try:
+            p = auth.stored(token)
+        except HTTPException:
+            return None
+        return call(store.get_key, p.key_id) if p.may("GET", "/") else None
 
     @app.post("/logout", include_in_schema=False)
     def logout() -> Response:

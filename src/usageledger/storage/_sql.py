@@ -120,10 +120,15 @@ def keyset_pages(
         after = (rows[-1][1], rows[-1][0])
 
 
-def runs_query_sql(agent_name: str | None, status: str | None, ph: str) -> tuple[str, list[Any]]:
+def runs_query_sql(agent_name: str | None, status: str | None, ph: str,
+                   project_sql: str | None = None, project: str | None = None) -> tuple[str, list[Any]]:
     """``SELECT data FROM runs`` with the filters, newest first; the caller appends the
-    LIMIT and OFFSET parameters."""
+    LIMIT and OFFSET parameters. ``project_sql``: the backend's expression of the run's
+    ``project`` field, compared with ``project``."""
     clauses, params = [], []
+    if project_sql is not None:
+        clauses.append(f"{project_sql} = {ph}")
+        params.append(project)
     if agent_name is not None:
         clauses.append(f"agent_name = {ph}")
         params.append(agent_name)

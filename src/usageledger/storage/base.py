@@ -158,7 +158,12 @@ class StorageBackend:
         zero row whose ``currency`` is None. :meth:`usageledger.totals.Totals.of_rows`
         sums rows per currency."""
         keys = check_group_by(group_by)
-        rows = self._aggregate(keys if "currency" in keys else (*keys, "currency"), make_filters(**filters))
+        full, f = (keys if "currency" in keys else (*keys, "currency")), make_filters(**filters)
+        rows = self._aggregate(full, f)
+        if getattr(self, "supports_retention", False):  # plus the daily rollups of retention
+            from ._retention import merge_retained
+
+            rows = merge_retained(self, full, f, rows)
         if not rows and not keys:
             rows = [{"currency": None, **zero_totals()}]
         for r in rows:
@@ -182,7 +187,8 @@ class StorageBackend:
         raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
 
     def query_runs(self, agent_name: str | None = None, status: str | None = None,
-                   limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+                   limit: int | None = None, offset: int = 0,
+                   project: str | None = None) -> list[dict[str, Any]]:
         check_page(limit, offset)
         raise NotImplementedError(f"{type(self).__name__} does not store agent runs")
 
@@ -254,10 +260,22 @@ class RunStore(ABC):
         status: str | None = None,
         limit: int | None = None,
         offset: int = 0,
+        project: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Stored runs matching the filters, newest ``start_time`` first."""
+        """Stored runs matching the filters, newest ``start_time`` first. ``project``: only
+        the runs whose ``project`` field is this (the collector sets it from the key)."""
         check_page(limit, offset)
+        if project is not None:
+            return self._query_project_runs(project, agent_name, status, limit, offset)
         return self._query_runs(agent_name, status, limit, offset)
+
+    def _query_project_runs(
+        self, project: str, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        """``query_runs`` of one project; here by a pass over every matching run (the SQL
+        backends filter in the database)."""
+        runs = [r for r in self._query_runs(agent_name, status, None, 0) if r.get("project") == project]
+        return runs[offset:None if limit is None else offset + limit]
 
     @abstractmethod
     def _query_runs(

@@ -49,6 +49,11 @@ _run_decoder = msgspec.json.Decoder(_RunLine)
 class JsonlStorage(MemoryStorage):
     """``JsonlStorage(path)``: the in-memory engine of MemoryStorage, persisted as lines."""
 
+    #: an append-only file: retention would come back at the next open, and keys (kept in
+    #: memory by the engine) would be gone
+    supports_retention = False
+    supports_keys = False
+
     #: budgets would live only in memory here, not in the file: not offered
     supports_budgets = False
 

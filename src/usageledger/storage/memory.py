@@ -11,7 +11,9 @@ import msgspec
 
 from ..records import UsageRecord
 from ._budgets import MemoryBudgets
+from ._keys import MemoryKeys
 from ._prices import MemoryPrices
+from ._retention import MemoryRetention
 from .aggregate import Aggregate, Aggregator, add_record, add_totals, rollup_fits, zero_totals
 from .base import RunStore, RunWrite, StorageBackend
 from .filters import _US_PER_HOUR, Filters, make_filters, record_matches, ts_us
@@ -20,7 +22,7 @@ from .runs import apply_run_write, page_runs
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(MemoryBudgets, MemoryPrices, RunStore, StorageBackend):
+class MemoryStorage(MemoryBudgets, MemoryPrices, MemoryKeys, MemoryRetention, RunStore, StorageBackend):
     """Records in a dict by id plus a list kept sorted by (timestamp, id) on demand;
     thread-safe. Also the in-memory engine of :class:`~usageledger.storage.jsonl.JsonlStorage`."""
 
@@ -88,6 +90,19 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, RunStore, StorageBackend):
                 self._rows[i] = (us, id_, new)
                 self._by_id[id_] = new
             return len(changed)
+
+    def _forget_records(self, gone: Sequence[tuple[int, str, UsageRecord]]) -> None:
+        """Delete these rows (lock held), their totals leaving the hourly rollup."""
+        ids = {id_ for _, id_, _ in gone}
+        for us, id_, rec in gone:
+            del self._by_id[id_]
+            hk = (us // _US_PER_HOUR, rec.provider, rec.model, rec.currency)
+            one = zero_totals()
+            add_record(one, rec)
+            add_totals(self._hourly[hk], one, -1)
+            if not self._hourly[hk]["count"]:
+                del self._hourly[hk]
+        self._rows = [row for row in self._rows if row[1] not in ids]
 
     def _newest_first(self) -> Iterable[tuple[int, str, UsageRecord]]:
         if not self._sorted:
@@ -164,3 +179,4 @@ class MemoryStorage(MemoryBudgets, MemoryPrices, RunStore, StorageBackend):
             self._sorted = True
             self._runs.clear()
             self._hourly.clear()
+            self.__dict__.pop("_ret_state", None)

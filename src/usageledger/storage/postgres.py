@@ -18,7 +18,16 @@ from typing import Any
 from ..records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, UsageRecord, encode
 from ..totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
+from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
+from ._retention import (
+    FOLD_COLUMNS,
+    RETENTION_TABLES,
+    SqlRetention,
+    fold_rows,
+    project_clause,
+    run_day_project,
+)
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -42,7 +51,7 @@ from .aggregate import (
     zero_totals,
 )
 from .base import RunStore, RunWrite, StorageBackend, unique_records
-from .filters import Filters, from_us, make_filters
+from .filters import Filters, from_us, make_filters, ts_us
 from .runs import run_fields
 
 __all__ = ["PostgresStorage"]
@@ -196,6 +205,10 @@ _RUN_COLUMNS = (
 )
 
 
+def _rows(cur: Any) -> list[tuple[Any, ...]]:
+    return cur.fetchall() if cur.description else []
+
+
 def _import_psycopg() -> Any:
     try:
         import psycopg
@@ -207,7 +220,7 @@ def _import_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PostgresStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
+class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, StorageBackend):
     """``PostgresStorage(url, min_size=1, max_size=4)``; thread-safe (a connection pool)."""
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 30.0):
@@ -453,6 +466,12 @@ class PostgresStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
             for ddl in PRICE_TABLES:
                 conn.execute(ddl)
 
+    def _create_key_tables(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7301460)")
+            for ddl in KEY_TABLES:
+                conn.execute(ddl)
+
     # -- runs -------------------------------------------------------------------------------
     def write_runs(self, writes: Sequence[RunWrite]) -> list[str]:
         from psycopg.types.json import Jsonb
@@ -503,9 +522,67 @@ class PostgresStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
         sql, params = runs_query_sql(agent_name, status, "%s")
         return [r[0] for r in self._fetch(sql, [*params, limit, offset])]
 
+    def _query_project_runs(
+        self, project: str, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        sql, params = runs_query_sql(agent_name, status, "%s", "data->>'project'", project)
+        return [r[0] for r in self._fetch(sql, [*params, limit, offset])]
+
+    def _create_retention_tables(self) -> None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(7301460)")
+            for ddl in RETENTION_TABLES:
+                conn.execute(ddl)
+
+    # -- retention (storage/_retention.py) ------------------------------------------------------
+    def _fold_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        """One batch folded, taken out of the hourly/daily totals and deleted, in one
+        transaction; one retention at a time (an advisory lock), the rows locked against a
+        concurrent reprice."""
+        clause, params = project_clause(project, excluded, f"(tags->>'{PROJECT_TAG}')", "%s")
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7301461)")
+            cur.execute(_REPRICE_TEMP)
+            cur.execute(f"INSERT INTO reprice_in (id) SELECT id FROM (SELECT id FROM usage WHERE "
+                        f"ts < %s{clause} ORDER BY ts LIMIT %s FOR UPDATE) AS o ORDER BY id",
+                        [from_us(cutoff_us), *params, batch])
+            rows = cur.execute(
+                f"SELECT ts, tags, {', '.join(FOLD_COLUMNS)} "
+                "FROM usage WHERE id IN (SELECT id FROM reprice_in)").fetchall()
+            if not rows:
+                return 0
+            folded = fold_rows((ts_us(r[0]), r[1], *r[2:]) for r in rows)
+            cur.execute(_rollups_of_changed(_NEG_SUMS))
+            cur.execute("DELETE FROM usage WHERE id IN (SELECT id FROM reprice_in)")
+            cur.execute("DELETE FROM usage_hourly WHERE count = 0")
+            cur.execute("DELETE FROM usage_daily WHERE count = 0")
+            self._fold_into(lambda sql, p: _rows(cur.execute(sql, p)), cur.executemany, folded)
+        return len(rows)
+
+    def _fold_runs_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7301461)")
+            gone, counts = [], {}
+            for run_id, data in cur.execute("SELECT run_id, data FROM runs WHERE started_at IS NOT NULL "
+                                            "ORDER BY run_id FOR UPDATE").fetchall():
+                us, rest = run_day_project(data)
+                if us is None or us >= cutoff_us or (project is not None and rest[0] != project) or (
+                        project is None and rest[0] in excluded):
+                    continue
+                gone.append((run_id,))
+                key = (us // 86_400_000_000, *rest)
+                counts[key] = counts.get(key, 0) + 1
+                if len(gone) >= batch:
+                    break
+            cur.executemany("DELETE FROM runs WHERE run_id = %s", gone)
+            self._fold_runs_into(lambda sql, p: _rows(cur.execute(sql, p)), counts)
+        return len(gone)
+
     def clear(self) -> None:
         with self._pool.connection() as conn:
             conn.execute("TRUNCATE usage, usage_hourly, usage_daily, runs")
+            if conn.execute("SELECT to_regclass('usage_retained')").fetchone()[0] is not None:
+                conn.execute("TRUNCATE usage_retained, runs_retained, retention_marks")
 
     def close(self) -> None:
         self._pool.close()

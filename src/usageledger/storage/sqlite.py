@@ -35,7 +35,16 @@ from .._sqlite_salvage import iter_rows, open_damaged
 from ..records import UsageRecord, encode
 from ..totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
+from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
+from ._retention import (
+    FOLD_COLUMNS,
+    RETENTION_TABLES,
+    SqlRetention,
+    fold_rows,
+    project_clause,
+    run_day_project,
+)
 from ._sql import (
     RUNS_INDEX,
     USAGE_INDEXES,
@@ -204,11 +213,15 @@ _ROLLUP_SUMS = (
 #: long for every ``usageledger report``)
 QUICK_CHECK_MAX_BYTES = 16 * 1024 * 1024
 #: the tables whose rows are salvaged from a damaged file (the rollups are rebuilt)
-_SALVAGED = ("usage", "runs", "budgets", "budget_alerts", "prices", "price_aliases")
+_SALVAGED = ("usage", "runs", "budgets", "budget_alerts", "prices", "price_aliases", "api_keys",
+             "usage_retained", "runs_retained", "retention_marks")
 #: rows per transaction when salvaging
 _SALVAGE_BATCH = 5000
 
 _loads = msgspec.json.decode
+
+
+_PROJECT_PATH = f'$."{PROJECT_TAG}"'
 
 
 def _same(us: int) -> int:
@@ -237,7 +250,7 @@ def _salvaging(method: Any) -> Any:
     return run
 
 
-class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
+class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
 
@@ -306,8 +319,8 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
             log.error("storage %s is damaged (%s); moved it aside to %s and started a new file at %s",
                       self.db_path, reason, aside, self.db_path)
             self._migrate()
-            with self._transaction() as c:  # budgets and prices have their tables at once
-                for ddl in (*BUDGET_TABLES, *PRICE_TABLES):
+            with self._transaction() as c:  # budgets, prices, keys, rollups: tables at once
+                for ddl in (*BUDGET_TABLES, *PRICE_TABLES, *KEY_TABLES, *RETENTION_TABLES):
                     c.execute(ddl)
             self.salvaged = self._salvage_from(aside) | {"reason": reason}
 
@@ -662,11 +675,63 @@ class SQLiteStorage(SqlBudgets, SqlPrices, RunStore, StorageBackend):
         params += [-1 if limit is None else limit, offset]
         return [_loads(r[0]) for r in self._fetch(sql, params)]
 
+    def _query_project_runs(
+        self, project: str, agent_name: str | None, status: str | None, limit: int | None, offset: int
+    ) -> list[dict[str, Any]]:
+        sql, params = runs_query_sql(agent_name, status, "?", "json_extract(data, '$.project')", project)
+        params += [-1 if limit is None else limit, offset]
+        return [_loads(r[0]) for r in self._fetch(sql, params)]
+
+    # -- retention (storage/_retention.py) ------------------------------------------------------
+    def _fold_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        """One batch folded, taken out of the hourly/daily totals and deleted, in one
+        transaction (the statements of replace_costs subtract the rows' sums)."""
+        clause, params = project_clause(project, excluded, f"json_extract(tags, '{_PROJECT_PATH}')", "?")
+        sub_hourly, sub_daily, *_, prune_hourly, prune_daily = _REPRICE
+        with self._transaction() as c:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS reprice_ids (id TEXT PRIMARY KEY)")
+            c.execute("DELETE FROM temp.reprice_ids")
+            c.execute(f"INSERT INTO temp.reprice_ids SELECT id FROM usage WHERE ts < ?{clause} "
+                      "ORDER BY ts LIMIT ?", [cutoff_us, *params, batch])
+            rows = c.execute(
+                f"SELECT ts, tags, {', '.join(FOLD_COLUMNS)} "
+                "FROM usage WHERE id IN (SELECT id FROM temp.reprice_ids)").fetchall()
+            if not rows:
+                return 0
+            folded = fold_rows((r[0], _loads(r[1]) if r[1] and r[1] != "{}" else None, *r[2:]) for r in rows)
+            for sql in (sub_hourly, sub_daily, prune_hourly, prune_daily,
+                        "DELETE FROM usage WHERE id IN (SELECT id FROM temp.reprice_ids)"):
+                c.execute(sql)
+            self._fold_into(lambda sql, p: c.execute(sql, p).fetchall(), c.executemany, folded)
+        return len(rows)
+
+    def _fold_runs_batch(self, cutoff_us: int, project: str | None, excluded: list[str], batch: int) -> int:
+        with self._transaction() as c:
+            gone, counts = [], {}
+            for run_id, data in c.execute("SELECT run_id, data FROM runs ORDER BY run_id"):
+                run = _loads(data)
+                us, rest = run_day_project(run)
+                if us is None or us >= cutoff_us or (project is not None and rest[0] != project) or (
+                        project is None and rest[0] in excluded):
+                    continue
+                gone.append((run_id,))
+                key = (us // _US_PER_DAY, *rest)
+                counts[key] = counts.get(key, 0) + 1
+                if len(gone) >= batch:
+                    break
+            c.executemany("DELETE FROM runs WHERE run_id = ?", gone)
+            self._fold_runs_into(lambda sql, p: c.execute(sql, p).fetchall(), counts)
+        return len(gone)
+
     @_salvaging
     def clear(self) -> None:
         with self._transaction() as c:
             for table in ("usage", "usage_hourly", "usage_daily", "runs"):
                 c.execute(f"DELETE FROM {table}")
+            have = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in ("usage_retained", "runs_retained", "retention_marks"):
+                if table in have:
+                    c.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
         with self._db.held():  # not under an operation of another thread
