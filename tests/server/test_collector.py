@@ -103,3 +103,39 @@ def test_telemetry_models_are_the_run_schema():
     for name in runs.__all__:
         assert getattr(models, name) is getattr(runs, name), name
     assert models.RunWrite is runs.RunWrite
+
+
+def test_price_many_gives_the_costs_of_price(tmp_path):
+    """The batch pricing (lookups once per provider, model and day) gives every record the
+    very cost ``price`` gives it: overrides changing from one day to the next, an alias,
+    the table's fixed prices, a table price with a start date (looked up per record: its
+    tiers end on 2026-03-13) and unknown models."""
+    from datetime import timedelta
+
+    from usageledger.pricebook import PriceBook, entry_json, parse_price
+
+    store = _store(tmp_path)
+    try:
+        for body in ({"input_per_mtok": "1", "output_per_mtok": "2"},
+                     {"input_per_mtok": "5", "output_per_mtok": "7", "currency": "EUR",
+                      "effective_from": "2026-03-12"}):
+            day, entry = parse_price(body)
+            store.put_price("acme", "house", day, entry_json(entry))
+        store.put_alias("acme", "house-prod", "house")
+        book = PriceBook(store)
+        recs = []
+        start = datetime(2026, 3, 11, 20, tzinfo=UTC)
+        for i in range(240):
+            at = start + timedelta(minutes=37 * i)  # crosses 2026-03-12 and 2026-03-13
+            provider, model = (("acme", "house"), ("acme", "house-prod"), ("openai", "gpt-4o"),
+                               ("anthropic", "claude-sonnet-4-6"), ("nobody", "unknown"))[i % 5]
+            recs.append(make_usage_record(provider, model, 150_000 + 1000 * i, 300 + i,
+                                          cache_read_tokens=90_000, timestamp=at,
+                                          cost="0.01" if i % 17 == 0 else None))
+        expected = [book.price(r) for r in recs]
+        assert book.price_many(recs) == expected
+        sonnet = {e.cost for e in expected if e.model == "claude-sonnet-4-6" and e.input_tokens + 90_000 > 200_000}
+        assert len(sonnet) > 1  # the tiers before the start date and the flat price after
+        assert {e.currency for e in expected if e.provider == "acme"} == {"USD", "EUR"}
+    finally:
+        store.close()

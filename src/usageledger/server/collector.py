@@ -66,7 +66,7 @@ class Collector:
             raise TypeError(f"store must be a StorageBackend, got {store!r}")
         self.store = store
         self.prices = prices if prices is not None else PriceBook(store)
-        self._pricer: Callable[[UsageRecord], UsageRecord] | None = self.prices.price if price else None
+        self.price = price
         self.metrics = metrics
         self.on_stored = on_stored
         self.call = call or _direct
@@ -80,12 +80,10 @@ class Collector:
         """Store the valid items of a batch (records without a cost priced first); the
         answer of :func:`track_answer`. Refused items (failed validation) are only
         counted and answered."""
-        pricer = self._pricer
-        # copies of one id are stored once by save_many (and priced twice: harmless)
-        records = [
-            (pricer(it) if it.cost is None and pricer is not None else it)
-            for it in items if type(it) is UsageRecord
-        ]
+        records = [it for it in items if type(it) is UsageRecord]
+        if self.price:
+            # copies of one id are stored once by save_many (and priced twice: harmless)
+            records = self.prices.price_many(records)
         new = self.call(self.store.save_many, records) if records else set()
         if self.on_stored is not None:
             self.on_stored(records, new)
