@@ -215,6 +215,24 @@ def bench_breakdown(storages: dict[str, str], n: int) -> None:
     price_us = (time.perf_counter() - t0) / n * 1e6
     row("pricing a record sent without cost (price_record, in-process)", f"{price_us:.2f} µs",
         f"wire decode + check {ours_us:.2f} µs", f"{price_us / ours_us:.1f}x")
+    from usageledger.pricebook import PriceBook
+
+    book = PriceBook(create_storage("memory"))
+    book.price_many(unpriced[0])  # warm: the first lookup loads the price table (~0.4 s)
+    one, many = [], []
+    for _ in range(7):  # alternating rounds, CPU time: the box is shared
+        t0 = time.process_time()
+        for batch in unpriced:
+            [book.price(rec) for rec in batch]
+        one.append(time.process_time() - t0)
+        t0 = time.process_time()
+        for batch in unpriced:
+            book.price_many(batch)
+        many.append(time.process_time() - t0)
+    one_us, many_us = statistics.median(one) / n * 1e6, statistics.median(many) / n * 1e6
+    row("collector pricing, batch of 1,000 without cost: PriceBook.price_many, CPU per record",
+        f"{many_us:.2f} µs", f"PriceBook.price per record {one_us:.2f} µs", f"{many_us / one_us:.2f}x")
+    _sqlite_split(n)
     for name, url in storages.items():
         store = create_storage(url)
         try:
@@ -226,6 +244,56 @@ def bench_breakdown(storages: dict[str, str], n: int) -> None:
             store.close()
         row(f"storage {name}: save_many per record (batch 1,000, in-process)", f"{us:.2f} µs",
             f"wire decode + check {ours_us:.2f} µs", f"{us / ours_us:.1f}x")
+
+
+def _sqlite_split(n: int) -> None:
+    """Where SQLite's save_many spends its time at batch 1,000 of fresh records, statement
+    by statement (the same statements, timed one by one), on a store already holding
+    100,000 records."""
+    import usageledger.storage.sqlite as S
+    from usageledger.records import decode_usage
+    from usageledger.storage import create_storage
+    from usageledger.storage.base import cost_nano, ts_us, unique_records
+
+    with tempfile.TemporaryDirectory() as d:
+        store = create_storage(f"sqlite:///{d}/split.db")
+        pre = [decode_usage(r) for r in records(100_000, start=10**7)]
+        for i in range(0, len(pre), 5000):
+            store.save_many(pre[i:i + 5000])
+        recs = [decode_usage(r) for r in records(n, start=2 * 10**7)]
+        parts = dict.fromkeys(("rows (Python)", "insert (7 b-trees)", "new ids", "hourly rollup",
+                               "daily rollups (4 dimensions + tags)", "commit"), 0.0)
+        names = list(parts)
+        c = store._conn
+        for i in range(0, n, 1000):
+            t = [time.perf_counter()]
+            rows = [(r.id, ts_us(r.timestamp), r.provider, r.model, r.input_tokens, r.output_tokens,
+                     r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
+                     None if r.cost is None else str(r.cost), cost_nano(r.cost), r.currency,
+                     r.user_id, r.session_id, r.customer_key, r.run_id, r.response_id,
+                     encode(r.tags).decode() if r.tags else "{}",
+                     None if r.payload is None else encode(r.payload).decode())
+                    for r in unique_records(recs[i:i + 1000]).values()]
+            t.append(time.perf_counter())
+            c.execute("BEGIN IMMEDIATE")
+            top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
+            c.executemany(S._INSERT, rows)
+            t.append(time.perf_counter())
+            c.execute(S._NEW_IDS, (top,)).fetchall()
+            t.append(time.perf_counter())
+            c.execute(S._ROLLUP_NEW, (top,))
+            t.append(time.perf_counter())
+            c.execute(S._DAILY_NEW, (top,))
+            t.append(time.perf_counter())
+            c.execute("COMMIT")
+            t.append(time.perf_counter())
+            for k, name in enumerate(names):
+                parts[name] += t[k + 1] - t[k]
+        store.close()
+    total = sum(parts.values())
+    for name, spent in parts.items():
+        row(f"sqlite save_many, batch 1,000: {name}, per record", f"{spent / n * 1e6:.2f} µs",
+            f"whole save_many {total / n * 1e6:.2f} µs", f"{spent / total:.0%}")
 
 
 def _top10(rows: list[dict], key: str) -> list[tuple[str, Decimal]]:

@@ -254,8 +254,9 @@ class PriceBook:
         """:meth:`price` of each record, the prices looked up once per provider, model and
         UTC day wherever they cannot change within a day (overrides, aliases to them, the
         table's fixed prices); a table price that varies with the time of day is looked up
-        per record. The costs are the very ones :meth:`price` gives. (Lookups were 40% of
-        the pricing time of a batch of 1,000 records of three models, measured in-process.)"""
+        per record. The costs are the very ones :meth:`price` gives. (A batch of 1,000 records
+        of three models, in-process, median CPU over alternating rounds on the loaded box:
+        5.1-5.2 µs per record against 6.1-9.4 µs with :meth:`price` per record.)"""
         memo: dict[tuple[str, str, str], Any] = {}
         out: list[UsageRecord] = []
         replace = msgspec.structs.replace
