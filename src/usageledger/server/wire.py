@@ -39,7 +39,14 @@ from ..limits import (
     text_error,
     token_parts_error,
 )
-from ..records import DETAIL_TOKEN_FIELDS, TOKEN_FIELDS, UsageRecord, make_usage_record, to_utc
+from ..records import (
+    DETAIL_TOKEN_FIELDS,
+    TOKEN_FIELDS,
+    UsageRecord,
+    encode,
+    make_usage_record,
+    to_utc,
+)
 from ..runs import RunRecord
 from ..storage.base import RunWrite
 
@@ -355,7 +362,7 @@ def _record_error(r: UsageRecord, nul: bool) -> str | None:
 def _payload_error(r: UsageRecord) -> str | None:
     payload = r.payload
     _too_deep(f"the item with id {_short(r.id)}", payload, 0)
-    size = len(msgspec.json.encode(payload))
+    size = len(encode(payload))
     if size > MAX_PAYLOAD_BYTES:
         return f"payload must encode to at most {MAX_PAYLOAD_BYTES} bytes of JSON, got {size}"
     return None
@@ -414,7 +421,7 @@ def _run_fields(obj: dict[str, Any], drop: tuple[str, ...]) -> dict[str, Any]:
             raise ValueError(f"run field {k} must be {_type_name(typ)}, got {_short(v)}") from None
     if _has_nul(fields):
         raise ValueError("run fields contain a NUL character (\\u0000), which storage cannot hold")
-    size = len(msgspec.json.encode(fields))
+    size = len(encode(fields))
     if size > MAX_RUN_BYTES:
         raise ValueError(f"run fields must encode to at most {MAX_RUN_BYTES} bytes of JSON, got {size}")
     return fields
