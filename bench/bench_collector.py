@@ -253,7 +253,7 @@ def _sqlite_split(n: int) -> None:
     import usageledger.storage.sqlite as S
     from usageledger.records import decode_usage
     from usageledger.storage import create_storage
-    from usageledger.storage.base import cost_nano, ts_us, unique_records
+    from usageledger.storage.base import unique_records
 
     with tempfile.TemporaryDirectory() as d:
         store = create_storage(f"sqlite:///{d}/split.db")
@@ -264,29 +264,23 @@ def _sqlite_split(n: int) -> None:
         parts = dict.fromkeys(("rows (Python)", "insert (7 b-trees)", "new ids", "hourly rollup",
                                "daily rollups (4 dimensions + tags)", "commit"), 0.0)
         names = list(parts)
-        c = store._conn
         for i in range(0, n, 1000):
             t = [time.perf_counter()]
-            rows = [(r.id, ts_us(r.timestamp), r.provider, r.model, r.input_tokens, r.output_tokens,
-                     r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens,
-                     None if r.cost is None else str(r.cost), cost_nano(r.cost), r.currency,
-                     r.user_id, r.session_id, r.customer_key, r.run_id, r.response_id,
-                     encode(r.tags).decode() if r.tags else "{}",
-                     None if r.payload is None else encode(r.payload).decode())
-                    for r in unique_records(recs[i:i + 1000]).values()]
+            rows = [S.usage_row(r) for r in unique_records(recs[i:i + 1000]).values()]
             t.append(time.perf_counter())
-            c.execute("BEGIN IMMEDIATE")
-            top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
-            c.executemany(S._INSERT, rows)
-            t.append(time.perf_counter())
-            c.execute(S._NEW_IDS, (top,)).fetchall()
-            t.append(time.perf_counter())
-            c.execute(S._ROLLUP_NEW, (top,))
-            t.append(time.perf_counter())
-            c.execute(S._DAILY_NEW, (top,))
-            t.append(time.perf_counter())
-            c.execute("COMMIT")
-            t.append(time.perf_counter())
+            with store._db as c:  # the store's connection, under its lock
+                c.execute("BEGIN IMMEDIATE")
+                top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
+                c.executemany(S._INSERT, rows)
+                t.append(time.perf_counter())
+                c.execute(S._NEW_IDS, (top,)).fetchall()
+                t.append(time.perf_counter())
+                c.execute(S._ROLLUP_NEW, (top,))
+                t.append(time.perf_counter())
+                c.execute(S._DAILY_NEW, (top,))
+                t.append(time.perf_counter())
+                c.execute("COMMIT")
+                t.append(time.perf_counter())
             for k, name in enumerate(names):
                 parts[name] += t[k + 1] - t[k]
         store.close()

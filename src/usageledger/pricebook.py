@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from .errors import UsageLedgerError
-from .pricing import Rates, _lookup, _price_value, _warn_unknown, table_rates
+from .pricing import Rates, _lookup, _price_value, _Variants, _warn_unknown, table_rates
 from .records import UsageRecord
 
 __all__ = ["PriceBook", "PriceEntry", "PriceInputError", "parse_price", "table_version", "PRICE_FIELDS"]
@@ -235,10 +235,7 @@ class PriceBook:
         if q is None:
             _warn_unknown(record.provider.lower(), record.model)
             return None
-        prices = q[0]
-        if isinstance(prices, PriceEntry):
-            return prices.cost(record), prices.currency
-        return prices.record_cost(record), "USD"
+        return _cost_of(q[0], record)
 
     def price(self, record: UsageRecord) -> UsageRecord:
         """``record`` with its cost filled in, or unchanged when it has one already (a
@@ -251,28 +248,28 @@ class PriceBook:
         return msgspec.structs.replace(record, cost=got[0], currency=got[1])
 
     def price_many(self, records: Iterable[UsageRecord]) -> list[UsageRecord]:
-        """:meth:`price` of each record, the prices looked up once per provider, model and
-        UTC day wherever they cannot change within a day (overrides, aliases to them, the
-        table's fixed prices); a table price that varies with the time of day is looked up
-        per record. The costs are the very ones :meth:`price` gives. (A batch of 1,000 records
-        of three models, in-process, median CPU over alternating rounds on the loaded box:
-        5.1-5.2 µs per record against 6.1-9.4 µs with :meth:`price` per record.)"""
-        memo: dict[tuple[str, str, str], Any] = {}
+        """:meth:`price` of each record, the prices looked up once per provider, model,
+        service tier and UTC day wherever they cannot change within a day (overrides,
+        aliases to them, the table's fixed prices); other table prices are looked up per
+        record. The costs are the very ones :meth:`price` gives. (A batch of 1,000 records
+        of three models, in-process, CPU over alternating rounds on the loaded box: 0.64x
+        of :meth:`price` per record, docs/benchmarks.md.)"""
+        memo: dict[tuple[str, str, str, str | None], Any] = {}
         out: list[UsageRecord] = []
         replace = msgspec.structs.replace
         for r in records:
             if r.cost is not None:
                 out.append(r)
                 continue
-            key = (r.provider, r.model, _utc_day(r.timestamp))
+            key = (r.provider, r.model, _utc_day(r.timestamp), r.service_tier)
             prices = memo.get(key, _UNSEEN)
             if prices is _UNSEEN:
-                q = self.quote(r.provider, r.model, r.timestamp)
+                q = self.quote(r.provider, r.model, r.timestamp, r.service_tier)
                 if q is None:
                     _warn_unknown(r.provider.lower(), r.model)
                     prices = None
-                elif isinstance(q[0], PriceEntry) or not hasattr(
-                        _lookup(q[1]["provider"] or None, q[1]["model"]), "get_prices"):
+                elif isinstance(q[0], PriceEntry) or _fixed(
+                        _lookup(q[1]["provider"] or None, q[1]["model"]), r.service_tier):
                     prices = q[0]
                 else:
                     prices = _PER_RECORD
@@ -281,13 +278,23 @@ class PriceBook:
                 out.append(r)
             elif prices is _PER_RECORD:
                 out.append(self.price(r))
-            elif isinstance(prices, PriceEntry):
-                out.append(replace(r, cost=prices.cost(r), currency=prices.currency))
             else:
-                out.append(replace(r, cost=prices.cost(r.input_tokens, r.output_tokens,
-                                                       r.cache_read_tokens, r.cache_write_tokens),
-                                   currency="USD"))
+                cost, currency = _cost_of(prices, r)
+                out.append(replace(r, cost=cost, currency=currency))
         return out
+
+
+def _fixed(found: Any, service_tier: str | None) -> bool:
+    """Whether the table's prices of a lookup are the same at every time: fixed prices, or
+    the standard prices of fixed ones with tier variants (a tier is resolved per record)."""
+    return isinstance(found, Rates) or (service_tier is None and isinstance(found, _Variants))
+
+
+def _cost_of(prices: Any, record: UsageRecord) -> tuple[Decimal, str]:
+    """``(cost, currency)`` of ``record`` at ``prices`` (an entry or the table's Rates)."""
+    if isinstance(prices, PriceEntry):
+        return prices.cost(record), prices.currency
+    return prices.record_cost(record), "USD"
 
 
 _UNSEEN = object()

@@ -108,7 +108,7 @@ def test_telemetry_models_are_the_run_schema():
 def test_price_many_gives_the_costs_of_price(tmp_path):
     """The batch pricing (lookups once per provider, model and day) gives every record the
     very cost ``price`` gives it: overrides changing from one day to the next, an alias,
-    the table's fixed prices, a table price with a start date (looked up per record: its
+    the table's fixed prices and its service tiers, a table price with a start date (its
     tiers end on 2026-03-13) and unknown models."""
     from datetime import timedelta
 
@@ -131,7 +131,8 @@ def test_price_many_gives_the_costs_of_price(tmp_path):
                                ("anthropic", "claude-sonnet-4-6"), ("nobody", "unknown"))[i % 5]
             recs.append(make_usage_record(provider, model, 150_000 + 1000 * i, 300 + i,
                                           cache_read_tokens=90_000, timestamp=at,
-                                          cost="0.01" if i % 17 == 0 else None))
+                                          cost="0.01" if i % 17 == 0 else None,
+                                          service_tier=(None, "batch", "priority")[i % 3]))
         expected = [book.price(r) for r in recs]
         assert book.price_many(recs) == expected
         sonnet = {e.cost for e in expected if e.model == "claude-sonnet-4-6" and e.input_tokens + 90_000 > 200_000}

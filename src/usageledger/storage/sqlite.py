@@ -250,6 +250,19 @@ def _salvaging(method: Any) -> Any:
     return run
 
 
+def usage_row(rec: UsageRecord) -> tuple[Any, ...]:
+    """The parameters of the usage table's INSERT for one record."""
+    return (rec.id, ts_us(rec.timestamp), rec.provider, rec.model, rec.input_tokens,
+            rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
+            rec.reasoning_tokens, None if rec.cost is None else str(rec.cost),
+            cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
+            rec.customer_key, rec.run_id, rec.response_id,
+            encode(rec.tags).decode() if rec.tags else "{}",
+            None if rec.payload is None else encode(rec.payload).decode(),
+            rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
+            rec.input_image_tokens, rec.output_image_tokens, rec.service_tier)
+
+
 class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, StorageBackend):
     """``SQLiteStorage(db_path)``. One connection behind a lock: safe to write from the
     pipeline's dispatcher thread while other threads query."""
@@ -418,19 +431,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         batch = unique_records(records)
         if not batch:
             return set()
-        rows = [
-            (rec.id, ts_us(rec.timestamp), rec.provider, rec.model, rec.input_tokens,
-             rec.output_tokens, rec.cache_read_tokens, rec.cache_write_tokens,
-             rec.reasoning_tokens, None if rec.cost is None else str(rec.cost),
-             cost_nano(rec.cost), rec.currency, rec.user_id, rec.session_id,
-             rec.customer_key, rec.run_id, rec.response_id,
-             encode(rec.tags).decode() if rec.tags else "{}",
-             None if rec.payload is None else encode(rec.payload).decode(),
-             rec.cache_write_1h_tokens, rec.input_audio_tokens, rec.output_audio_tokens,
-             rec.input_image_tokens, rec.output_image_tokens, rec.service_tier)
-            for rec in batch.values()
-        ]
-        return self._insert(rows)
+        return self._insert([usage_row(rec) for rec in batch.values()])
 
     @_salvaging
     def _insert(self, rows: list[tuple[Any, ...]]) -> set[str]:
