@@ -38,7 +38,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "usageledger.cli", "serve", "--storage", f"sqlite:///{work / 'u.db'}",
+        [sys.executable, "-m", "usageledger", "serve", "--storage", f"sqlite:///{work / 'u.db'}",
          "--port", str(port), "--api-key", KEY], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(300):

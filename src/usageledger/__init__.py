@@ -9,35 +9,38 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import _moved
 from .errors import MixedCurrencyError, UsageLedgerError
-from .records import UsageRecord, new_id
+from .schema.records import UsageRecord, new_id
 
 __version__ = "0.1.0"
 
+_moved.install()  # the module paths from before the folders keep working
+
 _LAZY = {
-    "PersistentDelivery": "usageledger.delivery",
-    "PersistentQueueManager": "usageledger.delivery",
-    "DeliveryConfig": "usageledger.config",
-    "IniManager": "usageledger.config",
-    "Meter": "usageledger.meter",
-    "Pipeline": "usageledger.pipeline",
-    "Settings": "usageledger.settings",
+    "PersistentDelivery": "usageledger.facades.delivery",
+    "PersistentQueueManager": "usageledger.facades.delivery",
+    "DeliveryConfig": "usageledger.core.config",
+    "IniManager": "usageledger.core.config",
+    "Meter": "usageledger.facades.meter",
+    "Pipeline": "usageledger.core.pipeline",
+    "Settings": "usageledger.core.settings",
     "create_storage": "usageledger.storage",
     "StorageBackend": "usageledger.storage.base",
     "TelemetryClient": "usageledger.telemetry",
     "RunRecord": "usageledger.telemetry",
     "RunEvent": "usageledger.telemetry",
-    "UsageTracker": "usageledger.tracker",
-    "calculate_cost": "usageledger.pricing",
-    "JournalError": "usageledger.journal",
-    "JournalDestinationError": "usageledger.journal",
-    "JournalUnavailableError": "usageledger.journal",
+    "UsageTracker": "usageledger.facades.tracker",
+    "calculate_cost": "usageledger.prices.pricing",
+    "JournalError": "usageledger.core.journal",
+    "JournalDestinationError": "usageledger.core.journal",
+    "JournalUnavailableError": "usageledger.core.journal",
     "BudgetExceeded": "usageledger.budgets",
     "BudgetGuard": "usageledger.budgets.guard",
     "instrument": "usageledger.integrations.capture",
     "uninstrument": "usageledger.integrations.capture",
     "attributes": "usageledger.integrations.context",
-    "Totals": "usageledger.totals",
+    "Totals": "usageledger.schema.totals",
 }
 
 __all__ = ["UsageRecord", "new_id", "UsageLedgerError", "MixedCurrencyError", "__version__", *_LAZY]

@@ -421,7 +421,7 @@ def test_instrument_refuses_bad_arguments_naming_them(meter):
         usageledger.instrument(meter, providers=["openai", "cohere"])
     with pytest.raises(TypeError, match="guard=.*require"):
         usageledger.instrument(meter, guard=object())
-    with pytest.raises(TypeError, match="Meter, UsageTracker or PersistentDelivery, got int"):
+    with pytest.raises(TypeError, match=r"UsageTracker or PersistentDelivery \(any object .*\), got int"):
         usageledger.instrument(42)
     handle = usageledger.instrument(meter)
     with pytest.raises(ValueError, match="already instrumented"):

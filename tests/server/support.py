@@ -40,7 +40,7 @@ class Collector:
     def start(self, timeout: float = 30.0) -> Collector:
         if not self.port:
             self.port = free_port()
-        cmd = [sys.executable, "-m", "usageledger.cli", "serve", "--storage", self.storage,
+        cmd = [sys.executable, "-m", "usageledger", "serve", "--storage", self.storage,
                "--host", "127.0.0.1", "--port", str(self.port)]
         for k in self.api_keys:
             cmd += ["--api-key", k]

@@ -18,7 +18,7 @@ from usageledger.demo import run_demo
 
 
 def _demo_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "usageledger.cli", "demo", *args]
+    return [sys.executable, "-m", "usageledger", "demo", *args]
 
 
 def test_demo_runs_non_interactively_and_moves_off_a_busy_port(tmp_path):
@@ -123,7 +123,7 @@ def test_serve_stops_cleanly_on_sigterm(tmp_path):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "usageledger.cli", "serve", "--storage", f"sqlite:///{tmp_path / 'c.db'}",
+        [sys.executable, "-m", "usageledger", "serve", "--storage", f"sqlite:///{tmp_path / 'c.db'}",
          "--port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

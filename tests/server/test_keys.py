@@ -61,6 +61,6 @@ def test_an_unusable_key_file_is_one_line_on_stderr(tmp_path, content, needle):
     key_file = tmp_path / "keys"
     if content is not None:
         key_file.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "usageledger.cli", "serve", "--api-key-file", str(key_file),
+    proc = subprocess.run([sys.executable, "-m", "usageledger", "serve", "--api-key-file", str(key_file),
                            "--port", "1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and needle in proc.stderr and "Traceback" not in proc.stderr

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import msgspec
 
-from ..records import encode, new_id
-from ..sinks.base import OK, Reject, Result, Retry, Sink
+from ..core.sink import OK, Reject, Result, Retry, Sink
+from ..schema.records import encode, new_id
 from ..sinks.http import RETRY_STATUSES, parse_retry_after
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
-    from ..pipeline import Pipeline
+    from ..core.journal.base import JournalItem
+    from ..core.pipeline import Pipeline
 
 __all__ = ["WebhookSink", "AlertSender", "KIND_ALERT"]
 
@@ -106,12 +106,12 @@ class AlertSender:
         max_backoff: float = 60.0,
         batch_interval: float = 0.05,
     ):
-        from ..pipeline import Pipeline
+        from ..core.pipeline import Pipeline
 
         if journal_path is not None:
             Path(os.fspath(journal_path)).expanduser().parent.mkdir(parents=True, exist_ok=True)
         self.journal_path = journal_path
-        from ..settings import Settings
+        from ..core.settings import Settings
 
         settings = Settings(
             durability="memory" if journal_path is None else "committed",

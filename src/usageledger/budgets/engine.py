@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..records import UsageRecord
+from ..schema.records import UsageRecord
 from ..storage.base import ts_us
 from .model import (
     SCOPE_KEYS,

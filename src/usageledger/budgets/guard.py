@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from ..records import UsageRecord
+from ..schema.records import UsageRecord
 from .engine import check_attributes
 from .model import SCOPE_KEYS, BudgetExceeded, BudgetUnavailable
 

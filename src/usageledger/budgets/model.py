@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import UsageLedgerError
-from ..records import to_utc
+from ..schema.records import to_utc
 
 __all__ = [
     "Budget",

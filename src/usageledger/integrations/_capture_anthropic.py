@@ -16,9 +16,9 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from . import capture
+from . import _capture_calls as capture
+from ._capture_calls import Call, Patch, StreamUsage, begin, report, watch_stream
 from .anthropic import usage_from_anthropic
-from .capture import Call, Patch, StreamUsage, begin, report, watch_stream
 
 PROVIDER = "anthropic"
 RAW_HEADER = "X-Stainless-Raw-Response"

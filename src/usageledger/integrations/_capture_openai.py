@@ -13,8 +13,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from . import capture
-from .capture import Call, Patch, StreamUsage, begin, report, watch_stream
+from . import _capture_calls as capture
+from ._capture_calls import Call, Patch, StreamUsage, begin, report, watch_stream
 from .openai import usage_from_openai
 
 PROVIDER = "openai"

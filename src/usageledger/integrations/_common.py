@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from ..records import DETAIL_TOKEN_FIELDS, TOKEN_FIELDS, make_usage_record
+from ..schema.records import DETAIL_TOKEN_FIELDS, TOKEN_FIELDS, make_usage_record
 
 __all__ = ["get", "count", "response_id", "model_of", "record_to", "recorder_for", "track_item"]
 
@@ -91,22 +91,22 @@ def recorder_for(target: Any) -> Callable[[dict[str, Any]], str]:
       (``provider``, ``model``, the token counts as fields), which the collector stores as
       it is.
 
-    Resolved once, so a capture wrapper pays no type tests per call."""
-    from ..delivery import PersistentDelivery
-
-    if isinstance(target, PersistentDelivery):
-        enqueue = target.enqueue
+    Resolved once, so a capture wrapper pays no type tests per call. Told apart by what
+    they offer (a ``record`` method first, else ``enqueue``), so integrations need not
+    import the facades that sit above them."""
+    record = getattr(target, "record", None)
+    if callable(record):
+        return lambda fields: record(**fields)
+    enqueue = getattr(target, "enqueue", None)
+    if callable(enqueue):
 
         def to_delivery(fields: dict[str, Any]) -> str:
             return enqueue(msgspec.to_builtins(make_usage_record(**fields)))
 
         return to_delivery
-    record = getattr(target, "record", None)
-    if callable(record):
-        return lambda fields: record(**fields)
     raise TypeError(
-        "target must be a Meter, UsageTracker or PersistentDelivery, "
-        f"got {type(target).__name__} (any object with a record(**fields) method also works)"
+        "target must be a Meter, UsageTracker or PersistentDelivery (any object with a "
+        f"record(**fields) or an enqueue(dict) method), got {type(target).__name__}"
     )
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from ..records import check_tags
+from ..schema.records import check_tags
 
 __all__ = ["attributes", "current_attributes", "ATTRIBUTE_NAMES"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..records import UsageRecord
+from ..schema.records import UsageRecord
 from ._common import count
 
 __all__ = [

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from ..records import check_cost
+from ..schema.records import check_cost
 from ._common import get, recorder_for
 from .context import current_attributes
 
@@ -120,7 +120,7 @@ def litellm_cost(fields: Mapping[str, Any], kwargs: Any,
                  prices: Mapping[str, Any] | None = None) -> Decimal | None:
     """The cost of ``fields`` from our price tables (with ``prices`` overrides); for a
     model they do not know, LiteLLM's ``kwargs["response_cost"]``; None when neither."""
-    from ..pricing import calculate_cost
+    from ..prices.pricing import calculate_cost
 
     try:
         parts = {k: fields[k] for k in _PRICED_PARTS if fields.get(k)}
@@ -305,7 +305,7 @@ def litellm_callback(target: Any) -> Any:
 
 # -- used by usageledger.instrument ---------------------------------------------------------
 def _plan_destinations() -> Iterable[Destination]:
-    from .capture import plans
+    from ._capture_calls import plans
 
     plan = plans.get("litellm")
     if plan is None:

@@ -22,8 +22,8 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..records import KIND_USAGE, decode_usage
-from ..sinks.base import OK, Result, Sink, decode_batch
+from ..core.sink import OK, Result, Sink, decode_batch
+from ..schema.records import KIND_USAGE, decode_usage
 from ._common import recorder_for
 from .genai import (
     LEGACY_SYSTEM,
@@ -42,7 +42,7 @@ from .genai import (
 )
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
+    from ..core.journal.base import JournalItem
 
 __all__ = ["OtelMetricsSink", "UsageSpanProcessor"]
 

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from ..errors import UsageLedgerError
 
 __all__ = [

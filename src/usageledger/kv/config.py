@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .. import paths
-from ..settings import ENV_PREFIX, IniManager, config_error, resolve
+from ..core import paths
+from ..core.settings import ENV_PREFIX, IniManager, config_error, resolve
 from .base import SERIALIZERS, KVConfigError, KVStore, ttl_seconds
 
 __all__ = [

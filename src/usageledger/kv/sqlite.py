@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._sqlite import connect_wal, transaction
+from ..core._sqlite import connect_wal, transaction
 from .base import (
     MISSING,
     TTL,

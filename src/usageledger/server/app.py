@@ -30,12 +30,12 @@ from fastapi.routing import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import UsageLedgerError
-from ..limits import MAX_ANSWER_BYTES, short
-from ..records import CREATED, MISSING, UsageRecord, to_utc
+from ..schema.limits import MAX_ANSWER_BYTES, short
+from ..schema.records import CREATED, MISSING, UsageRecord, to_utc
+from ..schema.totals import Totals
 from ..storage import StorageBackend, create_storage
 from ..storage._retention import raw_since
 from ..storage.base import check_group_by, from_us
-from ..totals import Totals
 from . import budgets as budget_routes
 from . import key_routes, schema
 from . import prices as price_routes
@@ -161,7 +161,7 @@ def create_app(
     limit = max_body_bytes
     retention = None
     if retention_days is not None or retention_project_days:
-        from ..retention import RetentionLoop
+        from ..storage.retention import RetentionLoop
 
         if not getattr(store, "supports_retention", False):
             raise ValueError(f"retention needs a storage that supports it (sqlite, postgresql, "
@@ -679,7 +679,7 @@ def default_alert_journal(storage: StorageBackend | str) -> Path | None:
     """Where ``serve`` keeps budget alerts by default: beside a SQLite store
     (``usage.db`` -> ``usage.alerts.journal``), in the user data directory for other
     stores, nowhere (memory) for a memory store."""
-    from ..pipeline import default_journal_path
+    from ..core.pipeline import default_journal_path
     from ..storage import _file_path
 
     if not isinstance(storage, str):

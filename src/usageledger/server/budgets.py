@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from ..budgets.alerts import AlertSender
 from ..budgets.engine import AlertLoop, Budgets, check_attributes
 from ..budgets.model import BudgetInputError, parse_budget
-from ..records import UsageRecord
+from ..schema.records import UsageRecord
 from ..storage._keys import PROJECT_TAG
 from ..storage.base import StorageBackend
 from .auth import principal_of

@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..pricebook import PriceBook
-from ..records import ACCEPTED, DUPLICATE, MISSING, REJECTED, STALE, UsageRecord
+from ..prices.pricebook import PriceBook
+from ..schema.records import ACCEPTED, DUPLICATE, MISSING, REJECTED, STALE, UsageRecord
 from ..storage.base import RunWrite, StorageBackend
 from .wire import Refused, RunItem, decode_track
 

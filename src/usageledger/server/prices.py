@@ -27,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 
-from ..pricebook import PriceBook, PriceInputError, entry_json, parse_price
+from ..prices.pricebook import PriceBook, PriceInputError, entry_json, parse_price
 from ..storage.base import StorageBackend
 from .responses import json_response
 
@@ -127,7 +127,7 @@ def attach(store: StorageBackend, authorize: Callable[..., Any],
 
     @reprice_router.post("", summary="Start recomputing stored costs from the current prices", status_code=202)
     async def start_reprice(request: Request) -> Response:
-        from ..reprice import reprice, supports_reprice
+        from ..prices.reprice import reprice, supports_reprice
 
         if not supports_reprice(store):
             raise HTTPException(501, f"the collector's storage ({type(store).__name__}) cannot reprice: "

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.responses import Response
 
-from ..records import encode
+from ..schema.records import encode
 
 __all__ = ["json_response", "encode"]
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from ..limits import (
+from ..schema.limits import (
     MAX_BATCH_ITEMS,
     MAX_COST,
     MAX_ID_CHARS,
@@ -21,7 +21,7 @@ from ..limits import (
     MAX_TEXT_CHARS,
     MAX_TOKENS,
 )
-from ..records import TOKEN_FIELDS, UsageRecord
+from ..schema.records import TOKEN_FIELDS, UsageRecord
 
 REF = "#/components/schemas/{name}"
 

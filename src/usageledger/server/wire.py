@@ -18,8 +18,8 @@ from typing import Any
 import msgspec
 
 from ..errors import UsageLedgerError
-from ..eventtime import uuid7_time
-from ..limits import (
+from ..schema.eventtime import uuid7_time
+from ..schema.limits import (
     MAX_BATCH_ITEMS,
     MAX_COST,
     MAX_COST_DECIMALS,
@@ -39,7 +39,7 @@ from ..limits import (
     text_error,
     token_parts_error,
 )
-from ..records import (
+from ..schema.records import (
     DETAIL_TOKEN_FIELDS,
     TOKEN_FIELDS,
     UsageRecord,
@@ -47,7 +47,7 @@ from ..records import (
     make_usage_record,
     to_utc,
 )
-from ..runs import RunRecord
+from ..schema.runs import RunRecord
 from ..storage.base import RunWrite
 
 __all__ = [

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import msgspec
 
-from ..journal.base import JournalItem
-from ..records import KIND_RUN, MISSING, REJECTED, STORED_RESULTS
-from .base import OK, Reject, Result, Retry, Sink, all_results, describe_url
+from ..core.journal.base import JournalItem
+from ..core.sink import OK, Reject, Result, Retry, Sink, all_results, describe_url
+from ..schema.records import KIND_RUN, MISSING, REJECTED, STORED_RESULTS
 
 log = logging.getLogger("usageledger.http")
 

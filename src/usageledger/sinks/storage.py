@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..records import KIND_USAGE, UsageRecord, decode_usage
-from .base import OK, Result, Retry, Sink, decode_batch, describe_url
+from ..core.sink import OK, Result, Retry, Sink, decode_batch, describe_url
+from ..schema.records import KIND_USAGE, UsageRecord, decode_usage
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
+    from ..core.journal.base import JournalItem
     from ..storage.base import StorageBackend
 
 log = logging.getLogger("usageledger.sinks.storage")

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..records import KIND_USAGE, UsageRecord, decode_usage
-from ..summary_file import (
+from ..core.sink import OK, Result, Retry, Sink, decode_batch
+from ..schema.records import KIND_USAGE, UsageRecord, decode_usage
+from ..summary.document import (
     FORMAT,
     VERSION,
     CorruptSummary,
@@ -35,11 +36,10 @@ from ..summary_file import (
     merge_days,
     new_doc,
 )
-from ..summary_store import TIERS, Location, Snapshot, SummaryStore, default_locations
-from .base import OK, Result, Retry, Sink, decode_batch
+from ..summary.store import TIERS, Location, Snapshot, SummaryStore, default_locations
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
+    from ..core.journal.base import JournalItem
 
 __all__ = [
     "SummarySink", "SummaryStore", "Snapshot", "SummaryDoc", "Entry", "Location", "FORMAT",

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from ..records import encode
+from ..schema.records import encode
 
 __all__ = ["MemoryBudgets", "SqlBudgets", "BUDGET_TABLES"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from ..records import encode
+from ..schema.records import encode
 
 __all__ = ["MemoryPrices", "SqlPrices", "RedisPrices", "PRICE_TABLES"]
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from ..totals import PART_SUMS
+from ..schema.totals import PART_SUMS
 from ._keys import PROJECT_TAG
 from .aggregate import (
     add_totals,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-from ..records import UsageRecord
-from ..totals import PART_SUMS
+from ..schema.records import UsageRecord
+from ..schema.totals import PART_SUMS
 from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
 
 __all__ = [

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ..records import RUN_RESULTS, UsageRecord
-from ..totals import total_tokens
+from ..schema.records import RUN_RESULTS, UsageRecord
+from ..schema.totals import total_tokens
 
 # the helpers once defined here: kept importable from this module (backends import them
 # from their own modules)
@@ -72,27 +71,18 @@ from .filters import (  # noqa: F401
     record_matches,
     ts_us,
 )
-from .runs import _json_decode, _json_encode, apply_run_write, page_runs, run_fields, run_sort_key  # noqa: F401
+from .runs import (  # noqa: F401
+    RunWrite,
+    _json_decode,
+    _json_encode,
+    apply_run_write,
+    page_runs,
+    run_fields,
+    run_sort_key,
+)
 
 __all__ = ["StorageBackend", "RunStore", "GROUP_KEYS", "check_group_by", "Aggregate", "RunWrite",
            "RUN_RESULTS"]
-
-
-@dataclass(frozen=True, slots=True)
-class RunWrite:
-    """One write of an agent run. ``fields`` is a JSON object of RunRecord
-    fields; ``seq`` orders the writes of one run: a write whose ``seq`` is not greater
-    than the stored one never replaces newer state (replays and reordering are harmless).
-
-    ``create=True`` (POST): create the run if missing, else apply like an update — so an
-    update replayed as an insert is still applied when it is newer.
-    ``create=False`` (PATCH): partial update of an existing run; ``missing`` if unknown.
-    """
-
-    run_id: str
-    fields: dict[str, Any]
-    seq: int = 0
-    create: bool = True
 
 
 # RUN_RESULTS (what ``write_runs`` answers per write) lives with the other result words in

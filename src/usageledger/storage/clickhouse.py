@@ -32,8 +32,8 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from ..records import UsageRecord, encode
-from ..totals import PART_SUMS
+from ..schema.records import UsageRecord, encode
+from ..schema.totals import PART_SUMS
 from ._sql import group_by_sql, group_value
 from .aggregate import Aggregate, finish_groups, zero_totals
 from .base import RunStore, RunWrite, StorageBackend, unique_records

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from ..records import UsageRecord, to_utc
+from ..schema.records import UsageRecord, to_utc
 
 __all__ = [
     "FILTER_KEYS", "EQUALITY_KEYS", "GROUP_KEYS", "Filters", "make_filters", "check_group_by",

@@ -23,8 +23,8 @@ from typing import Any
 
 import msgspec
 
-from .._files import write_all
-from ..records import UsageRecord, decode_usage, encode
+from ..core._files import write_all
+from ..schema.records import UsageRecord, decode_usage, encode
 from ._prices import MemoryPrices
 from .base import RunWrite, unique_records
 from .memory import MemoryStorage
@@ -60,7 +60,7 @@ class JsonlStorage(MemoryStorage):
     def __init__(self, path: str | os.PathLike[str] | None = None):
         super().__init__()
         if path is None:
-            from ..pipeline import default_journal_path
+            from ..core.pipeline import default_journal_path
 
             path = default_journal_path("usage.jsonl")
         self.path = Path(os.fspath(path)).expanduser()

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from ..records import UsageRecord
+from ..schema.records import UsageRecord
 from ._budgets import MemoryBudgets
 from ._keys import MemoryKeys
 from ._prices import MemoryPrices

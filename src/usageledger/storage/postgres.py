@@ -15,8 +15,8 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, UsageRecord, encode
-from ..totals import PART_SUMS
+from ..schema.records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, UsageRecord, encode
+from ..schema.totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices

@@ -31,8 +31,8 @@ from typing import Any
 
 import msgspec
 
-from ..records import UsageRecord, decode_usage, encode
-from ..totals import PART_SUMS
+from ..schema.records import UsageRecord, decode_usage, encode
+from ..schema.totals import PART_SUMS
 from ._prices import RedisPrices
 from .aggregate import (
     Aggregate,

@@ -6,19 +6,35 @@ and ``query_runs`` pages for the backends that filter in Python."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
-from ..records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, encode
+from ..schema.records import CREATED, DUPLICATE, MISSING, STALE, UPDATED, encode
 
-if TYPE_CHECKING:
-    from .base import RunWrite
-
-__all__ = ["run_fields", "apply_run_write", "page_runs", "run_sort_key"]
+__all__ = ["RunWrite", "run_fields", "apply_run_write", "page_runs", "run_sort_key"]
 
 _json_encode = encode  # the package's one encoder (exact decimals as strings)
 _json_decode = msgspec.json.decode
+
+
+@dataclass(frozen=True, slots=True)
+class RunWrite:
+    """One write of an agent run. ``fields`` is a JSON object of RunRecord
+    fields; ``seq`` orders the writes of one run: a write whose ``seq`` is not greater
+    than the stored one never replaces newer state (replays and reordering are harmless).
+
+    ``create=True`` (POST): create the run if missing, else apply like an update — so an
+    update replayed as an insert is still applied when it is newer.
+    ``create=False`` (PATCH): partial update of an existing run; ``missing`` if unknown.
+    """
+
+    run_id: str
+    fields: dict[str, Any]
+    seq: int = 0
+    create: bool = True
+
 
 
 def run_fields(write: RunWrite) -> dict[str, Any]:

@@ -30,10 +30,10 @@ from typing import Any
 
 import msgspec
 
-from .._sqlite import WalHandle, add_missing_columns, is_corruption, move_aside
-from .._sqlite_salvage import iter_rows, open_damaged
-from ..records import UsageRecord, encode
-from ..totals import PART_SUMS
+from ..core._sqlite import WalHandle, add_missing_columns, is_corruption, move_aside
+from ..core._sqlite_salvage import iter_rows, open_damaged
+from ..schema.records import UsageRecord, encode
+from ..schema.totals import PART_SUMS
 from ._budgets import BUDGET_TABLES, SqlBudgets
 from ._keys import KEY_TABLES, PROJECT_TAG, SqlKeys
 from ._prices import PRICE_TABLES, SqlPrices
@@ -274,7 +274,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                 "(INSERT ... RETURNING)"
             )
         if db_path is None:
-            from ..pipeline import default_journal_path
+            from ..core.pipeline import default_journal_path
 
             db_path = default_journal_path("usage.db")
         self.db_path = Path(os.fspath(db_path)).expanduser()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..runs import (
+from ..schema.runs import (
     RUN_STATUSES,
     SCHEMA_VERSION,
     APIPayload,

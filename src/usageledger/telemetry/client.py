@@ -35,11 +35,12 @@ from typing import Any
 
 import msgspec
 
-from .. import _hooks
-from ..journal import journal_stream
-from ..pipeline import Pipeline
-from ..records import KIND_RUN, encode_json_object, new_id
-from ..runs import (
+from ..core import _hooks
+from ..core.journal import journal_stream
+from ..core.pipeline import Pipeline
+from ..core.sink import Sink
+from ..schema.records import KIND_RUN, encode_json_object, new_id
+from ..schema.runs import (
     _MS,
     RUN_STATUSES,
     SCHEMA_VERSION,
@@ -50,7 +51,6 @@ from ..runs import (
     check_run_fields,
     check_status,
 )
-from ..sinks.base import Sink
 from ..sinks.http import HttpSink
 from .config import ConfigError, TelemetryConfig
 from .ndjson import KIND_EVENT, NdjsonSink, NDJSONWriter

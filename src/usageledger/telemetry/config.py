@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import paths
-from ..redact import redact_url
-from ..settings import DEFAULTS, ConfigError, IniManager, Settings, check_known, parse, resolve
+from ..core import paths
+from ..core.redact import redact_url
+from ..core.settings import DEFAULTS, ConfigError, IniManager, Settings, check_known, parse, resolve
 
 __all__ = [
     "TelemetryConfig", "ConfigError", "ENV_PREFIX", "ENV_ALIASES", "INI_SECTION", "is_local_url",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..runs import (  # noqa: F401  (re-exported, private helpers included for the client)
+from ..schema.runs import (  # noqa: F401  (re-exported, private helpers included for the client)
     _EVENT_FIELDS,
     _MS,
     _RUN_FIELDS,

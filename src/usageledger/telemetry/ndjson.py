@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .._files import write_all
-from ..records import KIND_RUN, encode
-from ..runs import RunEvent, RunRecord
-from ..sinks.base import OK, Reject, Result, Retry, Sink
+from ..core._files import write_all
+from ..core.sink import OK, Reject, Result, Retry, Sink
+from ..schema.records import KIND_RUN, encode
+from ..schema.runs import RunEvent, RunRecord
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
+    from ..core.journal.base import JournalItem
 
 log = logging.getLogger("usageledger.telemetry.ndjson")
 

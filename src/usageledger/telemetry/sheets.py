@@ -23,14 +23,14 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from ..records import KIND_RUN
-from ..runs import SHEET_COLUMNS, APIPayload, RunWrite
-from ..sinks.base import OK, Result, Retry, all_results, decode_batch
+from ..core.sink import OK, Result, Retry, all_results, decode_batch
+from ..schema.records import KIND_RUN
+from ..schema.runs import SHEET_COLUMNS, APIPayload, RunWrite
 from ..sinks.http import HttpSink
 from .config import ConfigError, sheets_url_problem
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
+    from ..core.journal.base import JournalItem
 
 log = logging.getLogger("usageledger.telemetry.sheets")
 

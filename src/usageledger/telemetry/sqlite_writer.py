@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import _hooks
-from .._sqlite import WalHandle, add_missing_columns
-from ..records import KIND_RUN, encode
-from ..runs import RunRecord, RunWrite
-from ..sinks.base import OK, Result, Retry, Sink, decode_batch
+from ..core import _hooks
+from ..core._sqlite import WalHandle, add_missing_columns
+from ..core.sink import OK, Result, Retry, Sink, decode_batch
+from ..schema.records import KIND_RUN, encode
+from ..schema.runs import RunRecord, RunWrite
 
 if TYPE_CHECKING:
-    from ..journal.base import JournalItem
+    from ..core.journal.base import JournalItem
 
 log = logging.getLogger("usageledger.telemetry.sqlite")
 
