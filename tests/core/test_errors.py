@@ -29,7 +29,7 @@ def test_every_error_class_of_the_package_derives_from_the_root():
     found = _defined_exceptions()
     names = {f"{c.__module__}.{c.__qualname__}" for c in found}
     # the walk really sees the package's errors (a broken walk would pass vacuously)
-    assert {"usageledger.settings.ConfigError", "usageledger.journal.base.JournalError",
+    assert {"usageledger.core.settings.ConfigError", "usageledger.core.journal.base.JournalError",
             "usageledger.kv.base.KVUnavailableError", "usageledger.server.wire.BodyError"} <= names
     outside = sorted(f"{c.__module__}.{c.__qualname__}" for c in found
                      if not issubclass(c, UsageLedgerError))

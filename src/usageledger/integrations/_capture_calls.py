@@ -267,6 +267,12 @@ class Patch:
             delattr(self.owner, self.name)
 
 
+def revert_patches(patches: list[Patch]) -> None:
+    """Undo a provider's patches, newest first (what each provider's ``uninstall`` is)."""
+    for patch in reversed(patches):
+        patch.revert()
+
+
 def _after_fork_in_child() -> None:
     global _errors_lock
     _errors_lock = threading.Lock()

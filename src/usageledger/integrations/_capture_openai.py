@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _capture_calls as capture
-from ._capture_calls import Call, Patch, StreamUsage, begin, report, watch_stream
+from ._capture_calls import Call, Patch, StreamUsage, begin, report, revert_patches, watch_stream
 from .openai import usage_from_openai
 
 PROVIDER = "openai"
@@ -229,6 +229,4 @@ def install() -> list[Patch]:
     return patches
 
 
-def uninstall(patches: list[Patch]) -> None:
-    for patch in reversed(patches):
-        patch.revert()
+uninstall = revert_patches
