@@ -44,9 +44,12 @@ def _dead_port() -> int:
 
 
 def _read_until(fd: int, pid: int, buf: list[str], done, deadline: float) -> bool:
+    # poll, not select: a long test run can hand this process descriptors above 1023,
+    # which select() refuses ("filedescriptor out of range")
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
     while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
+        if poller.poll(200):
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # EIO: the terminal's other side closed
