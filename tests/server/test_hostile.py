@@ -173,19 +173,20 @@ def test_usage_pages_are_capped_in_bytes_and_every_record_is_reachable(tmp_path)
     store = create_storage(f"sqlite:///{tmp_path}/p.db")
     try:
         # 200 records of about 60 KiB: 12 MiB in all, more than one answer may hold
-        client = TestClient(create_app(store, api_keys=[KEY]), headers=AUTH)
-        items = [record(i, payload={"text": "y" * 60_000}) for i in range(200)]
-        ids = {r["id"] for r in items}
-        for i in range(0, 200, 50):
-            assert client.post("/api/v1/track", content=_body(*items[i:i + 50])).status_code == 200
-        seen, offset, pages = set(), 0, 0
-        while offset is not None:
-            resp = client.get("/api/v1/usage", params={"limit": 1000, "offset": offset})
-            assert len(resp.content) <= limits.MAX_ANSWER_BYTES + 4096
-            page = resp.json()
-            seen |= {r["id"] for r in page["records"]}
-            offset, pages = page["next_offset"], pages + 1
-        assert seen == ids and pages >= 2
+        # the app is shut down (its alert thread stopped) before the store is closed
+        with TestClient(create_app(store, api_keys=[KEY]), headers=AUTH) as client:
+            items = [record(i, payload={"text": "y" * 60_000}) for i in range(200)]
+            ids = {r["id"] for r in items}
+            for i in range(0, 200, 50):
+                assert client.post("/api/v1/track", content=_body(*items[i:i + 50])).status_code == 200
+            seen, offset, pages = set(), 0, 0
+            while offset is not None:
+                resp = client.get("/api/v1/usage", params={"limit": 1000, "offset": offset})
+                assert len(resp.content) <= limits.MAX_ANSWER_BYTES + 4096
+                page = resp.json()
+                seen |= {r["id"] for r in page["records"]}
+                offset, pages = page["next_offset"], pages + 1
+            assert seen == ids and pages >= 2
     finally:
         store.close()
 
