@@ -87,6 +87,10 @@ class _Alias(importlib.abc.Loader):
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - finder protocol
+        # on sys.meta_path this is asked about every import of the process: answer other
+        # packages' at once
+        if not fullname.startswith("usageledger."):
+            return None
         new = _target(fullname)
         if new is None:
             return None

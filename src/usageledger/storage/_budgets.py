@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from ..schema.records import encode
+from ._sql import SideSql
 
 __all__ = ["MemoryBudgets", "SqlBudgets", "BUDGET_TABLES"]
 
@@ -89,18 +90,13 @@ class MemoryBudgets:
         return out
 
 
-class SqlBudgets:
+class SqlBudgets(SideSql):
     """Budgets and claims in two tables. A backend supplies ``_side_sql(sql, params)``:
     run one statement (written with ``?`` placeholders) in its own transaction and return
     its rows (none for a statement without result). The same hook serves prices
     (:class:`~usageledger.storage._prices.SqlPrices`); ``_budget_sql`` is its older name."""
 
     supports_budgets = True
-    _placeholder = "?"
-
-    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
     def _budget_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return self._side_sql(sql, params)
 
@@ -112,7 +108,7 @@ class SqlBudgets:
         if not self.__dict__.get("_budget_tables"):
             self._create_budget_tables()
             self.__dict__["_budget_tables"] = True
-        return self._side_sql(sql.replace("?", self._placeholder), list(params))
+        return self._side(sql, params)
 
     def put_budget(self, name: str, definition: dict[str, Any]) -> None:
         self._bq("INSERT INTO budgets (name, definition) VALUES (?, ?) ON CONFLICT (name) "

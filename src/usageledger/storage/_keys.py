@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ._sql import SideSql
+
 __all__ = ["MemoryKeys", "SqlKeys", "KEY_TABLES", "KEY_FIELDS", "PROJECT_TAG"]
 
 #: the tag that carries a record's project: the collector sets it from the key that sent
@@ -76,19 +78,11 @@ class MemoryKeys:
             return True
 
 
-class SqlKeys:
+class SqlKeys(SideSql):
     """Key rows in one table, through the backend's ``_side_sql`` hook (as
     :class:`~usageledger.storage._budgets.SqlBudgets`)."""
 
     supports_keys = True
-    _placeholder = "?"
-
-    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
     def _create_key_tables(self) -> None:
         for ddl in KEY_TABLES:
             self._side_sql(ddl, [])
@@ -97,7 +91,7 @@ class SqlKeys:
         if not self.__dict__.get("_key_tables"):
             self._create_key_tables()
             self.__dict__["_key_tables"] = True
-        return self._side_sql(sql.replace("?", self._placeholder), list(params))
+        return self._side(sql, params)
 
     def put_key(self, row: dict[str, Any]) -> None:
         done = self._kq(f"INSERT INTO api_keys ({', '.join(KEY_FIELDS)}) VALUES "

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from ..schema.records import encode
+from ._sql import SideSql
 
 __all__ = ["MemoryPrices", "SqlPrices", "RedisPrices", "PRICE_TABLES"]
 
@@ -82,16 +83,11 @@ class MemoryPrices:
             return aliases.pop((provider, name), None) is not None
 
 
-class SqlPrices:
+class SqlPrices(SideSql):
     """Prices and aliases in two tables, through the backend's ``_side_sql(sql, params)``
     (one statement in its own transaction, its rows returned; the hook budgets use too)."""
 
     supports_prices = True
-    _placeholder = "?"
-
-    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
     def _create_price_tables(self) -> None:
         for ddl in PRICE_TABLES:
             self._side_sql(ddl, [])
@@ -100,7 +96,7 @@ class SqlPrices:
         if not self.__dict__.get("_price_tables"):
             self._create_price_tables()
             self.__dict__["_price_tables"] = True
-        return self._side_sql(sql.replace("?", self._placeholder), list(params))
+        return self._side(sql, params)
 
     def put_price(self, provider: str, model: str, effective_from: str, entry: dict[str, Any]) -> None:
         self._pq("INSERT INTO prices (provider, model, effective_from, entry) VALUES (?, ?, ?, ?) "

@@ -30,6 +30,7 @@ import msgspec
 
 from ..schema.totals import PART_SUMS
 from ._keys import PROJECT_TAG
+from ._sql import SideSql
 from .aggregate import (
     add_totals,
     cost_nano,
@@ -249,29 +250,20 @@ class MemoryRetention:
             return len(gone)
 
 
-class SqlRetention:
+class SqlRetention(SideSql):
     """Rollups in tables, for sqlite and postgres. A backend supplies ``_fold_batch``
     (select, subtract from its own totals and delete one batch of records in one
     transaction, calling ``_fold_into`` with the same cursor), ``_fold_runs_batch``,
     ``_side_sql`` and ``_fetch``."""
 
     supports_retention = True
-    _placeholder = "?"
-
-    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        """A read (the backend's own, without a write transaction)."""
-        raise NotImplementedError
-
     def _create_retention_tables(self) -> None:
         for ddl in RETENTION_TABLES:
             self._side_sql(ddl, [])
 
     def _rq(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         self._retention_tables()
-        return self._side_sql(sql.replace("?", self._placeholder), list(params))
+        return self._side(sql, params)
 
     def _retention_tables(self) -> None:
         if not self.__dict__.get("_ret_tables"):

@@ -4,7 +4,7 @@ and keeps only what its dialect does differently (tags, cost sums)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .aggregate import DailyPlan
@@ -137,3 +137,21 @@ def runs_query_sql(agent_name: str | None, status: str | None, ph: str,
         params.append(status)
     sql = f"SELECT data FROM runs{where_sql(clauses)} {_RUNS_ORDER} LIMIT {ph} OFFSET {ph}"
     return sql, params
+
+
+class SideSql:
+    """The hooks every SQL side table (budgets, prices, keys, retention) is written against:
+    the backend's ``_side_sql`` (one statement in its own transaction, its rows returned),
+    ``_fetch`` (a read without a write transaction) and its parameter placeholder."""
+
+    _placeholder = "?"
+
+    def _side_sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _fetch(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _side(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """``sql`` written with ``?`` placeholders, run in the backend's own style."""
+        return self._side_sql(sql.replace("?", self._placeholder), list(params))
