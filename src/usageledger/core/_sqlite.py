@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["connect_wal", "transaction", "add_missing_columns", "run_script", "WalHandle",
-           "is_corruption", "move_aside", "read_tables", "ForkGate", "fork_gate"]
+           "BackgroundCheckpoint", "is_corruption", "move_aside", "read_tables", "ForkGate",
+           "fork_gate"]
 
 
 def connect_wal(
@@ -310,6 +311,67 @@ class WalHandle:
         if conn is not None:
             with fork_gate, contextlib.suppress(sqlite3.Error):
                 conn.close()
+
+
+class BackgroundCheckpoint:
+    """Checkpoints ``handle``'s WAL on a thread of its own, so a writer's commit never
+    copies pages into the main file nor waits for its fsync (the writer's connection gets
+    ``wal_autocheckpoint`` = :attr:`WRITER_LIMIT` pages, only a backstop). Call
+    :meth:`wrote` after each commit; every ``rows`` rows written, the thread runs a
+    PASSIVE checkpoint under the handle's lock (so in the fork gate, on the same
+    connection).
+
+    Nothing about durability changes: a commit is in the WAL before it returns, exactly as
+    before, and a checkpoint only moves committed pages. Measured at batch 1,000 on the
+    2-core box: SQLite storage's ``save_many`` spent 11-16 µs per record of its 53-70 in
+    the checkpoints SQLite ran inside the commit; with them here, the next request's
+    decoding runs while the pages are copied (the checkpoint runs in SQLite, without
+    the GIL)."""
+
+    #: frames the WAL may reach before the writer checkpoints by itself (16 MB in 4 kB pages)
+    WRITER_LIMIT = 4000
+
+    def __init__(self, handle: WalHandle, *, rows: int = 1000) -> None:
+        self._handle = handle
+        self._rows = rows
+        self._pending = 0
+        self._pid = 0
+        self._event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def wrote(self, rows: int) -> None:
+        """``rows`` were committed: wakes the thread (started on first use, and again in a
+        forked child) once ``rows`` add up to the threshold."""
+        self._pending += rows
+        if self._pending < self._rows or self._stopped:
+            return
+        self._pending = 0
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._event = threading.Event()  # the parent's may have been copied mid-wait
+            self._thread = threading.Thread(target=self._run, args=(self._event,), daemon=True,
+                                            name=f"usageledger-checkpoint {self._handle.path.name}")
+            self._thread.start()
+        self._event.set()
+
+    def _run(self, event: threading.Event) -> None:
+        while True:
+            event.wait()
+            event.clear()
+            if self._stopped or self._pid != os.getpid():
+                return
+            # a closed or replaced file: the next write meets and reports it
+            with contextlib.suppress(sqlite3.Error), self._handle as conn:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def stop(self) -> None:
+        """Ends the thread (after the checkpoint it is running, if any)."""
+        self._stopped = True
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            self._event.set()
+            thread.join(10)
 
 
 class ForkGate:

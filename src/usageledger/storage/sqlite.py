@@ -30,7 +30,13 @@ from typing import Any
 
 import msgspec
 
-from ..core._sqlite import WalHandle, add_missing_columns, is_corruption, move_aside
+from ..core._sqlite import (
+    BackgroundCheckpoint,
+    WalHandle,
+    add_missing_columns,
+    is_corruption,
+    move_aside,
+)
 from ..core._sqlite_salvage import iter_rows, open_damaged
 from ..schema.records import UsageRecord, encode
 from ..schema.totals import PART_SUMS
@@ -58,6 +64,7 @@ from ._sql import (
     where_sql,
 )
 from .aggregate import (
+    ROLLUP_SUMS,
     Aggregate,
     DailyPlan,
     cost_nano,
@@ -65,6 +72,7 @@ from .aggregate import (
     finish_groups,
     merge_groups,
     nano_to_decimal,
+    rollup_deltas,
     rollup_fits,
     with_none_group,
     zero_totals,
@@ -166,6 +174,15 @@ _DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW
     UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM usage AS u, json_each(u.tags) AS t
         WHERE u.rowid > ?1 AND u.tags <> '{{}}'
 ) WHERE true GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
+# A batch's new rows are added up in Python (rollup_deltas) and written one upsert per
+# rollup row: the statements above build the rollups of rows already stored (a file from
+# before a rollup, a salvage, a reprice), and a test checks both give the same rows.
+_SUM_COLS = ", ".join(ROLLUP_SUMS)
+_SUM_PARAMS = ", ".join("?" * len(ROLLUP_SUMS))
+_HOURLY_ADD = (f"INSERT INTO usage_hourly (hour, provider, model, currency, {_SUM_COLS}) "
+               f"VALUES (?, ?, ?, ?, {_SUM_PARAMS}) ON CONFLICT DO UPDATE SET {_ADD}")
+_DAILY_ADD = (f"INSERT INTO usage_daily (dim, value, day, currency, {_SUM_COLS}) "
+              f"VALUES (?, ?, ?, ?, {_SUM_PARAMS}) ON CONFLICT DO UPDATE SET {_ADD}")
 # Reprice changes a row's cost in place: its old sums leave the rollups (the same statements
 # over the changed ids, negated), then its new ones enter, in one transaction.
 _IDS = "(SELECT id FROM temp.reprice_ids)"
@@ -283,7 +300,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         # one connection behind a lock, in the fork gate, reopened in a forked child;
         # index maintenance on large tables thrashes the default 2 MB page cache
         self._db = WalHandle(self.db_path, busy_timeout_ms=int(timeout * 1000),
-                             pragmas=("cache_size=-65536", "temp_store=MEMORY"))
+                             pragmas=("cache_size=-65536", "temp_store=MEMORY",
+                                      f"wal_autocheckpoint={BackgroundCheckpoint.WRITER_LIMIT}"))
+        self._checkpointer = BackgroundCheckpoint(self._db)
         #: what was salvaged when a damaged file was replaced (None: never)
         self.salvaged: dict[str, Any] | None = None
         try:
@@ -431,17 +450,21 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
         batch = unique_records(records)
         if not batch:
             return set()
-        return self._insert([usage_row(rec) for rec in batch.values()])
+        new = self._insert(list(batch.values()), [usage_row(rec) for rec in batch.values()])
+        self._checkpointer.wrote(len(new))
+        return new
 
     @_salvaging
-    def _insert(self, rows: list[tuple[Any, ...]]) -> set[str]:
+    def _insert(self, records: list[UsageRecord], rows: list[tuple[Any, ...]]) -> set[str]:
         with self._transaction() as c:
             top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
             c.executemany(_INSERT, rows)
             new = {r[0] for r in c.execute(_NEW_IDS, (top,))}
             if new:
-                c.execute(_ROLLUP_NEW, (top,))
-                c.execute(_DAILY_NEW, (top,))
+                hourly, daily = rollup_deltas((rec, row[1], row[10]) for rec, row in zip(records, rows, strict=True)
+                                              if rec.id in new)
+                c.executemany(_HOURLY_ADD, [(*k, *v) for k, v in sorted(hourly.items())])
+                c.executemany(_DAILY_ADD, [(*k, *v) for k, v in sorted(daily.items())])
         return new
 
     def replace_costs(self, records: Sequence[UsageRecord]) -> int:
@@ -735,5 +758,6 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                     c.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
+        self._checkpointer.stop()
         with self._db.held():  # not under an operation of another thread
             self._db.close(final=True)
