@@ -108,3 +108,72 @@ def test_an_older_database_gets_the_daily_totals_at_open(sql_url):
     finally:
         store.clear()
         store.close()
+
+
+def _rollup_rows(sql_url: str) -> dict[str, list[tuple]]:
+    """Every row of both rollup tables, sorted (SQLite and PostgreSQL alike)."""
+    if sql_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(sql_url.removeprefix("sqlite:///"))
+    else:
+        import psycopg
+
+        conn = psycopg.connect(sql_url, autocommit=True)
+    try:
+        return {t: sorted(tuple(r) for r in conn.execute(f"SELECT * FROM {t}").fetchall())
+                for t in ("usage_hourly", "usage_daily")}
+    finally:
+        conn.close()
+
+
+def _awkward(n: int) -> list:
+    """Costs that fit nano-units and costs that do not (more decimals, too large), none;
+    tag keys with quotes and backslashes; the finer token kinds."""
+    import random
+    from decimal import Decimal
+
+    from usageledger.records import UsageRecord
+
+    rnd = random.Random(7)
+    costs = [None, Decimal("0.000000001"), Decimal("1.0000000001"), Decimal("9" * 12 + ".5"),
+             Decimal("0.25")]
+    return [UsageRecord(
+        f"awk-{i}", T0 + timedelta(minutes=rnd.randrange(3 * 1440)), rnd.choice(["openai", "anthropic"]),
+        f"m{i % 2}", 100, 20, 3, 7, 2, rnd.choice(costs), rnd.choice(["USD", "EUR"]),
+        rnd.choice([None, "u1", "u2"]), rnd.choice([None, "s1"]), rnd.choice([None, "c1"]),
+        tags=rnd.choice([{}, {"env": "prod"}, {'we"ird\\key': "v", "env": "dev"}]),
+        cache_write_1h_tokens=3, input_audio_tokens=5, output_image_tokens=4,
+    ) for i in range(n)]
+
+
+def test_rollups_kept_batch_by_batch_equal_a_rebuild_from_the_records(sql_url):
+    """The rollups a batch adds (added up in the client of the database) are row for row
+    those built from the stored records by the database itself (at open, after a salvage,
+    for a reprice): duplicates, every kind of cost, odd tag keys, two currencies."""
+    store = create_storage(sql_url)
+    store.clear()
+    records = _awkward(900) + dataset(1500)
+    for i in range(0, len(records), 250):
+        store.save_many(records[i:i + 400])  # overlapping batches: every other is a duplicate
+    store.close()
+    kept = _rollup_rows(sql_url)
+    assert len(kept["usage_daily"]) > 100 and len(kept["usage_hourly"]) > 100
+    if sql_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as conn:
+            conn.execute("DROP TABLE usage_hourly")
+            conn.execute("DROP TABLE usage_daily")
+    else:
+        import psycopg
+
+        with psycopg.connect(sql_url, autocommit=True) as conn:
+            conn.execute("DROP TABLE usage_hourly")
+            conn.execute("DROP TABLE usage_daily")
+    store = create_storage(sql_url)  # builds both from the records
+    try:
+        assert _rollup_rows(sql_url) == kept
+    finally:
+        store.clear()
+        store.close()

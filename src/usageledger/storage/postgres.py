@@ -240,7 +240,8 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
         # one migrator at a time when several collectors start together
         conn.execute("SELECT pg_advisory_lock(7301460)")
         try:
-            had_daily = conn.execute("SELECT to_regclass('usage_daily')").fetchone()[0]
+            had_hourly, had_daily = conn.execute(
+                "SELECT to_regclass('usage_hourly'), to_regclass('usage_daily')").fetchone()
             for ddl in _SCHEMA:
                 conn.execute(ddl)
             have = {r[0] for r in conn.execute(
@@ -258,6 +259,8 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                 conn.execute(ddl)
             if had_daily is None:  # a database from before the daily totals: build them
                 conn.execute(_DAILY_BACKFILL)
+            if had_hourly is None:  # nor the hourly rollup (dropped, or never made)
+                conn.execute(_ROLLUP_BACKFILL)
             rollup_cols = {r[0] for r in conn.execute(
                 "SELECT column_name FROM information_schema.columns "
                 "WHERE table_name = 'usage_hourly' AND table_schema = current_schema()"
