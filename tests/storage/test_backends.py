@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -163,9 +164,40 @@ def test_sqlite_uses_wal_and_indexes(tmp_path):
     assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     indexed = {r[0] for r in store._conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage'") if r[0]}
-    for column in ("(ts", "(provider", "(model", "(user_id", "(session_id"):
+    for column in ("(ts", "(user_id", "(session_id", "(customer_key"):
         assert any(column in sql for sql in indexed), column
     store.close()
+
+
+def test_sqlite_drops_the_provider_and_model_indexes_of_an_older_file(tmp_path):
+    """Few values each: the hourly rollup answers their totals, and keeping the indexes cost
+    every insert; an older file loses them at open."""
+    SQLiteStorage(tmp_path / "o.db").close()
+    with sqlite3.connect(tmp_path / "o.db") as conn:
+        conn.execute("CREATE INDEX usage_provider ON usage (provider, ts)")
+        conn.execute("CREATE INDEX usage_model ON usage (model, ts)")
+    store = SQLiteStorage(tmp_path / "o.db")
+    names = {r[0] for r in store._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    store.close()
+    assert "usage_ts" in names and not names & {"usage_provider", "usage_model"}, names
+
+
+def test_sqlite_checkpoints_on_its_own_thread(tmp_path):
+    """The writer's commits leave the WAL to a thread of the store's: the main file grows
+    while the writer's own limit (4,000 frames) is far away, and close ends the thread."""
+    path = tmp_path / "c.db"
+    store = SQLiteStorage(path)
+    empty = path.stat().st_size
+    for i in range(3):
+        store.save_many([make_usage_record("openai", "m", 10, 1, user_id=f"u{k}", tags={"t": str(k)})
+                         for k in range(1000 * i, 1000 * (i + 1))])
+    deadline = time.monotonic() + 10
+    while path.stat().st_size == empty and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.stat().st_size > empty + 500_000, (empty, path.stat().st_size)
+    assert any(t.name.startswith("usageledger-checkpoint") for t in threading.enumerate())
+    store.close()
+    assert not any(t.name.startswith("usageledger-checkpoint") for t in threading.enumerate())
 
 
 # -- jsonl ------------------------------------------------------------------------------------

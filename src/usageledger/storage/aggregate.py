@@ -271,8 +271,10 @@ def rollup_deltas(items: Iterable[tuple[UsageRecord, int, int | None]]) -> tuple
     ``customer_key``, ``session_id``, ``tag:<key>``), each row's sums in ROLLUP_SUMS order.
 
     Added up here, a batch at a time, and written as one upsert per row: at batch 1,000
-    on SQLite this cost 3 µs of CPU per record against 16 µs for the same sums as one
-    ``GROUP BY`` over the new rows (the database's per-row work over five scans)."""
+    on SQLite this cost 5 µs of CPU per record against 16 µs for the same sums as one
+    ``GROUP BY`` over the new rows (the database's per-row work over five scans). Each
+    record's sums are appended to a list per row and the lists summed column by column
+    at the end (in C), which measured 0.6x the time of adding into each row as it comes."""
     hourly: dict[tuple[Any, ...], list[tuple[int, ...]]] = {}
     daily: dict[tuple[Any, ...], list[tuple[int, ...]]] = {}
     for rec, us, nano in items:
@@ -284,7 +286,6 @@ def rollup_deltas(items: Iterable[tuple[UsageRecord, int, int | None]]) -> tuple
                 rec.output_image_tokens)
         day = us // _US_PER_DAY
         hourly.setdefault((us // _US_PER_HOUR, rec.provider, rec.model, cur), []).append(sums)
-        daily.setdefault(("", "", day, cur), []).append(sums)
         if rec.user_id is not None:
             daily.setdefault(("user_id", rec.user_id, day, cur), []).append(sums)
         if rec.customer_key is not None:
@@ -293,5 +294,9 @@ def rollup_deltas(items: Iterable[tuple[UsageRecord, int, int | None]]) -> tuple
             daily.setdefault(("session_id", rec.session_id, day, cur), []).append(sums)
         for key, value in rec.tags.items():
             daily.setdefault(("tag:" + key, value, day, cur), []).append(sums)
-    return ({k: [int(s) for s in map(sum, zip(*v, strict=True))] for k, v in hourly.items()},
-            {k: [int(s) for s in map(sum, zip(*v, strict=True))] for k, v in daily.items()})
+    hours = {k: [int(s) for s in map(sum, zip(*v, strict=True))] for k, v in hourly.items()}
+    # the all-records day rows are the sums of that day's hourly rows (hour // 24 is the
+    # day, floor division composing exactly for times before 1970 too)
+    for (hour, _, _, cur), sums in hours.items():
+        daily.setdefault(("", "", hour // 24, cur), []).append(tuple(sums))
+    return hours, {k: [int(s) for s in map(sum, zip(*v, strict=True))] for k, v in daily.items()}

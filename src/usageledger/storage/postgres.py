@@ -29,6 +29,7 @@ from ._retention import (
     run_day_project,
 )
 from ._sql import (
+    DROPPED_INDEXES,
     RUNS_INDEX,
     USAGE_INDEXES,
     daily_sql,
@@ -112,7 +113,7 @@ _SCHEMA = [
         run_id TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL, agent_name TEXT,
         status TEXT, started_at TEXT COLLATE "C", data JSONB NOT NULL)""",
 ]
-_INDEXES = [*USAGE_INDEXES, RUNS_INDEX]
+_INDEXES = [*USAGE_INDEXES, *DROPPED_INDEXES, RUNS_INDEX]
 _TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS usage_in (id TEXT, ts TIMESTAMPTZ, provider TEXT, model TEXT, "
     "input_tokens BIGINT, output_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT, "

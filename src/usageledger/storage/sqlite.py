@@ -52,6 +52,7 @@ from ._retention import (
     run_day_project,
 )
 from ._sql import (
+    DROPPED_INDEXES,
     RUNS_INDEX,
     USAGE_INDEXES,
     daily_sql,
@@ -420,7 +421,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                              added[table], table)
             if "cost_nano" in added["usage"]:
                 self._backfill_cost_nano()
-            for ddl in USAGE_INDEXES:
+            for ddl in (*USAGE_INDEXES, *DROPPED_INDEXES):
                 c.execute(ddl)
             have_tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
             if "usage_hourly" in have_tables and "currency" not in {
