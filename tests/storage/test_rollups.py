@@ -177,3 +177,71 @@ def test_rollups_kept_batch_by_batch_equal_a_rebuild_from_the_records(sql_url):
     finally:
         store.clear()
         store.close()
+
+
+def _months_dataset(n: int) -> list:
+    """Records over three calendar months (2025-05-20 to 2025-08-10)."""
+    import random
+
+    from usageledger.records import UsageRecord
+
+    rnd = random.Random(11)
+    start = T0.replace(month=5, day=20, hour=0)
+    return [UsageRecord(
+        f"mon-{i}", start + timedelta(minutes=rnd.randrange(82 * 1440)), "openai", "m",
+        rnd.randrange(100), 3, cost=None if i % 13 == 0 else rnd.choice(
+            [__import__("decimal").Decimal("0.003"), __import__("decimal").Decimal("0.25")]),
+        currency=rnd.choice(["USD", "EUR"]), user_id=rnd.choice([None, "u1", "u2", "u3"]),
+        customer_key=rnd.choice([None, "c1"]), tags=rnd.choice([{}, {"env": "prod"}]),
+    ) for i in range(n)]
+
+
+MONTH_RANGES = [
+    (None, None),
+    (T0.replace(month=6, day=1, hour=0), None),  # from a month's first instant
+    (None, T0.replace(month=7, day=1, hour=0)),
+    (T0.replace(month=5, day=27, hour=5), T0.replace(month=8, day=3, hour=7, minute=9)),  # parts of 4
+    (T0.replace(month=6, day=3), T0.replace(month=6, day=25)),  # inside one month: days only
+    (T0.replace(month=6, day=1, hour=0), T0.replace(month=8, day=1, hour=0)),  # two whole months
+]
+
+
+@pytest.mark.parametrize("since, until", MONTH_RANGES)
+def test_totals_over_months_read_month_rows_and_are_exact(tmp_path, since, until):
+    """Whole months inside a range come from one row per value and month; the days around
+    them from the day rows; partial days from the records: the same totals as summing
+    the records."""
+    from usageledger.storage.aggregate import daily_plan
+    from usageledger.storage.filters import make_filters
+
+    records = _months_dataset(4000)
+    store = create_storage(f"sqlite:///{tmp_path}/m.db")
+    store.save_many(records)
+    reference = MemoryStorage()
+    reference.save_many(records)
+    f = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+    try:
+        for keys in (("user_id",), ("customer_key", "currency"), ("tag:env",), ()):
+            got = store.aggregate(keys, **f) if keys else store.aggregate((), user_id="u2", **f)
+            want = reference.aggregate(keys, **f) if keys else reference.aggregate((), user_id="u2", **f)
+            assert got == want, (keys, f)
+        plan = daily_plan(("user_id",), make_filters(**f), months=True)
+        whole = since != T0.replace(month=6, day=3)
+        assert (plan.months is not None) == whole, plan
+    finally:
+        store.close()
+
+
+def test_an_older_database_gets_its_month_rows_at_open(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = create_storage(f"sqlite:///{path}")
+    store.save_many(_months_dataset(2000))
+    store.close()
+    before = _rollup_rows(f"sqlite:///{path}")
+    with sqlite3.connect(path) as conn:
+        gone = conn.execute("DELETE FROM usage_daily WHERE dim LIKE '@%'").rowcount
+    assert gone > 10
+    create_storage(f"sqlite:///{path}").close()
+    assert _rollup_rows(f"sqlite:///{path}") == before

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .aggregate import DailyPlan
+from .aggregate import MONTH, DailyPlan
 from .filters import _US_PER_DAY, _US_PER_HOUR, Filters, day_key, hour_key
 
 #: the same in every dialect: keyset pages on (ts, id), and the equality filters on the
@@ -67,20 +67,39 @@ def daily_sql(keys: tuple[str, ...], plan: DailyPlan, ph: str, sums: str,
     """A query on ``usage_daily`` for ``plan``: the group values (``day``, ``currency`` and
     the dimension's ``value``) and ``sums``. ``total``: the totals of all records (dim ``''``)
     grouped by ``day`` only, from which the group of records without the dimension is
-    made (its value is then None)."""
+    made (its value is then None). With ``plan.months``, the whole months come from the
+    month rows and only the days around them from the day rows."""
     exprs = [k if k in ("day", "currency") else "value" for k in keys if not total or k != plan.dim]
-    clauses, params = [f"dim = {ph}"], ["" if total else plan.dim]
-    if plan.value is not None and not total:
-        clauses.append(f"value = {ph}")
-        params.append(plan.value)
-    if plan.lo_day is not None:
-        clauses.append(f"day >= {ph}")
-        params.append(plan.lo_day)
-    if plan.hi_day is not None:
-        clauses.append(f"day < {ph}")
-        params.append(plan.hi_day)
-    sql = f"SELECT {', '.join([*exprs, sums])} FROM usage_daily{where_sql(clauses)}"
+    dim = "" if total else plan.dim
+    value = None if total else plan.value
+    if plan.months is None:
+        parts = [_daily_rows(ph, dim, value, plan.lo_day, plan.hi_day)]
+    else:
+        start, end = plan.months
+        parts = [_daily_rows(ph, MONTH + dim, value, start, end)]
+        if plan.lo_day is not None and start is not None and plan.lo_day < start:
+            parts.append(_daily_rows(ph, dim, value, plan.lo_day, start))
+        if plan.hi_day is not None and end is not None and end < plan.hi_day:
+            parts.append(_daily_rows(ph, dim, value, end, plan.hi_day))
+    if len(parts) == 1:
+        where, params = parts[0]
+        source = f"usage_daily{where}"
+    else:
+        source = "(" + " UNION ALL ".join(f"SELECT * FROM usage_daily{w}" for w, _ in parts) + ")"
+        params = [p for _, ps in parts for p in ps]
+    sql = f"SELECT {', '.join([*exprs, sums])} FROM {source}"
     return sql + group_by_sql(len(exprs)), params
+
+
+def _daily_rows(ph: str, dim: str, value: str | None, lo: int | None,
+                hi: int | None) -> tuple[str, list[Any]]:
+    """The WHERE of one dimension's rows (day or month) between first days [lo, hi)."""
+    clauses, params = [f"dim = {ph}"], [dim]
+    for clause, param in ((f"value = {ph}", value), (f"day >= {ph}", lo), (f"day < {ph}", hi)):
+        if param is not None:
+            clauses.append(clause)
+            params.append(param)
+    return where_sql(clauses), params
 
 
 def group_by_sql(n: int) -> str:

@@ -68,6 +68,19 @@ def _day_name(day: int) -> str:
     return (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
 
 
+@lru_cache(maxsize=1 << 16)
+def month_start(day: int) -> int:
+    """The day number (days since 1970-01-01) of the first day of the UTC month holding
+    day number ``day``."""
+    return day + 1 - (_EPOCH + timedelta(days=day)).day
+
+
+@lru_cache(maxsize=1 << 16)
+def next_month_start(day: int) -> int:
+    """The day number of the first day of the UTC month after the one holding ``day``."""
+    return month_start(month_start(day) + 31)
+
+
 @lru_cache(maxsize=1 << 18)
 def _hour_name(hour: int) -> str:
     return (_EPOCH + timedelta(hours=hour)).strftime("%Y-%m-%dT%H:00Z")

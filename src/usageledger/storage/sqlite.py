@@ -65,6 +65,7 @@ from ._sql import (
     where_sql,
 )
 from .aggregate import (
+    MONTH,
     ROLLUP_SUMS,
     Aggregate,
     DailyPlan,
@@ -164,7 +165,11 @@ _ROLLUP_NEW = f"""INSERT INTO usage_hourly SELECT ts / {_US_PER_HOUR}, provider,
 _DAY_COLS = (f"u.ts / {_US_PER_DAY} AS day, u.currency, u.input_tokens, u.output_tokens, "
              "u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens, u.cost, u.cost_nano"
              + "".join(f", u.{c}" for c in _PARTS))
-_DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW_SUMS} FROM (
+# the first day of the month holding day number ``day`` (see aggregate.MONTH)
+_MONTH_OF_DAY = "{day} + 1 - CAST(strftime('%d', {day} * 86400, 'unixepoch') AS INTEGER)"
+_R_COLS = ("currency, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
+           "reasoning_tokens, cost, cost_nano" + "".join(f", {c}" for c in _PARTS))
+_DAILY_NEW = f"""WITH r AS (
     SELECT '' AS dim, '' AS value, {_DAY_COLS} FROM usage AS u WHERE u.rowid > ?1
     UNION ALL SELECT 'user_id', u.user_id, {_DAY_COLS} FROM usage AS u
         WHERE u.rowid > ?1 AND u.user_id IS NOT NULL
@@ -174,7 +179,14 @@ _DAILY_NEW = f"""INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW
         WHERE u.rowid > ?1 AND u.session_id IS NOT NULL
     UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM usage AS u, json_each(u.tags) AS t
         WHERE u.rowid > ?1 AND u.tags <> '{{}}'
+) INSERT INTO usage_daily SELECT dim, value, day, currency, {_NEW_SUMS} FROM (
+    SELECT dim, value, day, {_R_COLS} FROM r
+    UNION ALL SELECT '{MONTH}' || dim, value, {_MONTH_OF_DAY.format(day="day")}, {_R_COLS} FROM r
 ) WHERE true GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
+#: the month rows of a file from before them, from its day rows
+_MONTHS_FROM_DAYS = f"""INSERT INTO usage_daily SELECT '{MONTH}' || dim, value,
+    {_MONTH_OF_DAY.format(day="day")}, currency, {", ".join(f"SUM({c})" for c in ROLLUP_SUMS)} FROM usage_daily
+    WHERE substr(dim, 1, 1) <> '{MONTH}' GROUP BY 1, 2, 3, 4 ON CONFLICT DO UPDATE SET {_ADD}"""
 # A batch's new rows are added up in Python (rollup_deltas) and written one upsert per
 # rollup row: the statements above build the rollups of rows already stored (a file from
 # before a rollup, a salvage, a reprice), and a test checks both give the same rows.
@@ -437,6 +449,9 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                     continue
                 # a rollup from before the finer token kinds: they start at 0 there
                 add_missing_columns(c, table, _PART_DECLS)
+            if c.execute(f"SELECT EXISTS (SELECT 1 FROM usage_daily WHERE dim = '') AND NOT EXISTS "
+                         f"(SELECT 1 FROM usage_daily WHERE dim = '{MONTH}')").fetchone()[0]:
+                c.execute(_MONTHS_FROM_DAYS)  # daily totals from before the month rows
             c.execute(RUNS_INDEX)
 
     def _backfill_cost_nano(self) -> None:
@@ -545,7 +560,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
             if rollup_fits(keys, f):
                 groups = self._aggregate_rollup(keys, f)
             else:
-                plan = daily_plan(keys, f)
+                plan = daily_plan(keys, f, months=True)
                 if plan is not None:
                     groups = self._aggregate_daily(keys, plan)
             if groups is None:
