@@ -343,11 +343,17 @@ def bench_totals(storages: dict[str, str], tmp: Path, n: int) -> None:
     queries = {"user": ("user_id", "user_id"), "customer": ("customer_key", "customer_key"),
                "tag": ("tag:team", "team")}
 
-    def duck_top(column: str) -> list[tuple[str, Decimal]]:
+    def duck_top(column: str, since: datetime | None = None, until: datetime | None = None
+                 ) -> list[tuple[str, Decimal]]:
+        where = "" if since is None else f" WHERE ts >= '{since.isoformat()}' AND ts < '{until.isoformat()}'"
         rows = duck.execute(
             f"SELECT {column}, count(*), sum(input_tokens), sum(output_tokens), sum(cost) AS c "
-            f"FROM usage GROUP BY 1 ORDER BY c DESC LIMIT 10").fetchall()
+            f"FROM usage{where} GROUP BY 1 ORDER BY c DESC LIMIT 10").fetchall()
         return [(r[0], r[4]) for r in rows]
+
+    # a range that is no whole month (the records span one calendar month): whole days
+    # from the day rows, the two partial days from the records
+    since, until = T0 + timedelta(days=4, hours=7), T0 + timedelta(days=24, hours=19)
 
     for name, url in storages.items():
         store = create_storage(url)
@@ -370,6 +376,14 @@ def bench_totals(storages: dict[str, str], tmp: Path, n: int) -> None:
                 lambda key=key, store=store: _top10(store.aggregate((key,), provider="openai"), key), 3)
             row(f"{n:,} records: top 10 per {what}, {name}, read from the records (before)",
                 f"{scan_ms:.1f} ms", f"DuckDB {duck_ms:.1f} ms", f"{scan_ms / duck_ms:.2f}x")
+            ours = _top10(store.aggregate((key,), since=since, until=until), key)
+            if ours != duck_top(column, since, until):
+                raise RuntimeError(f"{name} per {what}, days 4-24: {ours} != {duck_top(column, since, until)}")
+            duck_ms = _median_ms(lambda column=column: duck_top(column, since, until))
+            ours_ms = _median_ms(lambda key=key, store=store: _top10(
+                store.aggregate((key,), since=since, until=until), key))
+            row(f"{n:,} records: top 10 per {what} by cost over 20.5 days (day rows + 2 partial days), "
+                f"{name}", f"{ours_ms:.1f} ms", f"DuckDB {duck_ms:.1f} ms", f"{ours_ms / duck_ms:.2f}x")
         store.clear()
         store.close()
 
