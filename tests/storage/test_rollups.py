@@ -207,7 +207,7 @@ MONTH_RANGES = [
 
 
 @pytest.mark.parametrize("since, until", MONTH_RANGES)
-def test_totals_over_months_read_month_rows_and_are_exact(tmp_path, since, until):
+def test_totals_over_months_read_month_rows_and_are_exact(sql_url, since, until):
     """Whole months inside a range come from one row per value and month; the days around
     them from the day rows; partial days from the records: the same totals as summing
     the records."""
@@ -215,7 +215,8 @@ def test_totals_over_months_read_month_rows_and_are_exact(tmp_path, since, until
     from usageledger.storage.filters import make_filters
 
     records = _months_dataset(4000)
-    store = create_storage(f"sqlite:///{tmp_path}/m.db")
+    store = create_storage(sql_url)
+    store.clear()
     store.save_many(records)
     reference = MemoryStorage()
     reference.save_many(records)
@@ -229,19 +230,30 @@ def test_totals_over_months_read_month_rows_and_are_exact(tmp_path, since, until
         whole = since != T0.replace(month=6, day=3)
         assert (plan.months is not None) == whole, plan
     finally:
+        store.clear()
         store.close()
 
 
-def test_an_older_database_gets_its_month_rows_at_open(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    store = create_storage(f"sqlite:///{path}")
+def test_an_older_database_gets_its_month_rows_at_open(sql_url):
+    store = create_storage(sql_url)
+    store.clear()
     store.save_many(_months_dataset(2000))
     store.close()
-    before = _rollup_rows(f"sqlite:///{path}")
-    with sqlite3.connect(path) as conn:
-        gone = conn.execute("DELETE FROM usage_daily WHERE dim LIKE '@%'").rowcount
+    before = _rollup_rows(sql_url)
+    if sql_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(sql_url.removeprefix("sqlite:///")) as conn:
+            gone = conn.execute("DELETE FROM usage_daily WHERE dim LIKE '@%'").rowcount
+    else:
+        import psycopg
+
+        with psycopg.connect(sql_url, autocommit=True) as conn:
+            gone = conn.execute("DELETE FROM usage_daily WHERE dim LIKE '@%'").rowcount
     assert gone > 10
-    create_storage(f"sqlite:///{path}").close()
-    assert _rollup_rows(f"sqlite:///{path}") == before
+    store = create_storage(sql_url)
+    try:
+        assert _rollup_rows(sql_url) == before
+    finally:
+        store.clear()
+        store.close()

@@ -85,7 +85,7 @@ def daily_sql(keys: tuple[str, ...], plan: DailyPlan, ph: str, sums: str,
         where, params = parts[0]
         source = f"usage_daily{where}"
     else:
-        source = "(" + " UNION ALL ".join(f"SELECT * FROM usage_daily{w}" for w, _ in parts) + ")"
+        source = "(" + " UNION ALL ".join(f"SELECT * FROM usage_daily{w}" for w, _ in parts) + ") AS d"
         params = [p for _, ps in parts for p in ps]
     sql = f"SELECT {', '.join([*exprs, sums])} FROM {source}"
     return sql + group_by_sql(len(exprs)), params

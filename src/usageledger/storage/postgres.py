@@ -42,6 +42,7 @@ from ._sql import (
     where_sql,
 )
 from .aggregate import (
+    MONTH,
     Aggregate,
     DailyPlan,
     daily_plan,
@@ -136,10 +137,14 @@ _ADD = ", ".join(f"{c} = {{table}}.{c} + excluded.{c}"
                  for c in ("count", *_TOKENS, "cost", "unknown_cost", *_PARTS))
 _DAY_COLS = ", ".join([_DAY, "{src}.currency", *(f"{{src}}.{t}" for t in _TOKENS), "{src}.cost",
                        *(f"{{src}}.{t}" for t in _PARTS)])
+#: the first day of the month holding day number ``{day}`` (see aggregate.MONTH)
+_MONTH_OF_DAY = "(date_trunc('month', DATE '1970-01-01' + {day}::int)::date - DATE '1970-01-01')::bigint"
 #: the daily totals per user, customer, session and tag value (dim '' holds all records) of
-#: the rows of ``{src}``, sorted: concurrent writers lock rollup rows in the same order
+#: the rows of ``{src}``, and their month rows (each row counted once more under
+#: '@' || dim and its month's first day), sorted: concurrent writers lock rollup rows in
+#: the same order
 _DAILY_ROWS = f"""
-    SELECT dim, value, day, currency, {_SUMS} FROM (
+    SELECT k.dim, n.value, k.day, n.currency, {_SUMS} FROM (
         SELECT '', '', {_DAY_COLS} FROM {{src}}
         UNION ALL SELECT 'user_id', {{src}}.user_id, {_DAY_COLS} FROM {{src}}
             WHERE {{src}}.user_id IS NOT NULL
@@ -149,6 +154,8 @@ _DAILY_ROWS = f"""
             WHERE {{src}}.session_id IS NOT NULL
         UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM {{src}}, jsonb_each_text({{src}}.tags) AS t
     ) AS n (dim, value, day, currency, {", ".join(_TOKENS)}, cost, {", ".join(_PARTS)})
+    CROSS JOIN LATERAL (VALUES (n.dim, n.day),
+                               ('{MONTH}' || n.dim, {_MONTH_OF_DAY.format(day="n.day")})) AS k (dim, day)
     GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
     ON CONFLICT (dim, value, day, currency) DO UPDATE SET {_ADD.format(table="usage_daily")}"""
 _INSERT = f"""
@@ -168,6 +175,11 @@ WITH ins AS (
 )
 SELECT id FROM ins"""
 _DAILY_BACKFILL = f"INSERT INTO usage_daily {_DAILY_ROWS.format(src='usage')}"
+#: the month rows of a database from before them, from its day rows
+_MONTHS_FROM_DAYS = f"""INSERT INTO usage_daily
+    SELECT '{MONTH}' || dim, value, {_MONTH_OF_DAY.format(day="day")}, currency, {_ROLLUP_SUMS}
+    FROM usage_daily WHERE left(dim, 1) <> '{MONTH}' GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (dim, value, day, currency) DO UPDATE SET {_ADD.format(table="usage_daily")}"""
 # Reprice changes rows' cost in place: their sums leave the rollups (negated), the rows
 # change, their new sums enter; one transaction. Each statement sees the rows as they are
 # when it starts, so the three are separate.
@@ -262,6 +274,9 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                 conn.execute(_DAILY_BACKFILL)
             if had_hourly is None:  # nor the hourly rollup (dropped, or never made)
                 conn.execute(_ROLLUP_BACKFILL)
+            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM usage_daily WHERE dim = '') AND NOT EXISTS "
+                            f"(SELECT 1 FROM usage_daily WHERE dim = '{MONTH}')").fetchone()[0]:
+                conn.execute(_MONTHS_FROM_DAYS)  # daily totals from before the month rows
             rollup_cols = {r[0] for r in conn.execute(
                 "SELECT column_name FROM information_schema.columns "
                 "WHERE table_name = 'usage_hourly' AND table_schema = current_schema()"
@@ -379,7 +394,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
 
     def _aggregate(self, keys: tuple[str, ...], f: Filters) -> list[Aggregate]:
         with self._pool.connection() as conn:
-            plan = None if rollup_fits(keys, f) else daily_plan(keys, f)
+            plan = None if rollup_fits(keys, f) else daily_plan(keys, f, months=True)
             if plan is not None:
                 groups = self._aggregate_daily(conn, keys, plan)
             else:
