@@ -31,3 +31,34 @@ def test_a_forked_child_stores_through_its_own_connection(tmp_path):
     assert s._conn is parent_conn  # the parent's connection is untouched and sees the row
     assert {r.id for r in s.query()} == {first.id, child_record.id}
     s.close()
+
+
+def _batch(n: int, start: int) -> list:
+    return [make_usage_record("openai", "m", 1, 1, timestamp=T0, user_id=f"u{i % 7}",
+                              tags={"team": f"t{i % 3}"}) for i in range(start, start + n)]
+
+
+def test_a_child_forked_while_the_checkpoint_thread_runs_checkpoints_on_its_own(tmp_path):
+    """The parent's checkpoint thread (started by its writes, holding a connection of its
+    own) is not in the child: the child's writes start a thread of the child's, the file
+    stays sound on both sides, and each side's rows are all there."""
+    import sqlite3
+    import threading
+
+    s = SQLiteStorage(tmp_path / "c.db")
+    s.save_many(_batch(1500, 0))  # past the threshold: the parent's thread is running
+    assert any(t.name.startswith("usageledger-checkpoint") for t in threading.enumerate())
+
+    def child() -> bool:
+        new = s.save_many(_batch(1500, 10_000))
+        mine = [t for t in threading.enumerate() if t.name.startswith("usageledger-checkpoint")]
+        ok = s._conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        return len(new) == 1500 and len(mine) == 1 and ok and s.count() == 3000
+
+    assert in_child(child) == 0
+    s.save_many(_batch(1500, 20_000))
+    assert s.count() == 4500
+    s.close()
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT SUM(count) FROM usage_daily WHERE dim = ''").fetchone()[0] == 4500
