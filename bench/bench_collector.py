@@ -1,5 +1,5 @@
 """Collector benchmarks (issue 3, and the throughput issue). Run by hand:
-`.venv/bin/python bench/bench_collector.py [--quick] [--only ingest,stack,drain,breakdown,totals]`.
+`.venv/bin/python bench/bench_collector.py [--quick] [--only ingest,stack,drain,breakdown,totals,wire]`.
 
 1. ingest: clients posting `/api/v1/track` batches of 100 and 1,000 fresh records over
    HTTP (keep-alive, uncompressed, one request at a time per client) to `usageledger serve
@@ -16,7 +16,12 @@
    body into UsageRecords), pricing of records sent without cost, and the storage's
    save_many (SQLite, PostgreSQL);
 5. totals by dimension at 1,000,000 records (per user, per customer, per tag: the top 10
-   by cost): ``aggregate`` on SQLite and PostgreSQL against DuckDB on the same rows.
+   by cost): ``aggregate`` on SQLite and PostgreSQL against DuckDB on the same rows;
+6. wire: the collector's own cost outside storage, per record at batch 1,000: the same
+   posts as ``ingest`` (1 worker, 1 client) to a collector on ``memory://`` storage, and
+   to the bare ASGI receiver, alternating; what the collector spends per record beyond
+   the bare app, and the memory store's own ``save_many`` per record (in-process) to
+   subtract from it.
 
 Every figure is printed with its baseline measured in the same run.
 """
@@ -388,11 +393,40 @@ def bench_totals(storages: dict[str, str], tmp: Path, n: int) -> None:
         store.close()
 
 
+def bench_wire(n: int, rounds: int) -> None:
+    """Collector on memory storage against the bare receiver at batch 1,000, ``rounds``
+    alternating pairs (the box is shared: medians), each on a fresh process."""
+    from usageledger.records import decode_usage
+    from usageledger.storage import create_storage
+
+    ours, bare = [], []
+    for k in range(rounds):
+        with run_receiver() as bare_url:
+            bare.append(load(bare_url, n, 1000, 1))
+        with collector("memory://") as url:
+            ours.append(load(url, n, 1000, 1))
+        print(f"round {k + 1}: collector {ours[-1]:,.0f} rec/s, bare {bare[-1]:,.0f} rec/s", flush=True)
+    rate, bare_rate = statistics.median(ours), statistics.median(bare)
+    row("ingest -> collector -> memory, batch 1,000, 1 worker, 1 client (median of "
+        f"{rounds})", f"{rate:,.0f} rec/s", f"bare ASGI {bare_rate:,.0f} rec/s", f"{rate / bare_rate:.3f}x")
+    own_us = 1e6 / rate - 1e6 / bare_rate
+    recs = [decode_usage(r) for r in records(n, start=3 * 10**7)]
+    store = create_storage("memory")
+    t0 = time.perf_counter()
+    for i in range(0, n, 1000):
+        store.save_many(recs[i:i + 1000])
+    store_us = (time.perf_counter() - t0) / n * 1e6
+    row("collector on memory, per record beyond the bare app (batch 1,000)", f"{own_us:.2f} µs",
+        f"of which memory save_many (in-process) {store_us:.2f} µs",
+        f"{own_us - store_us:.2f} µs outside storage")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
-    ap.add_argument("--only", default="ingest,stack,drain,breakdown,totals",
-                    help="comma-separated parts: ingest, stack, drain, breakdown, totals")
+    ap.add_argument("--only", default="ingest,stack,drain,breakdown,totals,wire",
+                    help="comma-separated parts: ingest, stack, drain, breakdown, totals, wire")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the wire part")
     ap.add_argument("--workers", default="1,2,4", help="worker counts for the ingest part")
     ap.add_argument("--stores", default="sqlite,postgres")
     args = ap.parse_args()
@@ -418,6 +452,8 @@ def main() -> None:
                 totals = {"sqlite": f"sqlite:///{tmp}/totals.db", "postgres": pg.url}
                 bench_totals({k: v for k, v in totals.items() if k in storages}, tmp,
                              100_000 if args.quick else 1_000_000)
+            if "wire" in parts:
+                bench_wire(n, args.rounds)
     finally:
         pg.stop()
 

@@ -3,9 +3,11 @@ shared records, and per-item validation that names the field and the bad value.
 
 Decoding is strict JSON (no NaN/Infinity) for every endpoint, so what is stored can be
 read back by every backend. A batch is decoded in one msgspec call when every item is a
-well-formed :class:`UsageRecord` (the common case: our own clients send exactly that);
-only when that fails is the batch decoded item by item, so one bad item is reported
-``rejected`` and the others are still stored.
+well-formed :class:`UsageRecord` within the limits msgspec can check itself (lengths,
+ranges, tag counts: :class:`_CheckedRecord`), the common case, as our own clients send
+exactly that; only when that fails is the batch decoded item by item, so one bad item is
+reported ``rejected`` with the message that names its field, and the others are still
+stored.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from ..errors import UsageLedgerError
 from ..schema.eventtime import uuid7_time
@@ -28,6 +32,9 @@ from ..schema.limits import (
     MAX_PAYLOAD_BYTES,
     MAX_RUN_BYTES,
     MAX_SEQ,
+    MAX_TAG_KEY_CHARS,
+    MAX_TAG_VALUE_CHARS,
+    MAX_TAGS,
     MAX_TEXT_CHARS,
     MAX_TOKENS,
     MAX_YEAR,
@@ -103,6 +110,52 @@ class _Batch(msgspec.Struct):
     tracked: list[UsageRecord]
 
 
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Text = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_CHARS)]
+_OptText = Annotated[str, Meta(max_length=MAX_TEXT_CHARS)] | None
+_Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
+_Tags = Annotated[dict[Annotated[str, Meta(max_length=MAX_TAG_KEY_CHARS)],
+                       Annotated[str, Meta(max_length=MAX_TAG_VALUE_CHARS)]], Meta(max_length=MAX_TAGS)]
+
+
+class _CheckedRecord(UsageRecord):
+    """A :class:`UsageRecord` whose decoding checks, in msgspec's C code, the limits a
+    type can say: non-empty and bounded strings, token ranges, tag count and lengths
+    (``schema.limits``; msgspec counts string lengths in code points, as ``len`` does).
+    Only the field types differ from UsageRecord (same fields, order, defaults and slots),
+    so a decoded instance becomes a plain UsageRecord by ``__class__`` assignment
+    (:func:`_plain`). A batch that breaks one of these limits fails to decode as a whole
+    and goes item by item, where :func:`_record_error` names the field and the value.
+    (Batch of 1,000 records, in-process: the Python checks these replace cost 4.4 µs per
+    record against 2.4 µs for the decode itself; docs/benchmarks.md.)"""
+
+    id: _Id
+    provider: _Text
+    model: _Text
+    input_tokens: _Tokens = 0
+    output_tokens: _Tokens = 0
+    cache_read_tokens: _Tokens = 0
+    cache_write_tokens: _Tokens = 0
+    reasoning_tokens: _Tokens = 0
+    currency: _Text = "USD"
+    user_id: _OptText = None
+    session_id: _OptText = None
+    customer_key: _OptText = None
+    run_id: _OptText = None
+    response_id: _OptText = None
+    tags: _Tags = {}
+    cache_write_1h_tokens: _Tokens = 0
+    input_audio_tokens: _Tokens = 0
+    output_audio_tokens: _Tokens = 0
+    input_image_tokens: _Tokens = 0
+    output_image_tokens: _Tokens = 0
+    service_tier: _Text | None = None
+
+
+class _CheckedBatch(msgspec.Struct):
+    tracked: list[_CheckedRecord]
+
+
 class _RawBatch(msgspec.Struct):
     tracked: list[msgspec.Raw]
 
@@ -111,7 +164,7 @@ class _RawRuns(msgspec.Struct):
     runs: list[msgspec.Raw]
 
 
-_decode_fast = msgspec.json.Decoder(_Batch).decode
+_decode_fast = msgspec.json.Decoder(_CheckedBatch).decode
 _decode_raw_batch = msgspec.json.Decoder(_RawBatch).decode
 _decode_raw_runs = msgspec.json.Decoder(_RawRuns).decode
 _decode_record = msgspec.json.Decoder(UsageRecord).decode
@@ -197,14 +250,14 @@ def decode_track(data: bytes) -> list[UsageRecord | Refused]:
     try:
         batch = _decode_fast(data)
     except msgspec.ValidationError:
-        pass  # some item is not a plain record: go item by item below
+        pass  # some item is not a plain record within the limits: go item by item below
     except RecursionError as exc:
         raise _unreadable(exc, "the body") from None
     except msgspec.DecodeError as exc:
         raise BodyError(400, f"malformed JSON: {exc}") from None
     else:
         _check_count(len(batch.tracked), "tracked")
-        return [_checked(r, nul) for r in batch.tracked]
+        return _plain(batch.tracked, nul)
     try:
         raw = _decode_raw_batch(data)
     except RecursionError as exc:
@@ -213,6 +266,37 @@ def decode_track(data: bytes) -> list[UsageRecord | Refused]:
         raise _shape_error(exc, "tracked") from None
     _check_count(len(raw.tracked), "tracked")
     return [_decode_item(item, nul, i) for i, item in enumerate(raw.tracked)]
+
+
+def _plain(records: list[Any], nul: bool) -> list[UsageRecord | Refused]:
+    """The decoded :class:`_CheckedRecord` items as plain UsageRecords, in place, each
+    checked for what msgspec did not check: the timestamp's years and zone, the cost's
+    digits, the finer token counts against their wholes, the payload, NUL characters.
+    One expression for the common, valid record; any other goes through
+    :func:`_checked`, whose first failing check is among those (so its message is the
+    one the item-by-item path gives)."""
+    for i, r in enumerate(records):
+        r.__class__ = UsageRecord
+        ts, cost = r.timestamp, r.cost
+        if (ts.tzinfo is not UTC or not MIN_YEAR <= ts.year <= MAX_YEAR
+                or (cost is not None and not _plain_cost(cost)) or r.payload is not None or nul
+                or r.cache_write_1h_tokens or r.input_audio_tokens or r.output_audio_tokens
+                or r.input_image_tokens or r.output_image_tokens or r.service_tier is not None):
+            records[i] = _checked(r, nul)
+    return records
+
+
+def _plain_cost(cost: Decimal) -> bool:
+    """A cost :func:`cost_error` surely accepts, from its text (``as_tuple`` alone costs
+    0.43 µs, ``cost_error`` 0.92 µs, this about 0.15 µs): written without an exponent
+    (so its exponent is at most 0), a digit first (finite, not negative), at most 19
+    characters (so at most 17 decimals and 19 digits), and at most MAX_COST. False only
+    means "ask cost_error"."""
+    text = str(cost)
+    return len(text) <= 19 and "E" not in text and text[0] in _DIGITS and cost <= MAX_COST
+
+
+_DIGITS = frozenset("0123456789")
 
 
 def _decode_item(raw: msgspec.Raw, nul: bool, index: int) -> UsageRecord | Refused:
