@@ -19,9 +19,9 @@
    by cost): ``aggregate`` on SQLite and PostgreSQL against DuckDB on the same rows;
 6. wire: the collector's own cost outside storage, per record at batch 1,000: the same
    posts as ``ingest`` (1 worker, 1 client) to a collector on ``memory://`` storage, and
-   to the bare ASGI receiver, alternating; what the collector spends per record beyond
-   the bare app, and the memory store's own ``save_many`` per record (in-process) to
-   subtract from it.
+   to the bare ASGI receiver, alternating: the rates, and the server process's CPU time
+   per record; what the collector spends beyond the bare app less the memory store's own
+   ``save_many`` (in-process) is the wire and request path.
 
 Every figure is printed with its baseline measured in the same run.
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -393,32 +394,65 @@ def bench_totals(storages: dict[str, str], tmp: Path, n: int) -> None:
         store.close()
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def _bare_process() -> Iterator[tuple[str, int]]:
+    """The bare receiver (tests/support/receiver.py), with its process id."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.receiver", "--port", str(port)],
+                            cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield f"http://127.0.0.1:{port}", proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def bench_wire(n: int, rounds: int) -> None:
     """Collector on memory storage against the bare receiver at batch 1,000, ``rounds``
-    alternating pairs (the box is shared: medians), each on a fresh process."""
+    alternating pairs, each on a fresh process: records per second, and the server
+    process's CPU time per record (user + system, all threads: steadier than the rate
+    on a shared box). Medians."""
     from usageledger.records import decode_usage
     from usageledger.storage import create_storage
 
-    ours, bare = [], []
+    rates: dict[str, list[float]] = {"ours": [], "bare": []}
+    cpus: dict[str, list[float]] = {"ours": [], "bare": []}
     for k in range(rounds):
-        with run_receiver() as bare_url:
-            bare.append(load(bare_url, n, 1000, 1))
-        with collector("memory://") as url:
-            ours.append(load(url, n, 1000, 1))
-        print(f"round {k + 1}: collector {ours[-1]:,.0f} rec/s, bare {bare[-1]:,.0f} rec/s", flush=True)
-    rate, bare_rate = statistics.median(ours), statistics.median(bare)
-    row("ingest -> collector -> memory, batch 1,000, 1 worker, 1 client (median of "
-        f"{rounds})", f"{rate:,.0f} rec/s", f"bare ASGI {bare_rate:,.0f} rec/s", f"{rate / bare_rate:.3f}x")
-    own_us = 1e6 / rate - 1e6 / bare_rate
+        with _bare_process() as (url, pid):
+            before = _cpu_s(pid)
+            rates["bare"].append(load(url, n, 1000, 1))
+            cpus["bare"].append((_cpu_s(pid) - before) / n * 1e6)
+        col = Collector("memory://").start(timeout=180)
+        try:
+            before = _cpu_s(col.proc.pid)
+            rates["ours"].append(load(col.url, n, 1000, 1))
+            cpus["ours"].append((_cpu_s(col.proc.pid) - before) / n * 1e6)
+        finally:
+            col.stop()
+        print(f"round {k + 1}: collector {rates['ours'][-1]:,.0f} rec/s, {cpus['ours'][-1]:.1f} µs CPU "
+              f"per record; bare {rates['bare'][-1]:,.0f} rec/s, {cpus['bare'][-1]:.1f} µs", flush=True)
+    rate, bare_rate = statistics.median(rates["ours"]), statistics.median(rates["bare"])
+    cpu, bare_cpu = statistics.median(cpus["ours"]), statistics.median(cpus["bare"])
+    row(f"ingest -> collector -> memory, batch 1,000, 1 worker, 1 client (median of {rounds})",
+        f"{rate:,.0f} rec/s", f"bare ASGI {bare_rate:,.0f} rec/s", f"{rate / bare_rate:.3f}x")
     recs = [decode_usage(r) for r in records(n, start=3 * 10**7)]
     store = create_storage("memory")
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for i in range(0, n, 1000):
         store.save_many(recs[i:i + 1000])
-    store_us = (time.perf_counter() - t0) / n * 1e6
-    row("collector on memory, per record beyond the bare app (batch 1,000)", f"{own_us:.2f} µs",
-        f"of which memory save_many (in-process) {store_us:.2f} µs",
-        f"{own_us - store_us:.2f} µs outside storage")
+    store_us = (time.process_time() - t0) / n * 1e6
+    row("collector process on memory, CPU per record (batch 1,000)", f"{cpu:.2f} µs",
+        f"bare ASGI {bare_cpu:.2f} µs", f"{cpu / bare_cpu:.1f}x")
+    row("of which beyond the bare app, less the memory store's save_many (in-process "
+        f"{store_us:.2f} µs)", f"{cpu - bare_cpu - store_us:.2f} µs", "", "")
 
 
 def main() -> None:
@@ -453,7 +487,7 @@ def main() -> None:
                 bench_totals({k: v for k, v in totals.items() if k in storages}, tmp,
                              100_000 if args.quick else 1_000_000)
             if "wire" in parts:
-                bench_wire(n, args.rounds)
+                bench_wire(100_000, args.rounds)
     finally:
         pg.stop()
 
