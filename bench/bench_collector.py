@@ -17,7 +17,7 @@
    save_many (SQLite, PostgreSQL);
 5. totals by dimension at 1,000,000 records (per user, per customer, per tag: the top 10
    by cost): ``aggregate`` on SQLite and PostgreSQL against DuckDB on the same rows;
-6. wire: the collector's own cost outside storage, per record at batch 1,000: the same
+6. wire: the collector's own cost outside storage, per record at batch 100 and 1,000: the same
    posts as ``ingest`` (1 worker, 1 client) to a collector on ``memory://`` storage, and
    to the bare ASGI receiver, alternating: the rates, and the server process's CPU time
    per record; what the collector spends beyond the bare app less the memory store's own
@@ -416,43 +416,45 @@ def _bare_process() -> Iterator[tuple[str, int]]:
 
 
 def bench_wire(n: int, rounds: int) -> None:
-    """Collector on memory storage against the bare receiver at batch 1,000, ``rounds``
-    alternating pairs, each on a fresh process: records per second, and the server
-    process's CPU time per record (user + system, all threads: steadier than the rate
-    on a shared box). Medians."""
+    """Collector on memory storage against the bare receiver at batch 100 and 1,000,
+    ``rounds`` alternating pairs, each on a fresh process: records per second, and the
+    server process's CPU time per record (user + system, all threads: steadier than the
+    rate on a shared box). Medians."""
     from usageledger.records import decode_usage
     from usageledger.storage import create_storage
 
-    rates: dict[str, list[float]] = {"ours": [], "bare": []}
-    cpus: dict[str, list[float]] = {"ours": [], "bare": []}
-    for k in range(rounds):
-        with _bare_process() as (url, pid):
-            before = _cpu_s(pid)
-            rates["bare"].append(load(url, n, 1000, 1))
-            cpus["bare"].append((_cpu_s(pid) - before) / n * 1e6)
-        col = Collector("memory://").start(timeout=180)
-        try:
-            before = _cpu_s(col.proc.pid)
-            rates["ours"].append(load(col.url, n, 1000, 1))
-            cpus["ours"].append((_cpu_s(col.proc.pid) - before) / n * 1e6)
-        finally:
-            col.stop()
-        print(f"round {k + 1}: collector {rates['ours'][-1]:,.0f} rec/s, {cpus['ours'][-1]:.1f} µs CPU "
-              f"per record; bare {rates['bare'][-1]:,.0f} rec/s, {cpus['bare'][-1]:.1f} µs", flush=True)
-    rate, bare_rate = statistics.median(rates["ours"]), statistics.median(rates["bare"])
-    cpu, bare_cpu = statistics.median(cpus["ours"]), statistics.median(cpus["bare"])
-    row(f"ingest -> collector -> memory, batch 1,000, 1 worker, 1 client (median of {rounds})",
-        f"{rate:,.0f} rec/s", f"bare ASGI {bare_rate:,.0f} rec/s", f"{rate / bare_rate:.3f}x")
     recs = [decode_usage(r) for r in records(n, start=3 * 10**7)]
     store = create_storage("memory")
     t0 = time.process_time()
     for i in range(0, n, 1000):
         store.save_many(recs[i:i + 1000])
     store_us = (time.process_time() - t0) / n * 1e6
-    row("collector process on memory, CPU per record (batch 1,000)", f"{cpu:.2f} µs",
-        f"bare ASGI {bare_cpu:.2f} µs", f"{cpu / bare_cpu:.1f}x")
-    row("of which beyond the bare app, less the memory store's save_many (in-process "
-        f"{store_us:.2f} µs)", f"{cpu - bare_cpu - store_us:.2f} µs", "", "")
+    for batch in (100, 1000):
+        rates: dict[str, list[float]] = {"ours": [], "bare": []}
+        cpus: dict[str, list[float]] = {"ours": [], "bare": []}
+        for k in range(rounds):
+            with _bare_process() as (url, pid):
+                before = _cpu_s(pid)
+                rates["bare"].append(load(url, n, batch, 1))
+                cpus["bare"].append((_cpu_s(pid) - before) / n * 1e6)
+            col = Collector("memory://").start(timeout=180)
+            try:
+                before = _cpu_s(col.proc.pid)
+                rates["ours"].append(load(col.url, n, batch, 1))
+                cpus["ours"].append((_cpu_s(col.proc.pid) - before) / n * 1e6)
+            finally:
+                col.stop()
+            print(f"batch {batch}, round {k + 1}: collector {rates['ours'][-1]:,.0f} rec/s, "
+                  f"{cpus['ours'][-1]:.1f} µs CPU per record; bare {rates['bare'][-1]:,.0f} rec/s, "
+                  f"{cpus['bare'][-1]:.1f} µs", flush=True)
+        rate, bare_rate = statistics.median(rates["ours"]), statistics.median(rates["bare"])
+        cpu, bare_cpu = statistics.median(cpus["ours"]), statistics.median(cpus["bare"])
+        row(f"ingest -> collector -> memory, batch {batch:,}, 1 worker, 1 client (median of {rounds})",
+            f"{rate:,.0f} rec/s", f"bare ASGI {bare_rate:,.0f} rec/s", f"{rate / bare_rate:.3f}x")
+        row(f"collector process on memory, CPU per record (batch {batch:,})", f"{cpu:.2f} µs",
+            f"bare ASGI {bare_cpu:.2f} µs", f"{cpu / bare_cpu:.1f}x")
+        row(f"of which beyond the bare app, less the memory store's save_many (in-process "
+            f"{store_us:.2f} µs), batch {batch:,}", f"{cpu - bare_cpu - store_us:.2f} µs", "", "")
 
 
 def main() -> None:
