@@ -734,14 +734,15 @@ GC_YOUNG_THRESHOLD = 10_000
 
 def tune_gc() -> None:
     """The garbage collector of a process that serves the collector (``serve``, each
-    worker): what is alive once the app is built (modules, the app, price tables: some
+    worker): what is alive once the app is built (modules, the app and its routes: some
     70,000 objects) is frozen out of every later collection, and the youngest generation
     is collected after GC_YOUNG_THRESHOLD net allocations rather than 700, so a batch's
     records are mostly freed by their reference counts before a collection sees them.
-    A batch of 1,000 records made 5 young collections, and every 20 batches a full one
-    walked the whole heap (some 80 ms): in a collector process on SQLite, 4.6 to 7.1 µs
-    per record went to garbage collection, 1.2 to 2.1 µs with this (docs/benchmarks.md). Only a process the collector owns calls this: an app built
-    inside another program leaves that program's collector alone."""
+    A batch of 1,000 records made 5 young collections, and every 20-25 batches a full one
+    walked the whole heap (75-90 ms): in a collector process on SQLite, 4.6 to 7.1 µs per
+    record went to garbage collection, 1.2 to 2.1 µs with this (docs/benchmarks.md).
+    Only a process the collector owns calls this: an app built inside another program
+    leaves that program's collector alone."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
