@@ -202,3 +202,12 @@ def test_the_quick_cost_test_takes_the_common_costs():
         assert wire._plain_cost(Decimal(text)), text
     assert wire._plain_cost(Decimal(repr(0.1 + 0.2)))  # a float's shortest repr: 17 digits
 
+
+
+def test_every_record_field_is_checked_on_the_one_call_path():
+    # a new UsageRecord field is inherited by _CheckedRecord unconstrained: its limits must
+    # then be given a type there, or be checked in _plain's expression (and listed here)
+    by_type = {name for name in wire._CheckedRecord.__annotations__}
+    in_plain = {"timestamp", "cost", "payload"}  # years and zone; digits; depth and size
+    assert by_type | in_plain == set(UsageRecord.__struct_fields__), (
+        set(UsageRecord.__struct_fields__) - by_type - in_plain)
