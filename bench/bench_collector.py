@@ -238,7 +238,11 @@ def bench_breakdown(storages: dict[str, str], n: int) -> None:
     one_us, many_us = statistics.median(one) / n * 1e6, statistics.median(many) / n * 1e6
     row("collector pricing, batch of 1,000 without cost: PriceBook.price_many, CPU per record",
         f"{many_us:.2f} µs", f"PriceBook.price per record {one_us:.2f} µs", f"{many_us / one_us:.2f}x")
-    _sqlite_split(n)
+    with tempfile.TemporaryDirectory() as d:
+        _split("sqlite", f"sqlite:///{d}/split.db", n, _sqlite_batch)
+    if "postgres" in storages:
+        _split("postgres", storages["postgres"], n, _postgres_batch)
+        _postgres_indexes(storages["postgres"])
     for name, url in storages.items():
         store = create_storage(url)
         try:
@@ -252,54 +256,147 @@ def bench_breakdown(storages: dict[str, str], n: int) -> None:
             f"wire decode + check {ours_us:.2f} µs", f"{us / ours_us:.1f}x")
 
 
-def _sqlite_split(n: int) -> None:
-    """Where SQLite's save_many spends its time at batch 1,000 of fresh records, step by
-    step (the steps of ``SQLiteStorage._insert``, timed one by one), on a store already
-    holding 100,000 records. The WAL checkpoints run on the store's own thread, outside
-    these steps, as in the store."""
-    import usageledger.storage.sqlite as S
+def _preloaded(url: str):
+    """The store at ``url`` holding 100,000 records (of other ids than :func:`_fresh`'s)."""
     from usageledger.records import decode_usage
     from usageledger.storage import create_storage
+
+    store = create_storage(url)
+    pre = [decode_usage(r) for r in records(100_000, start=10**7)]
+    for i in range(0, len(pre), 5000):
+        store.save_many(pre[i:i + 5000])
+    return store
+
+
+def _fresh(n: int, start: int = 2 * 10**7) -> list:
+    from usageledger.records import decode_usage
+
+    return [decode_usage(r) for r in records(n, start=start)]
+
+
+def _split(name: str, url: str, n: int, one_batch) -> None:
+    """Where a store's save_many spends its time at batch 1,000 of fresh records, step by
+    step, on a store already holding 100,000 records: ``one_batch(store, records)`` stores
+    one batch and answers ``[(step, seconds), ...]``."""
+    store = _preloaded(url)
+    try:
+        recs = _fresh(n)
+        parts: dict[str, float] = {}
+        for i in range(0, n, 1000):
+            for step, spent in one_batch(store, recs[i:i + 1000]):
+                parts[step] = parts.get(step, 0.0) + spent
+        store.clear()
+    finally:
+        store.close()
+    total = sum(parts.values())
+    for step, spent in parts.items():
+        row(f"{name} save_many, batch 1,000: {step}, per record", f"{spent / n * 1e6:.2f} µs",
+            f"whole save_many {total / n * 1e6:.2f} µs", f"{spent / total:.0%}")
+
+
+def _postgres_indexes(url: str) -> None:
+    """What each secondary index of the usage table costs PostgreSQL's INSERT step per
+    record at batch 1,000, on a table holding 100,000 records: in each round, the step
+    timed with every index and with the index dropped (created again after), in
+    alternating order; the cost is the median of the rounds' differences."""
+    from usageledger.storage._sql import USAGE_INDEXES
+
+    indexes = {ddl.split()[5]: ddl for ddl in USAGE_INDEXES}
+    variants = [*indexes, "all six"]
+    per, rounds = 3, 12  # batches of 1,000 per measurement, rounds
+    store = _preloaded(url)
+    recs = iter(_fresh(len(variants) * rounds * 2 * per * 1000))
+
+    def insert_step(dropped: list[str]) -> float:
+        with store._pool.connection() as conn:
+            for name in dropped:
+                conn.execute(f"DROP INDEX {name}")
+        t = 0.0
+        for _ in range(per):
+            steps = _postgres_batch(store, [next(recs) for _ in range(1000)])
+            t += sum(s for step, s in steps if step.startswith("INSERT"))
+        with store._pool.connection() as conn:
+            for name in dropped:
+                conn.execute(indexes[name])
+        return t / (per * 1000) * 1e6
+
+    try:
+        every: list[float] = []
+        saved: dict[str, list[float]] = {v: [] for v in variants}
+        for rnd in range(rounds):
+            for v in variants:
+                dropped = list(indexes) if v == "all six" else [v]
+                if rnd % 2:
+                    without, with_all = insert_step(dropped), insert_step([])
+                else:
+                    with_all, without = insert_step([]), insert_step(dropped)
+                every.append(with_all)
+                saved[v].append(with_all - without)
+        store.clear()
+    finally:
+        store.close()
+    for v, diffs in saved.items():
+        what = f"the index {v}" if v in indexes else "all six secondary indexes"
+        row(f"postgres INSERT step, batch 1,000: what {what} costs, per record",
+            f"{statistics.median(diffs):.2f} µs", f"INSERT step with every index {statistics.median(every):.2f} µs",
+            f"{statistics.median(diffs) / statistics.median(every):.0%}")
+
+
+class _Steps:
+    """Seconds between ``mark(step)`` calls, from the moment it is made."""
+
+    def __init__(self) -> None:
+        self.spent: list[tuple[str, float]] = []
+        self.t = time.perf_counter()
+
+    def mark(self, step: str) -> None:
+        now = time.perf_counter()
+        self.spent.append((step, now - self.t))
+        self.t = now
+
+
+def _sqlite_batch(store, recs) -> list[tuple[str, float]]:
+    """SQLite's save_many by hand: the steps of ``SQLiteStorage._insert``, timed one by
+    one. The WAL checkpoints run on the store's own thread, outside these steps, as in
+    the store."""
+    import usageledger.storage.sqlite as S
     from usageledger.storage.aggregate import rollup_deltas
     from usageledger.storage.base import unique_records
 
-    with tempfile.TemporaryDirectory() as d:
-        store = create_storage(f"sqlite:///{d}/split.db")
-        pre = [decode_usage(r) for r in records(100_000, start=10**7)]
-        for i in range(0, len(pre), 5000):
-            store.save_many(pre[i:i + 5000])
-        recs = [decode_usage(r) for r in records(n, start=2 * 10**7)]
-        parts = dict.fromkeys(("rows (Python)", "insert (table, id and 4 indexes)", "new ids",
-                               "rollups added up (Python)", "rollup upserts", "commit"), 0.0)
-        names = list(parts)
-        for i in range(0, n, 1000):
-            t = [time.perf_counter()]
-            batch = list(unique_records(recs[i:i + 1000]).values())
-            rows = [S.usage_row(r) for r in batch]
-            t.append(time.perf_counter())
-            with store._db as c:  # the store's connection, under its lock
-                c.execute("BEGIN IMMEDIATE")
-                top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
-                c.executemany(S._INSERT, rows)
-                t.append(time.perf_counter())
-                new = {r[0] for r in c.execute(S._NEW_IDS, (top,))}
-                t.append(time.perf_counter())
-                hourly, daily = rollup_deltas((rec, row[1], row[10]) for rec, row in zip(batch, rows, strict=True)
-                                              if rec.id in new)
-                t.append(time.perf_counter())
-                c.executemany(S._HOURLY_ADD, [(*k, *v) for k, v in sorted(hourly.items())])
-                c.executemany(S._DAILY_ADD, [(*k, *v) for k, v in sorted(daily.items())])
-                t.append(time.perf_counter())
-                c.execute("COMMIT")
-                t.append(time.perf_counter())
-            store._checkpointer.wrote(len(new))
-            for k, name in enumerate(names):
-                parts[name] += t[k + 1] - t[k]
-        store.close()
-    total = sum(parts.values())
-    for name, spent in parts.items():
-        row(f"sqlite save_many, batch 1,000: {name}, per record", f"{spent / n * 1e6:.2f} µs",
-            f"whole save_many {total / n * 1e6:.2f} µs", f"{spent / total:.0%}")
+    steps = _Steps()
+    batch = list(unique_records(recs).values())
+    rows = [S.usage_row(r) for r in batch]
+    steps.mark("rows (Python)")
+    with store._db as c:  # the store's connection, under its lock
+        c.execute("BEGIN IMMEDIATE")
+        top = c.execute("SELECT COALESCE(MAX(rowid), 0) FROM usage").fetchone()[0]
+        c.executemany(S._INSERT, rows)
+        steps.mark("insert (table, id and 4 indexes)")
+        new = {r[0] for r in c.execute(S._NEW_IDS, (top,))}
+        steps.mark("new ids")
+        hourly, daily = rollup_deltas((rec, row[1], row[10]) for rec, row in zip(batch, rows, strict=True)
+                                      if rec.id in new)
+        steps.mark("rollups added up (Python)")
+        c.executemany(S._HOURLY_ADD, [(*k, *v) for k, v in sorted(hourly.items())])
+        c.executemany(S._DAILY_ADD, [(*k, *v) for k, v in sorted(daily.items())])
+        steps.mark("rollup upserts")
+        c.execute("COMMIT")
+        steps.mark("commit")
+    store._checkpointer.wrote(len(new))
+    return steps.spent
+
+
+def _postgres_batch(store, recs) -> list[tuple[str, float]]:
+    """PostgreSQL's save_many itself, each step timed through its ``mark`` hook."""
+    import usageledger.storage.postgres as P
+    from usageledger.storage.base import unique_records
+
+    steps = _Steps()
+    batch = list(unique_records(recs).values())
+    rows = [P._usage_row(r) for r in batch]
+    steps.mark("staging rows (Python)")
+    store._insert(batch, rows, steps.mark)
+    return steps.spent
 
 
 def _top10(rows: list[dict], key: str) -> list[tuple[str, Decimal]]:
