@@ -313,6 +313,8 @@ def _rollup_rows(records: list[UsageRecord]) -> dict[str, list[list[Any]]]:
     # daily first, then hourly: the order in which the statements of a reprice or a
     # retention lock them (the main query of _rollups_of_changed runs before its CTE), so
     # a batch and a retention never wait on each other crosswise
+    # (the month rows SQLite keeps are not kept here: PostgreSQL's daily totals hold days)
+    daily = {k: v for k, v in daily.items() if not k[0].startswith(MONTH)}
     return {table: [[*key, *s[:6], _exact(s[6], scale), s[8], *s[9:]] for key, s in sorted(rollup.items())]
             for table, rollup in (("usage_daily", daily), ("usage_hourly", hourly))}
 
