@@ -1,7 +1,7 @@
-"""PostgreSQL's write path (binary COPY, the new ids back from the insert, their rollup rows
-added up in Python): the hourly and daily rollups it keeps are exactly those rebuilt from
-the stored rows in SQL, for every kind of cost (nano-exact, finer than a nano-unit, too
-large for 64-bit nano-units, unknown), naive timestamps, the finer token counts, and
+"""PostgreSQL's write path (binary COPY into the staging table, one INSERT ... RETURNING
+whose rows feed the rollups): every record reads back as it was written (naive timestamps
+taken as UTC, exact costs of any precision, tags, payload, the finer token counts), and
+the hourly and daily rollups it keeps are exactly those rebuilt from the stored rows, for
 batches that are new, partly stored already, or wholly stored already."""
 
 from __future__ import annotations
@@ -91,18 +91,15 @@ def test_costs_of_any_precision_are_summed_exactly(pg_store):
     assert row["unknown_cost"] == sum(1 for r in recs if r.cost is None and r.currency == "USD")
 
 
-def test_scaled_costs_keep_every_digit():
-    costs = [*COSTS, Decimal("98765432109876543210987654321.5"), Decimal("-0.1234567890123456789012345678901"),
-             Decimal("1E+3")]
-    recs = [UsageRecord(r.id, r.timestamp, r.provider, r.model, cost=c)
-            for r, c in zip(_records(len(costs)), costs, strict=True)]
-    scaled, scale = P._scaled_costs(recs)
-    assert scale == 31  # the finest cost's decimals
-    for c, n in zip(costs, scaled, strict=True):
-        assert (n is None) == (c is None)
-        if c is not None:
-            assert P._exact(n, scale) == c
-    nanos, scale = P._scaled_costs([r for r in recs if r.cost in (Decimal("0.00012"), Decimal("3"))])
-    assert scale == 9 and sorted(nanos) == [120_000, 3_000_000_000]
-    assert str(P._exact(360_000_000, 9)) == "0.36"  # no trailing zeros
-    assert str(P._exact(10**40 + 1, 31)) == "1000000000.0000000000000000000000000000001"
+def test_records_read_back_as_written(pg_store):
+    recs = _records(300)
+    recs[0] = UsageRecord("w-payload", T0, "anthropic", "m1", 5, 6, cost=Decimal("0.000000000001"),
+                          tags={"a": "é\t\\n", "b": ""}, payload={"k": [1, "x"], "n": None},
+                          response_id="r1", run_id="run-1", service_tier="flex", output_audio_tokens=4)
+    pg_store.save_many(recs)
+    back = {r.id: r for r in pg_store.query(limit=None)}
+    for r in recs:
+        want = r if r.timestamp.tzinfo else UsageRecord(
+            *[r.timestamp.replace(tzinfo=UTC) if f == "timestamp" else getattr(r, f)
+              for f in UsageRecord.__struct_fields__])
+        assert back[r.id] == want, r.id
