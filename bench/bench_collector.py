@@ -342,7 +342,7 @@ def _postgres_indexes(url: str, ddls: tuple[str, ...] | None = None) -> None:
         store.close()
     for v, diffs in saved.items():
         what = f"the index {v}" if v in indexes else f"{v} secondary indexes"
-        row(f"postgres INSERT step, batch 1,000: what {what} costs, per record",
+        row(f"postgres INSERT step, batch 1,000: what {what} {'costs' if v in indexes else 'cost'}, per record",
             f"{statistics.median(diffs):.2f} µs", f"INSERT step with every index {statistics.median(every):.2f} µs",
             f"{statistics.median(diffs) / statistics.median(every):.0%}")
 
