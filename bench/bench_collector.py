@@ -14,7 +14,9 @@
 4. where an ingest request's time goes, in-process per record at batch 1,000: the wire
    (decode_track: msgspec decode + checks; baseline: the bare msgspec decode of the same
    body into UsageRecords), pricing of records sent without cost, and the storage's
-   save_many (SQLite, PostgreSQL);
+   save_many (SQLite, PostgreSQL), step by step on a table of 100,000 records; for
+   PostgreSQL also the parts of its INSERT statement (EXPLAIN ANALYZE) and what each
+   secondary index costs it;
 5. totals by dimension at 1,000,000 records (per user, per customer, per tag: the top 10
    by cost): ``aggregate`` on SQLite and PostgreSQL against DuckDB on the same rows;
 6. wire: the collector's own cost outside storage, per record at batch 100 and 1,000: the same
