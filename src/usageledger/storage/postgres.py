@@ -151,24 +151,32 @@ _DAY_COLS = ", ".join([_DAY, "{src}.currency", *(f"{{src}}.{t}" for t in _TOKENS
                        *(f"{{src}}.{t}" for t in _PARTS)])
 #: the first day of the month holding day number ``{day}`` (see aggregate.MONTH)
 _MONTH_OF_DAY = "(date_trunc('month', DATE '1970-01-01' + {day}::int)::date - DATE '1970-01-01')::bigint"
+_SUM_NAMES = ", ".join(["count", *_TOKENS, "cost", "unknown_cost", *_PARTS])
+# The month rows are the sums of the day rows just added up (a few hundred a batch), not a
+# second pass over the records: 46.0 against 59.2 µs per record at batch 1,000 (42 against
+# 55 µs of server CPU; lower in each of 12 alternating rounds), 119.8 against 132.5 at
+# batch 100, 100,000 records stored.
 #: the daily totals per user, customer, session and tag value (dim '' holds all records) of
 #: the rows of ``{src}``, and their month rows (each row counted once more under
 #: '@' || dim and its month's first day), sorted: concurrent writers lock rollup rows in
 #: the same order
 _DAILY_ROWS = f"""
-    SELECT k.dim, n.value, k.day, n.currency, {_SUMS} FROM (
-        SELECT '', '', {_DAY_COLS} FROM {{src}}
-        UNION ALL SELECT 'user_id', {{src}}.user_id, {_DAY_COLS} FROM {{src}}
-            WHERE {{src}}.user_id IS NOT NULL
-        UNION ALL SELECT 'customer_key', {{src}}.customer_key, {_DAY_COLS} FROM {{src}}
-            WHERE {{src}}.customer_key IS NOT NULL
-        UNION ALL SELECT 'session_id', {{src}}.session_id, {_DAY_COLS} FROM {{src}}
-            WHERE {{src}}.session_id IS NOT NULL
-        UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM {{src}}, jsonb_each_text({{src}}.tags) AS t
-    ) AS n (dim, value, day, currency, {", ".join(_TOKENS)}, cost, {", ".join(_PARTS)})
-    CROSS JOIN LATERAL (VALUES (n.dim, n.day),
-                               ('{MONTH}' || n.dim, {_MONTH_OF_DAY.format(day="n.day")})) AS k (dim, day)
-    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    WITH d (dim, value, day, currency, {_SUM_NAMES}) AS (
+        SELECT dim, value, day, currency, {_SUMS} FROM (
+            SELECT '', '', {_DAY_COLS} FROM {{src}}
+            UNION ALL SELECT 'user_id', {{src}}.user_id, {_DAY_COLS} FROM {{src}}
+                WHERE {{src}}.user_id IS NOT NULL
+            UNION ALL SELECT 'customer_key', {{src}}.customer_key, {_DAY_COLS} FROM {{src}}
+                WHERE {{src}}.customer_key IS NOT NULL
+            UNION ALL SELECT 'session_id', {{src}}.session_id, {_DAY_COLS} FROM {{src}}
+                WHERE {{src}}.session_id IS NOT NULL
+            UNION ALL SELECT 'tag:' || t.key, t.value, {_DAY_COLS} FROM {{src}}, jsonb_each_text({{src}}.tags) AS t
+        ) AS n (dim, value, day, currency, {", ".join(_TOKENS)}, cost, {", ".join(_PARTS)})
+        GROUP BY 1, 2, 3, 4)
+    SELECT * FROM d
+    UNION ALL SELECT '{MONTH}' || dim, value, {_MONTH_OF_DAY.format(day="day")}, currency, {_ROLLUP_SUMS}
+        FROM d GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
     ON CONFLICT (dim, value, day, currency) DO UPDATE SET {_ADD.format(table="usage_daily")}"""
 # The rollups are added up in SQL over the rows the insert returns, in the same statement.
 # Measured against adding them up in Python (rollup_deltas, as SQLite does) and upserting
