@@ -76,6 +76,11 @@ def test_rollups_equal_a_rebuild_from_the_rows(pg_store, storage_pg_url):
         conn.execute(P._ROLLUP_BACKFILL)
         conn.execute(P._DAILY_BACKFILL)
     assert kept == _rollups(storage_pg_url)
+    with psycopg.connect(storage_pg_url) as conn:  # the month rows: the sums of the day rows
+        conn.execute("DELETE FROM usage_daily WHERE left(dim, 1) = '@'")
+        conn.execute(P._MONTHS_FROM_DAYS)
+    assert kept == _rollups(storage_pg_url)
+    assert any(row[0].startswith("@") for row in kept["usage_daily"])
     reference = MemoryStorage()
     reference.save_many(recs)
     for keys in [(), ("day", "model"), ("hour", "currency"), ("user_id",), ("tag:env",), ("day", "session_id")]:
