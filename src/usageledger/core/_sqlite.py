@@ -366,7 +366,7 @@ class BackgroundCheckpoint:
             while True:
                 event.wait()
                 event.clear()
-                if self._stopped or self._pid != os.getpid():
+                if self._stopped:
                     return
                 with fork_gate:
                     try:

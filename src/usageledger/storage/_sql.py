@@ -22,6 +22,9 @@ USAGE_INDEXES = (
 )
 #: indexes an older database has that are no longer kept (dropped at open)
 DROPPED_INDEXES = ("DROP INDEX IF EXISTS usage_provider", "DROP INDEX IF EXISTS usage_model")
+#: true when daily totals exist without their month rows (a database from before them)
+MONTH_ROWS_MISSING = (f"SELECT EXISTS (SELECT 1 FROM usage_daily WHERE dim = '') AND NOT EXISTS "
+                      f"(SELECT 1 FROM usage_daily WHERE dim = '{MONTH}')")
 RUNS_INDEX = "CREATE INDEX IF NOT EXISTS runs_started ON runs (started_at)"
 
 #: runs newest ``start_time`` first, runs without one last (as ``run_sort_key`` orders them)

@@ -41,6 +41,7 @@ from ._retention import (
 )
 from ._sql import (
     DROPPED_INDEXES,
+    MONTH_ROWS_MISSING,
     RUNS_INDEX,
     USAGE_INDEXES,
     daily_sql,
@@ -326,8 +327,7 @@ class PostgresStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, St
                 conn.execute(_DAILY_BACKFILL)
             if had_hourly is None:  # nor the hourly rollup (dropped, or never made)
                 conn.execute(_ROLLUP_BACKFILL)
-            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM usage_daily WHERE dim = '') AND NOT EXISTS "
-                            f"(SELECT 1 FROM usage_daily WHERE dim = '{MONTH}')").fetchone()[0]:
+            if conn.execute(MONTH_ROWS_MISSING).fetchone()[0]:
                 conn.execute(_MONTHS_FROM_DAYS)  # daily totals from before the month rows
             rollup_cols = {r[0] for r in conn.execute(
                 "SELECT column_name FROM information_schema.columns "

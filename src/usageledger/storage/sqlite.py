@@ -53,6 +53,7 @@ from ._retention import (
 )
 from ._sql import (
     DROPPED_INDEXES,
+    MONTH_ROWS_MISSING,
     RUNS_INDEX,
     USAGE_INDEXES,
     daily_sql,
@@ -449,8 +450,7 @@ class SQLiteStorage(SqlBudgets, SqlPrices, SqlKeys, SqlRetention, RunStore, Stor
                     continue
                 # a rollup from before the finer token kinds: they start at 0 there
                 add_missing_columns(c, table, _PART_DECLS)
-            if c.execute(f"SELECT EXISTS (SELECT 1 FROM usage_daily WHERE dim = '') AND NOT EXISTS "
-                         f"(SELECT 1 FROM usage_daily WHERE dim = '{MONTH}')").fetchone()[0]:
+            if c.execute(MONTH_ROWS_MISSING).fetchone()[0]:
                 c.execute(_MONTHS_FROM_DAYS)  # daily totals from before the month rows
             c.execute(RUNS_INDEX)
 
